@@ -1,0 +1,166 @@
+//! Parley's durable state in one SQLite file: users, login sessions and the call log.
+//!
+//! Migrations in `migrations/` are embedded with `sqlx::migrate!` and run by [`Store::open`];
+//! they are checksummed, so an applied one is never edited: add a new one instead.
+//! Several processes may open the same file at once (the daemon and `parley user ...`): WAL mode
+//! and a busy timeout make that safe.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+mod sessions;
+mod users;
+
+pub use sessions::{NewSession, Session};
+pub use users::User;
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+/// What went wrong with the database, worded for the admin.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error(
+        "{path}: not a usable SQLite database ({detail}); stop parley, move the file aside and \
+         restore it from a backup (or start with a fresh one)"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: cannot open the database ({detail}); check that the directory exists and is writable by the parley user")]
+    CannotOpen { path: PathBuf, detail: String },
+    #[error(
+        "{path}: database migration failed ({detail}); the file may be from a newer parley or \
+         was edited by hand: restore a backup or upgrade parley"
+    )]
+    Migration { path: PathBuf, detail: String },
+    #[error("the username {0:?} is taken")]
+    UsernameTaken(String),
+    #[error("no user named {0:?}")]
+    NoSuchUser(String),
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Store {
+    /// Opens (creating if missing) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Store> {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .expect("a bare sqlite: URL parses")
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across process crashes in WAL mode; only an OS crash or power
+            // loss can lose the last transactions, and FULL would cost an fsync per call event.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
+        MIGRATOR.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(inner) => classify_open_error(path, inner),
+            other => StoreError::Migration {
+                path: path.to_owned(),
+                detail: other.to_string(),
+            },
+        })?;
+        Ok(Store {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection pool, for queries in this crate's modules.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// `PRAGMA integrity_check`: `"ok"` for a healthy file.
+    pub async fn integrity_check(&self) -> Result<String> {
+        let (result,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(result)
+    }
+
+    /// Answers whether the database still takes queries (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Checkpoints the WAL into the main file and closes every connection; call at shutdown.
+    pub async fn close(&self) {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            log::warn!("database checkpoint at shutdown failed: {e}");
+        }
+        self.pool.close().await;
+    }
+}
+
+fn classify_open_error(path: &Path, error: sqlx::Error) -> StoreError {
+    let detail = error.to_string();
+    // SQLITE_NOTADB (26) and SQLITE_CORRUPT (11) mean the file is not a database we can use;
+    // everything else at open time is about reaching the file.
+    let corrupt = match &error {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("26") | Some("11"))
+                || detail.contains("not a database")
+                || detail.contains("malformed")
+        }
+        _ => detail.contains("not a database") || detail.contains("malformed"),
+    };
+    if corrupt {
+        StoreError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        }
+    } else {
+        StoreError::CannotOpen {
+            path: path.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp column.
+pub fn unix_millis_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds as RFC 3339 UTC, the API's time format.
+pub fn rfc3339(unix_millis: i64) -> String {
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(unix_millis as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    time.format(&time::format_description::well_known::Rfc3339)
+        .expect("any in-range UTC time formats as RFC 3339")
+}

@@ -1,0 +1,123 @@
+//! Login sessions: opaque bearer tokens, stored hashed, with expiry and revocation.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::{Result, Store, User, unix_millis_now};
+
+/// A live session, as the server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: i64,
+    pub user_id: i64,
+    pub expires_at: i64,
+}
+
+/// A session just created: the token is shown to the client once and never stored.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub session: Session,
+    pub token: String,
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+impl Store {
+    /// Starts a session for `user_id` lasting `ttl_secs`.
+    pub async fn create_session(&self, user_id: i64, ttl_secs: u64) -> Result<NewSession> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        let now = unix_millis_now();
+        let expires_at = now.saturating_add((ttl_secs as i64).saturating_mul(1000));
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO sessions (user_id, token_hash, created_at, expires_at)
+             VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(user_id)
+        .bind(token_hash(&token))
+        .bind(now)
+        .bind(expires_at)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(NewSession {
+            session: Session {
+                id,
+                user_id,
+                expires_at,
+            },
+            token,
+        })
+    }
+
+    /// The session and user behind a bearer token, if the token is known, unexpired, not
+    /// revoked, and its user is enabled.
+    pub async fn session_user(&self, token: &str) -> Result<Option<(Session, User)>> {
+        if token.is_empty() || token.len() > 256 {
+            return Ok(None);
+        }
+        let row: Option<(i64, i64, i64, String, String)> = sqlx::query_as(
+            "SELECT s.id, s.expires_at, u.id, u.username, u.display_name
+             FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?
+               AND u.disabled = 0 AND u.removed = 0",
+        )
+        .bind(token_hash(token))
+        .bind(unix_millis_now())
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|(id, expires_at, user_id, username, display_name)| {
+            (
+                Session {
+                    id,
+                    user_id,
+                    expires_at,
+                },
+                User {
+                    id: user_id,
+                    username,
+                    display_name,
+                    disabled: false,
+                    created_at: 0,
+                },
+            )
+        }))
+    }
+
+    /// Ends one session at once.
+    pub async fn revoke_session(&self, session_id: i64) -> Result<()> {
+        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(unix_millis_now())
+            .bind(session_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Ends every session of a user (password change, disable).
+    pub async fn revoke_user_sessions(&self, user_id: i64) -> Result<()> {
+        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+            .bind(unix_millis_now())
+            .bind(user_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes sessions that expired or were revoked more than a day ago.
+    pub async fn purge_old_sessions(&self) -> Result<u64> {
+        let cutoff = unix_millis_now() - 24 * 3600 * 1000;
+        let done = sqlx::query(
+            "DELETE FROM sessions WHERE expires_at < ? OR (revoked_at IS NOT NULL AND revoked_at < ?)",
+        )
+        .bind(cutoff)
+        .bind(cutoff)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
