@@ -1,0 +1,51 @@
+//! Parley's embedded TURN/STUN relay, built on the webrtc-rs `turn` crate.
+//!
+//! `turn` 0.17 provides the protocol engine: allocations, permissions, channels, relaying,
+//! on any datagram `Conn`. Around it this crate adds, as small layers:
+//! - [`credentials`]: coturn-compatible time-limited shared-secret credentials;
+//! - [`policy`]: which peer addresses may be relayed to (no loopback, LAN, metadata service);
+//! - `guard`: a `Conn` wrapper in front of every listener that enforces the policy (403),
+//!   answers bad credentials with 401, counts quotas (486), bounds the nonce table and
+//!   applies the bandwidth cap;
+//! - `stream`: TURN over TCP and TLS, multiplexed into one `Conn` per listener;
+//! - `relay_socket`: relay sockets in the configured port range, advertised at the
+//!   configured relay address;
+//! - [`probe`]: a small TURN client for `parley doctor` and the tests.
+//!
+//! Architecture invariant: no configuration parsing and no HTTP here; the daemon maps its
+//! config to [`RelayOptions`] and binds [`RelaySockets`] before it reports readiness.
+
+pub mod bandwidth;
+pub mod credentials;
+mod guard;
+pub mod metrics;
+pub mod nonce;
+pub mod policy;
+pub mod probe;
+pub mod quota;
+mod relay_socket;
+mod server;
+mod stream;
+
+use std::net::SocketAddr;
+
+pub use credentials::{Secrets, mint};
+pub use metrics::Metrics;
+pub use policy::{Cidr, CidrError, PeerPolicy};
+pub use server::{ListenerStatus, Relay, RelayOptions, RelaySockets, Transport, parse_port_range};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    #[error("cannot bind the TURN {0} listener on {1}: {2}; check turn.listen / turn.tls_listen and that no other TURN server (coturn?) uses the port")]
+    Bind(&'static str, SocketAddr, #[source] std::io::Error),
+    #[error("invalid turn.relay_ports {0:?}: write \"LOW-HIGH\" with 1 <= LOW <= HIGH <= 65535")]
+    PortRange(String),
+    #[error("invalid turn.allowed_peer_ranges: {0}")]
+    PeerRange(#[from] CidrError),
+    #[error("the TURN relay has no listener: enable turn.udp or turn.tcp, or disable turn")]
+    NoListeners,
+    #[error("the TURN server refused its configuration: {0}")]
+    Server(#[source] turn::Error),
+}

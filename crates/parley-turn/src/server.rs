@@ -1,0 +1,381 @@
+//! Starting and stopping the relay: already-bound sockets in, a running `turn` server with
+//! its guards, stream listeners and bookkeeping tasks out.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use webrtc_util::Conn;
+
+use crate::credentials::Secrets;
+use crate::guard::{GuardAuth, GuardConn, Shared};
+use crate::metrics::Metrics;
+use crate::policy::PeerPolicy;
+use crate::quota::Quotas;
+use crate::relay_socket::PortRangeGenerator;
+use crate::stream::{StreamMux, accept_loop};
+use crate::RelayError;
+
+/// Everything the relay needs to know, as plain data (the daemon maps its config to this).
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// The long-term-credential realm.
+    pub realm: String,
+    /// Signs and verifies credentials; previous secrets are still accepted.
+    pub secrets: Secrets,
+    pub peer_policy: PeerPolicy,
+    /// Address relay sockets bind to.
+    pub relay_bind: IpAddr,
+    /// Address written into relayed candidates (differs from `relay_bind` behind 1:1 NAT).
+    pub relay_address: IpAddr,
+    /// Inclusive relay port range.
+    pub relay_ports: (u16, u16),
+    /// 0 = unlimited.
+    pub max_allocations: usize,
+    /// 0 = unlimited.
+    pub max_allocations_per_user: usize,
+    /// Per allocation and direction; 0 = unlimited.
+    pub bandwidth_limit_kbps: u64,
+    /// Open TCP plus TLS connections per stream listener.
+    pub max_stream_connections: usize,
+}
+
+impl RelayOptions {
+    /// Options with the documented defaults around the given secret and relay address.
+    pub fn new(secret: String, relay_address: IpAddr) -> Self {
+        RelayOptions {
+            realm: "parley".to_owned(),
+            secrets: Secrets::new(secret, Vec::new()),
+            peer_policy: PeerPolicy::default(),
+            relay_bind: relay_address,
+            relay_address,
+            relay_ports: (49152, 65535),
+            max_allocations: 1000,
+            max_allocations_per_user: 10,
+            bandwidth_limit_kbps: 0,
+            max_stream_connections: 2000,
+        }
+    }
+}
+
+/// Parses `turn.relay_ports` ("LOW-HIGH").
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), RelayError> {
+    let error = || RelayError::PortRange(text.to_owned());
+    let (low, high) = text.trim().split_once('-').ok_or_else(error)?;
+    let low: u16 = low.trim().parse().map_err(|_| error())?;
+    let high: u16 = high.trim().parse().map_err(|_| error())?;
+    if low == 0 || high < low {
+        return Err(error());
+    }
+    Ok((low, high))
+}
+
+/// The relay's listening sockets, bound before the daemon reports readiness.
+#[derive(Debug, Default)]
+pub struct RelaySockets {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Option<std::net::TcpListener>,
+    tls: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+/// Listener receive buffer: absorbs bursts while the server task is scheduled away; the
+/// kernel caps it at net.core.rmem_max (see docs/relay.md).
+const LISTENER_BUFFER: usize = 4 << 20;
+
+fn udp_socket(address: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    let _ = socket.set_recv_buffer_size(LISTENER_BUFFER);
+    let _ = socket.set_send_buffer_size(LISTENER_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+fn tcp_listener(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+impl RelaySockets {
+    /// Binds UDP (`udp_sockets` sockets sharing the port with SO_REUSEPORT, so the kernel
+    /// spreads clients over several server tasks) and TCP on `listen`. With port 0 both get
+    /// the same free port.
+    pub fn bind(listen: SocketAddr, udp: bool, udp_sockets: usize, tcp: bool) -> Result<Self, RelayError> {
+        let attempts = if listen.port() == 0 { 20 } else { 1 };
+        let mut last_error = None;
+        for _ in 0..attempts {
+            match Self::try_bind(listen, udp, udp_sockets.max(1), tcp) {
+                Ok(sockets) => return Ok(sockets),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.expect("at least one attempt was made"))
+    }
+
+    fn try_bind(listen: SocketAddr, udp: bool, udp_sockets: usize, tcp: bool) -> Result<Self, RelayError> {
+        let mut sockets = RelaySockets::default();
+        let mut address = listen;
+        if udp {
+            let first = udp_socket(address, udp_sockets > 1).map_err(|e| RelayError::Bind("UDP", address, e))?;
+            address = first.local_addr().map_err(|e| RelayError::Bind("UDP", address, e))?;
+            sockets.udp.push(first);
+            for _ in 1..udp_sockets {
+                sockets.udp.push(udp_socket(address, true).map_err(|e| RelayError::Bind("UDP", address, e))?);
+            }
+        }
+        if tcp {
+            let listener = tcp_listener(address).map_err(|e| RelayError::Bind("TCP", address, e))?;
+            sockets.tcp = Some(listener);
+        }
+        Ok(sockets)
+    }
+
+    /// Binds the TURN-over-TLS listener.
+    pub fn bind_tls(&mut self, listen: SocketAddr, config: Arc<rustls::ServerConfig>) -> Result<(), RelayError> {
+        let listener = tcp_listener(listen).map_err(|e| RelayError::Bind("TLS", listen, e))?;
+        self.tls = Some((listener, config));
+        Ok(())
+    }
+
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.first().and_then(|s| s.local_addr().ok())
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(s, _)| s.local_addr().ok())
+    }
+}
+
+/// Which transport a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// One listener as reported by `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerStatus {
+    pub transport: Transport,
+    pub address: SocketAddr,
+    pub up: bool,
+}
+
+struct Listener {
+    transport: Transport,
+    address: SocketAddr,
+    up: Arc<AtomicBool>,
+}
+
+/// A running relay.
+pub struct Relay {
+    server: turn::server::Server,
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+    shutdown_tx: watch::Sender<bool>,
+    stream_tasks: Vec<JoinHandle<()>>,
+    close_drain: JoinHandle<()>,
+}
+
+impl Relay {
+    /// Starts serving on `sockets`; must run inside a tokio runtime.
+    pub async fn start(options: RelayOptions, sockets: RelaySockets) -> Result<Relay, RelayError> {
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(Shared::new(
+            options.realm.clone(),
+            options.secrets.clone(),
+            options.peer_policy.clone(),
+            Quotas::new(options.max_allocations, options.max_allocations_per_user),
+            options.bandwidth_limit_kbps * 1000 / 8,
+            metrics,
+        ));
+        let cursor = Arc::new(AtomicU32::new(rand_seed()));
+        let generator = || -> Box<dyn turn::relay::RelayAddressGenerator + Send + Sync> {
+            Box::new(PortRangeGenerator {
+                bind_ip: options.relay_bind,
+                advertised_ip: options.relay_address,
+                low: options.relay_ports.0,
+                high: options.relay_ports.1,
+                shared: Arc::clone(&shared),
+                cursor: Arc::clone(&cursor),
+            })
+        };
+
+        let mut listeners = Vec::new();
+        let mut conn_configs = Vec::new();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut stream_tasks = Vec::new();
+
+        if let Some(first) = sockets.udp.first() {
+            let address = first.local_addr().map_err(|e| RelayError::Bind("UDP", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
+            let up = Arc::new(AtomicBool::new(true));
+            for socket in sockets.udp {
+                let socket = tokio::net::UdpSocket::from_std(socket).map_err(|e| RelayError::Bind("UDP", address, e))?;
+                let guard = GuardConn::new(Arc::new(socket), Arc::clone(&shared), Arc::clone(&up))
+                    .map_err(|e| RelayError::Bind("UDP", address, e))?;
+                conn_configs.push(turn::server::config::ConnConfig {
+                    conn: Arc::new(guard) as Arc<dyn Conn + Send + Sync>,
+                    relay_addr_generator: generator(),
+                });
+            }
+            listeners.push(Listener { transport: Transport::Udp, address, up });
+        }
+
+        let stream_listeners = [
+            sockets.tcp.map(|l| (Transport::Tcp, l, None)),
+            sockets.tls.map(|(l, config)| (Transport::Tls, l, Some(tokio_rustls::TlsAcceptor::from(config)))),
+        ];
+        for (transport, listener, tls) in stream_listeners.into_iter().flatten() {
+            let name = transport.as_str();
+            let fallback = SocketAddr::from(([0, 0, 0, 0], 0));
+            let address = listener.local_addr().map_err(|e| RelayError::Bind(name, fallback, e))?;
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| RelayError::Bind(name, address, e))?;
+            let up = Arc::new(AtomicBool::new(true));
+            let mux = StreamMux::new(address);
+            let guard = GuardConn::new(mux.clone(), Arc::clone(&shared), Arc::clone(&up))
+                .map_err(|e| RelayError::Bind(name, address, e))?;
+            conn_configs.push(turn::server::config::ConnConfig {
+                conn: Arc::new(guard) as Arc<dyn Conn + Send + Sync>,
+                relay_addr_generator: generator(),
+            });
+            stream_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                tls,
+                mux,
+                Arc::clone(&shared),
+                options.max_stream_connections.max(1),
+                Arc::clone(&up),
+                shutdown_rx.clone(),
+            )));
+            listeners.push(Listener { transport, address, up });
+        }
+
+        if conn_configs.is_empty() {
+            return Err(RelayError::NoListeners);
+        }
+
+        // `turn` sends on this channel whenever an allocation closes, and `Server::close()`
+        // waits on those sends while holding a lock: the channel must always be drained.
+        let (close_tx, mut close_rx) = mpsc::channel::<turn::allocation::AllocationInfo>(1024);
+        let close_drain = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move {
+                while let Some(info) = close_rx.recv().await {
+                    shared.handle_allocation_closed((info.five_tuple.src_addr, info.five_tuple.dst_addr));
+                }
+            }
+        });
+
+        let server = turn::server::Server::new(turn::server::config::ServerConfig {
+            conn_configs,
+            realm: options.realm.clone(),
+            auth_handler: Arc::new(GuardAuth(Arc::clone(&shared))),
+            channel_bind_timeout: std::time::Duration::ZERO,
+            alloc_close_notify: Some(close_tx),
+        })
+        .await
+        .map_err(RelayError::Server)?;
+
+        Ok(Relay { server, shared, listeners, shutdown_tx, stream_tasks, close_drain })
+    }
+
+    /// Each listener and whether it is still serving.
+    pub fn listeners(&self) -> Vec<ListenerStatus> {
+        self.listeners
+            .iter()
+            .map(|l| ListenerStatus { transport: l.transport, address: l.address, up: l.up.load(Ordering::Relaxed) })
+            .collect()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Appends the relay's metrics in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.shared.metrics.render(out);
+    }
+
+    /// How many nonces the server's table holds (bounded, see `nonce`).
+    pub fn nonce_table_len(&self) -> usize {
+        self.shared.lock().nonces.len()
+    }
+
+    /// Stops every listener and closes every allocation.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        if let Err(err) = self.server.close().await {
+            log::warn!("turn: closing the relay: {err}");
+        }
+        for task in self.stream_tasks {
+            let _ = task.await;
+        }
+        drop(self.server);
+        // The drain task ends once every allocation manager (holding a sender) is gone.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.close_drain).await;
+    }
+}
+
+fn rand_seed() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_range_parses() {
+        assert_eq!(parse_port_range("49152-65535").unwrap(), (49152, 65535));
+        assert_eq!(parse_port_range(" 50000 - 50000 ").unwrap(), (50000, 50000));
+        for bad in ["", "1", "0-10", "10-5", "a-b", "1-70000"] {
+            let error = parse_port_range(bad).unwrap_err();
+            assert!(error.to_string().contains("turn.relay_ports"), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_and_tcp_share_a_free_port() {
+        let sockets = RelaySockets::bind("127.0.0.1:0".parse().unwrap(), true, 2, true).unwrap();
+        let udp = sockets.udp_addr().unwrap();
+        assert_ne!(udp.port(), 0);
+        assert_eq!(sockets.tcp_addr().unwrap(), udp);
+        assert_eq!(sockets.udp.len(), 2);
+    }
+}

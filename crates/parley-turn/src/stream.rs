@@ -1,0 +1,274 @@
+//! TURN over TCP and TLS (RFC 8656 3.1 / RFC 5766 2.1): STUN messages and ChannelData framed
+//! on a stream, the relay side staying UDP.
+//!
+//! `turn` only reads datagrams from a `Conn`, so each stream listener is one `StreamMux`:
+//! a `Conn` whose `recv_from` yields the frames of every connection tagged with the client's
+//! address, and whose `send_to` writes to that client's connection. The server's 5-tuple
+//! (client address, listener address) then identifies a connection exactly as it does a
+//! UDP client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use webrtc_util::Conn;
+
+use crate::guard::Shared;
+
+/// Frames queued per connection before further ones are dropped (as UDP would drop them).
+const WRITE_QUEUE: usize = 256;
+/// Frames from all connections waiting for the server.
+const READ_QUEUE: usize = 1024;
+/// A TLS handshake must finish in this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that has sent nothing for this long is closed (allocations refresh every
+/// few minutes and permissions every 5; browsers send media or keepalives continuously).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+
+pub(crate) struct StreamMux {
+    local: SocketAddr,
+    frames_tx: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    frames_rx: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
+    writers: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+}
+
+impl StreamMux {
+    pub fn new(local: SocketAddr) -> Arc<Self> {
+        let (frames_tx, frames_rx) = mpsc::channel(READ_QUEUE);
+        Arc::new(StreamMux {
+            local,
+            frames_tx,
+            frames_rx: tokio::sync::Mutex::new(frames_rx),
+            writers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn writers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>> {
+        self.writers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Length of the frame starting at `header` (4 bytes): a STUN message (20-byte header plus
+/// its length) or ChannelData (4-byte header plus data, padded to 4 on streams).
+/// Returns (bytes to read in total, bytes to hand to the server).
+pub(crate) fn frame_length(header: [u8; 4]) -> Option<(usize, usize)> {
+    let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    match header[0] >> 6 {
+        0 => Some((20 + length, 20 + length)),
+        1 => Some((4 + length.div_ceil(4) * 4, 4 + length)),
+        _ => None,
+    }
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut reader: R,
+    peer: SocketAddr,
+    frames: &mpsc::Sender<(Vec<u8>, SocketAddr)>,
+) {
+    loop {
+        let mut header = [0u8; 4];
+        match tokio::time::timeout(IDLE_TIMEOUT, reader.read_exact(&mut header)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let Some((total, payload)) = frame_length(header) else {
+            return; // not STUN or ChannelData: the stream is out of sync, drop the client
+        };
+        let mut frame = vec![0u8; total];
+        frame[..4].copy_from_slice(&header);
+        if reader.read_exact(&mut frame[4..]).await.is_err() {
+            return;
+        }
+        frame.truncate(payload);
+        if frames.send((frame, peer)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, mut queue: mpsc::Receiver<Vec<u8>>) {
+    while let Some(mut frame) = queue.recv().await {
+        // ChannelData is padded to a multiple of 4 on streams; `turn` already pads, but a
+        // short frame from elsewhere must not desynchronise the client.
+        if frame.len() >= 4 && frame[0] >> 6 == 1 {
+            frame.resize(frame.len().div_ceil(4) * 4, 0);
+        }
+        if writer.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Serves one accepted connection until it ends.
+async fn serve_connection<S>(stream: S, peer: SocketAddr, mux: Arc<StreamMux>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE);
+    mux.writers().insert(peer, queue_tx);
+    let writer_task = tokio::spawn(write_frames(writer, queue_rx));
+    read_frames(reader, peer, &mux.frames_tx).await;
+    mux.writers().remove(&peer);
+    writer_task.abort();
+    // The allocation ends with its connection (RFC 6062 / RFC 8656 3.1); `turn` has no hook
+    // for that, so delete it with a Refresh of lifetime 0 on the client's behalf.
+    if let Some(release) = shared.release_request((peer, mux.local)) {
+        let _ = mux.frames_tx.send((release, peer)).await;
+    }
+}
+
+/// Accepts connections until `shutdown` flips, wrapping each in TLS if an acceptor is given.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mux: Arc<StreamMux>,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    up: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                shared.metrics.stream_connections.store(tasks.len() as u64, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let (stream, peer) = match accepted {
+            Ok(v) => v,
+            Err(err) => {
+                // EMFILE and friends: back off rather than spin.
+                if shared.may_log() {
+                    log::warn!("turn: accepting a TCP connection failed: {err}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if tasks.len() >= max_connections {
+            if shared.may_log() {
+                log::warn!("turn: refusing TCP connection from {peer}: {max_connections} connections open");
+            }
+            continue; // dropping the stream closes it
+        }
+        let _ = stream.set_nodelay(true);
+        let mux = Arc::clone(&mux);
+        let shared_for_task = Arc::clone(&shared);
+        match &tls {
+            None => {
+                tasks.spawn(serve_connection(stream, peer, mux, shared_for_task));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tasks.spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, peer, mux, shared_for_task).await,
+                        Ok(Err(err)) => {
+                            if shared_for_task.may_log() {
+                                log::info!("turn: TLS handshake with {peer} failed: {err}");
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                });
+            }
+        }
+        shared.metrics.stream_connections.store(tasks.len() as u64, Ordering::Relaxed);
+    }
+    up.store(false, Ordering::Relaxed);
+    tasks.shutdown().await;
+    shared.metrics.stream_connections.store(0, Ordering::Relaxed);
+}
+
+#[async_trait]
+impl Conn for StreamMux {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(webrtc_util::Error::Other("a stream listener does not connect".into()))
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        self.recv_from(buf).await.map(|(n, _)| n)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let mut frames = self.frames_rx.lock().await;
+        loop {
+            let Some((frame, peer)) = frames.recv().await else {
+                return Err(webrtc_util::Error::ErrClosedListener);
+            };
+            if frame.len() > buf.len() {
+                continue; // larger than the server's buffer; UDP would truncate it
+            }
+            buf[..frame.len()].copy_from_slice(&frame);
+            return Ok((frame.len(), peer));
+        }
+    }
+
+    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
+        Err(webrtc_util::Error::Other("a stream listener needs a destination".into()))
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        let queue = self.writers().get(&target).cloned();
+        match queue {
+            // A full queue drops the frame, as a congested UDP path would.
+            Some(queue) => {
+                let _ = queue.try_send(buf.to_vec());
+                Ok(buf.len())
+            }
+            None => Err(webrtc_util::Error::Other(format!("no TCP connection from {target}"))),
+        }
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stun_frames_carry_their_header() {
+        assert_eq!(frame_length([0x00, 0x03, 0x00, 0x08]), Some((28, 28)));
+    }
+
+    #[test]
+    fn channel_data_is_padded_on_the_stream_but_not_for_the_server() {
+        assert_eq!(frame_length([0x40, 0x00, 0x00, 0x05]), Some((12, 9)));
+        assert_eq!(frame_length([0x7f, 0xff, 0x00, 0x04]), Some((8, 8)));
+        assert_eq!(frame_length([0x40, 0x00, 0x00, 0x00]), Some((4, 4)));
+    }
+
+    #[test]
+    fn other_bytes_are_not_frames() {
+        assert_eq!(frame_length([0xC0, 0, 0, 0]), None);
+        assert_eq!(frame_length([0x80, 0, 0, 0]), None);
+        assert_eq!(frame_length([0x16, 0x03, 0x01, 0x00]), Some((276, 276)), "a TLS hello looks like STUN; the server rejects it");
+    }
+}

@@ -1,0 +1,262 @@
+//! Calls: the async shell around `parley_call::Switchboard`.
+//!
+//! One driver task owns the switchboard (no `Arc<Mutex<..>>`). Socket.IO handlers
+//! (`socket.rs`) and HTTP handlers (`http.rs`) are thin: they validate the payload
+//! (`payload.rs`), rate-limit, send a [`Command`] with a oneshot for the reply, and map the
+//! answer. The driver feeds one command to the switchboard, then carries out its outputs in
+//! order, awaiting call-log writes before later replies so an acknowledged action is recorded.
+//!
+//! Wiring (serve.rs): [`close_crashed_calls`] before listeners open; [`driver`] to make the
+//! [`Handle`] that goes into `AppState`; [`socket_layer`] once the state exists; then
+//! [`Driver::spawn`] with the `SocketIo`; at shutdown [`Handle::shutdown`].
+
+mod driver;
+pub mod http;
+pub mod openapi;
+mod payload;
+mod socket;
+
+use std::time::{Duration, Instant};
+
+use parley_call::{
+    CallId, ConnId, Error as CallError, Media, Now, Origin, Reply, SignalKind, SignalPayload,
+    UserInfo,
+};
+use parley_config::Config;
+use parley_store::Store;
+use tokio::sync::{mpsc, oneshot};
+
+pub use driver::Driver;
+pub use socket::socket_layer;
+
+use crate::http::error::{ApiError, Code};
+
+/// What handlers ask of the driver.
+pub(crate) enum Command {
+    Connect {
+        conn: ConnId,
+        socket: socketioxide::extract::SocketRef,
+        session_id: i64,
+        user: UserInfo,
+        device_id: String,
+        /// The `iceServers`, `iceTransportPolicy`, `ttlSecs` part of the `session` event,
+        /// computed by the handler (the driver has no `AppState`).
+        ice: serde_json::Value,
+        reply: oneshot::Sender<Result<Reply, CallError>>,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+    Initiate {
+        origin: Origin,
+        caller: UserInfo,
+        callee: UserInfo,
+        media: Media,
+        reply: oneshot::Sender<Result<Reply, CallError>>,
+    },
+    Action {
+        action: Action,
+        origin: Origin,
+        call_id: CallId,
+        reply: oneshot::Sender<Result<Reply, CallError>>,
+    },
+    Signal {
+        conn: ConnId,
+        call_id: CallId,
+        kind: SignalKind,
+        payload: SignalPayload,
+        reply: oneshot::Sender<Result<Reply, CallError>>,
+    },
+    RevokeSession {
+        session_id: i64,
+        done: oneshot::Sender<()>,
+    },
+    /// A read of the switchboard; the closure sends its own answer.
+    Query(Box<dyn FnOnce(&parley_call::Switchboard) + Send>),
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The call actions that take only a call id (and, for decline, a message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    Accept,
+    Decline { message: Option<String> },
+    Cancel,
+    End,
+}
+
+/// The cheap, cloneable way into the driver. Lives in `AppState.calls`.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Handle {
+    /// Disconnects every socket authenticated with this login session (logout calls this).
+    pub async fn disconnect_session(&self, session_id: i64) {
+        let (done, wait) = oneshot::channel();
+        if self.commands.send(Command::RevokeSession { session_id, done }).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Ends every live call with `server_shutdown`, records them, and stops the driver.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.commands.send(Command::Shutdown { done }).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Runs `read` against the switchboard and returns its answer.
+    pub(crate) async fn query<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&parley_call::Switchboard) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (answer, wait) = oneshot::channel();
+        let command = Command::Query(Box::new(move |board| {
+            let _ = answer.send(read(board));
+        }));
+        self.commands.send(command).map_err(|_| driver_gone())?;
+        wait.await.map_err(|_| driver_gone())
+    }
+
+    /// Sends a command built around a reply channel and waits for the answer.
+    pub(crate) async fn request(
+        &self,
+        build: impl FnOnce(oneshot::Sender<Result<Reply, CallError>>) -> Command,
+    ) -> Result<Result<Reply, CallError>, ApiError> {
+        let (reply, wait) = oneshot::channel();
+        self.commands.send(build(reply)).map_err(|_| driver_gone())?;
+        wait.await.map_err(|_| driver_gone())
+    }
+
+    /// Queues a command without waiting (disconnects, and the connect that must be queued
+    /// before any event of the same socket).
+    pub(crate) fn send(&self, command: Command) -> bool {
+        self.commands.send(command).is_ok()
+    }
+}
+
+fn driver_gone() -> ApiError {
+    ApiError::internal("the call driver has stopped (shutting down?)")
+}
+
+/// Makes the handle and the driver that serves it. The driver starts with [`Driver::spawn`] once
+/// the Socket.IO handle exists.
+pub fn driver(config: &Config, store: Store) -> (Handle, Driver) {
+    let (commands, receiver) = mpsc::unbounded_channel();
+    let board_config = parley_call::Config {
+        ring_timeout: Duration::from_secs(config.calls.ring_timeout_secs),
+        reconnect_grace: Duration::from_secs(config.calls.reconnect_grace_secs),
+        ..parley_call::Config::default()
+    };
+    (Handle { commands }, Driver::new(board_config, store, receiver))
+}
+
+/// Start-up after a crash: closes every call the log still shows live, with `server_restart`.
+pub async fn close_crashed_calls(store: &Store) -> anyhow::Result<()> {
+    let closed = store.close_live_calls(parley_store::unix_millis_now()).await?;
+    if closed > 0 {
+        log::warn!("closed {closed} call(s) left live by an unclean stop (reason server_restart)");
+    }
+    Ok(())
+}
+
+/// Reads both clocks once for an input.
+pub(crate) fn now() -> Now {
+    Now {
+        instant: Instant::now(),
+        unix_ms: parley_store::unix_millis_now(),
+    }
+}
+
+/// A fresh, unguessable call id.
+pub(crate) fn new_call_id() -> CallId {
+    CallId(format!("{:032x}", rand::random::<u128>()))
+}
+
+pub(crate) fn user_info(user: &parley_store::User) -> UserInfo {
+    UserInfo {
+        id: user.id,
+        username: user.username.clone(),
+        display_name: user.display_name.clone(),
+    }
+}
+
+/// The protocol error for a switchboard refusal.
+pub(crate) fn call_error(error: &CallError) -> ApiError {
+    let code = match error {
+        CallError::CallNotFound => Code::CallNotFound,
+        CallError::SelfCall => Code::SelfCall,
+        CallError::CallerBusy => Code::CallerBusy,
+        CallError::RecipientOffline => Code::RecipientOffline,
+        CallError::RecipientBusy => Code::RecipientBusy,
+        CallError::Forbidden(_) => Code::Forbidden,
+        CallError::InvalidState(_) => Code::InvalidState,
+        CallError::DeviceRequired(_) => Code::DeviceRequired,
+        other => return ApiError::internal(other),
+    };
+    ApiError::new(code, error.to_string())
+}
+
+/// `CALL_NOT_FOUND` from the switchboard only means "not live". For a party of an ended call
+/// the honest answer is `INVALID_STATE`; for anyone else the call stays invisible.
+pub(crate) async fn refine_not_found(store: &Store, user: i64, call_id: &CallId) -> ApiError {
+    match store.call_by_id(&call_id.0).await {
+        Ok(Some(row)) if row.caller.id == user || row.callee.id == user => {
+            ApiError::new(Code::InvalidState, "the call has already ended")
+        }
+        Ok(_) => ApiError::new(Code::CallNotFound, "call not found"),
+        Err(e) => ApiError::from(e),
+    }
+}
+
+/// Runs an action and maps refusals, including the ended-call refinement.
+pub(crate) async fn run_action(
+    handle: &Handle,
+    store: &Store,
+    user: i64,
+    origin: Origin,
+    call_id: CallId,
+    action: Action,
+) -> Result<Reply, ApiError> {
+    let id = call_id.clone();
+    let answer = handle
+        .request(|reply| Command::Action { action, origin, call_id: id, reply })
+        .await?;
+    match answer {
+        Ok(reply) => Ok(reply),
+        Err(CallError::CallNotFound) => Err(refine_not_found(store, user, &call_id).await),
+        Err(error) => Err(call_error(&error)),
+    }
+}
+
+/// Resolves `to` (a user id or a username, any case) to a user, or `USER_NOT_FOUND`.
+pub(crate) async fn resolve_callee(store: &Store, to: &payload::Recipient) -> Result<UserInfo, ApiError> {
+    let found = match to {
+        payload::Recipient::Id(id) => store.user_by_id(*id).await?,
+        payload::Recipient::Name(name) => store.user_by_username(name).await?,
+    };
+    match found {
+        Some(user) if !user.disabled => Ok(user_info(&user)),
+        _ => Err(ApiError::new(Code::UserNotFound, "to: no such user")),
+    }
+}
+
+/// Initiate, shared by the socket event and `POST /calls`.
+pub(crate) async fn run_initiate(
+    handle: &Handle,
+    store: &Store,
+    caller: UserInfo,
+    origin: Origin,
+    request: payload::Initiate,
+) -> Result<Reply, ApiError> {
+    let callee = resolve_callee(store, &request.to).await?;
+    let answer = handle
+        .request(|reply| Command::Initiate { origin, caller, callee, media: request.media, reply })
+        .await?;
+    answer.map_err(|error| call_error(&error))
+}

@@ -1,0 +1,231 @@
+//! `parley serve`: prepare storage, bind every listener, tell systemd we are ready, serve until
+//! SIGTERM or SIGINT, then shut down in order within a bound.
+//!
+//! Everything that can fail because of the machine (data directory, database, ports,
+//! certificates) fails here, before readiness, with a message naming the thing to fix.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use parley_config::Config;
+use parley_store::Store;
+use rand::RngCore;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::auth::AttemptLimiter;
+use crate::state::AppState;
+use crate::{http, notify, relay, tls};
+
+/// How long in-flight HTTP requests and sockets get to finish after the shutdown signal.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until `shutdown` is cancelled (the signal handler does that in production).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let config = Arc::new(config);
+    let data_dir = &config.storage.data_dir;
+    prepare_data_dir(data_dir)?;
+    let store = Store::open(&config.storage.database_path()).await?;
+    let turn_secret = Arc::new(turn_secret(&config)?);
+    // hook: calls restart cleanup (close the calls a crash left live, before any listener opens)
+    crate::calls::close_crashed_calls(&store).await?;
+    let (calls, calls_driver) = crate::calls::driver(&config, store.clone());
+
+    let tls = tls::Tls::load(&config)?;
+    let http_listener = bind_http(config.http.listen)?;
+    let http_address = http_listener.local_addr()?;
+    let relay = relay::start(&config, &turn_secret, tls.turn.clone())
+        .await
+        .with_context(|| format!("cannot start the TURN relay on {} (turn.listen)", config.turn.listen))?;
+
+    let state = AppState {
+        config: config.clone(),
+        store: store.clone(),
+        turn_secret,
+        relay: relay.clone(),
+        login_limiter: Arc::new(AttemptLimiter::new(config.auth.login_attempts_per_minute)),
+        calls: calls.clone(),
+    };
+    // The SIGHUP handler goes in before readiness: until then SIGHUP would kill the process.
+    tls.spawn_reloader(shutdown.clone().cancelled_owned());
+    let app = http::router(state.clone());
+    // hook: socket.io layer and calls driver
+    let (socket_layer, _socket_io) = crate::calls::socket_layer(state.clone());
+    let app = app.layer(socket_layer);
+    let calls_task = calls_driver.spawn();
+
+    let http_task = spawn_http(app, http_listener, tls.http.clone(), shutdown.clone())?;
+    let url = public_url(&config, http_address);
+    notify::ready(&format!("serving on {url}"));
+    notify::spawn_watchdog();
+    log::info!(
+        "parley {} ready in {} ms: open {url}",
+        env!("CARGO_PKG_VERSION"),
+        started.elapsed().as_millis()
+    );
+
+    shutdown.cancelled().await;
+    log::info!("shutting down");
+    notify::stopping();
+    // hook: calls shutdown (end live calls with server_shutdown and record them)
+    calls.shutdown().await;
+    let _ = calls_task.await;
+    if let Some(relay) = &relay {
+        relay.shutdown().await;
+    }
+    match tokio::time::timeout(HTTP_DRAIN + Duration::from_secs(1), http_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => log::warn!("HTTP server stopped with an error: {e}"),
+        Ok(Err(e)) => log::warn!("HTTP server task failed: {e}"),
+        Err(_) => log::warn!("HTTP connections still open after {HTTP_DRAIN:?}; closing them"),
+    }
+    store.close().await;
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Cancels `token` on SIGTERM or SIGINT. A second signal exits at once.
+pub fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM received"),
+            _ = int.recv() => log::info!("SIGINT received"),
+        }
+        token.cancel();
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        log::warn!("second signal: exiting without finishing shutdown");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+fn public_url(config: &Config, bound: SocketAddr) -> String {
+    if !config.http.public_url.is_empty() {
+        return config.public_url();
+    }
+    let scheme = if config.tls.enabled { "https" } else { "http" };
+    format!("{scheme}://{bound}")
+}
+
+/// Creates the data directory and proves we can write into it, so that a permissions problem
+/// is reported here, by name, and not later as an obscure SQLite error.
+pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (storage.data_dir); create it and make it \
+             writable by the user running parley",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(".parley-write-test");
+    let result = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
+    result.with_context(|| {
+        format!(
+            "the data directory {} (storage.data_dir) is not writable; make it writable by the \
+             user running parley",
+            dir.display()
+        )
+    })
+}
+
+/// `turn.secret`, or the secret kept in `<data_dir>/turn_secret`, generated at first start.
+/// It never goes into the config file, so package upgrades never ask about it.
+pub fn turn_secret(config: &Config) -> anyhow::Result<String> {
+    if !config.turn.secret.is_empty() {
+        return Ok(config.turn.secret.clone());
+    }
+    let path = config.storage.data_dir.join("turn_secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => bail!(
+            "{} is empty; delete it to have a new TURN secret generated, or set turn.secret",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read the TURN secret {}", path.display()));
+        }
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create the TURN secret file {}", path.display()))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write the TURN secret file {}", path.display()))?;
+    log::info!("generated a TURN secret in {}", path.display());
+    Ok(secret)
+}
+
+/// Binds the HTTP port, explaining the usual failures.
+pub fn bind_http(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "address already in use: stop the other program using it, or change http.listen"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied: ports below 1024 need CAP_NET_BIND_SERVICE (the packaged \
+                 systemd unit grants it), or change http.listen"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "this machine has no such address: change http.listen"
+            }
+            _ => "change http.listen",
+        };
+        anyhow::anyhow!("cannot listen on {address} (http.listen): {e}; {hint}")
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+type HttpTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+fn spawn_http(
+    app: axum::Router,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<HttpTask> {
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            Ok(tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }))
+        }
+        Some(config) => {
+            let handle = axum_server::Handle::new();
+            let server = axum_server::tls_rustls::from_tcp_rustls(
+                listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )?
+            .handle(handle.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                handle.graceful_shutdown(Some(HTTP_DRAIN));
+            });
+            Ok(tokio::spawn(async move { server.serve(service).await }))
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! What every handler can reach. Cheap to clone: everything inside is shared.
+
+use std::sync::Arc;
+
+use parley_config::Config;
+use parley_store::Store;
+
+use crate::http::auth::AttemptLimiter;
+use crate::relay::RelayService;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    /// The effective TURN shared secret (`turn.secret`, or the generated one).
+    pub turn_secret: Arc<String>,
+    /// The embedded relay; `None` when `turn.enabled = false`.
+    pub relay: Option<Arc<RelayService>>,
+    /// Failed logins and registrations per username and per client address.
+    pub login_limiter: Arc<AttemptLimiter>,
+    /// The call driver (live calls, sockets, presence).
+    pub calls: crate::calls::Handle,
+}

@@ -1,0 +1,1192 @@
+//! TLS for the web UI/API and for TURN over TLS: certificate loading, the self-signed fallback,
+//! and hot reload.
+//!
+//! Both rustls `ServerConfig`s resolve their certificate through a [`SwappableCert`], so a reload
+//! only swaps an `Arc<CertifiedKey>`: listeners are never rebuilt, and connections already open
+//! keep the certificate they were established with.
+//!
+//! The file-watching is polling (metadata every [`POLL_INTERVAL`]) rather than inotify: it needs
+//! no extra dependency, works for certificates on any file system, and copes with the
+//! rename-into-place and symlink-flip styles that certbot and friends use.
+
+use std::fmt;
+use std::future::Future;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// How often the certificate files are checked for changes. A reload also happens at once on
+/// SIGHUP (`systemctl reload parley`), so this only bounds how stale an unannounced renewal is.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// File names of the generated pair inside `<data_dir>/tls/`.
+const SELF_SIGNED_DIR: &str = "tls";
+const SELF_SIGNED_CERT: &str = "cert.pem";
+const SELF_SIGNED_KEY: &str = "key.pem";
+
+/// The TLS state of the daemon: server configs for the listeners, plus what the reloader needs.
+pub struct Tls {
+    /// For the HTTPS listener (web UI, API, Socket.IO); `None` when `tls.enabled = false`.
+    /// ALPN offers only `http/1.1`, the only protocol the HTTP server speaks.
+    pub http: Option<Arc<ServerConfig>>,
+    /// For the TURN-over-TLS listener; `None` when no certificate is available for it.
+    pub turn: Option<Arc<ServerConfig>>,
+    /// Set when the HTTP certificate is the generated self-signed one: the operator-facing
+    /// warning, already logged once by [`Tls::load`], for `parley doctor` or the startup banner.
+    pub self_signed_notice: Option<String>,
+    watched: Vec<Watched>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("http", &self.http.is_some())
+            .field("turn", &self.turn.is_some())
+            .field("self_signed", &self.self_signed_notice.is_some())
+            .field("watched", &self.watched)
+            .finish()
+    }
+}
+
+/// The subset of the configuration this module reads, so the logic is testable without a full
+/// `Config` and the mapping from config keys lives in one place ([`TlsSettings::from_config`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub enabled: bool,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub self_signed: bool,
+    pub turn_enabled: bool,
+    pub turn_cert: PathBuf,
+    pub turn_key: PathBuf,
+    pub data_dir: PathBuf,
+    /// Names (DNS or IP literals) the self-signed certificate is issued for.
+    pub self_signed_names: Vec<String>,
+}
+
+impl TlsSettings {
+    pub fn from_config(config: &parley_config::Config) -> TlsSettings {
+        let mut names = Vec::new();
+        if let Some(host) = host_of_url(&config.http.public_url) {
+            names.push(host);
+        }
+        let turn_host = config.turn.public_host.trim();
+        if !turn_host.is_empty() {
+            names.push(turn_host.trim_matches(['[', ']']).to_owned());
+        }
+        // The machine's own name too: with no public name configured it is the best guess at
+        // what browsers will be pointed at, and it costs nothing otherwise.
+        if let Some(hostname) = machine_hostname() {
+            names.push(hostname);
+        }
+        let listen_ip = config.http.listen.ip();
+        if !listen_ip.is_unspecified() {
+            names.push(listen_ip.to_string());
+        }
+        // Always valid for the machine itself, so `curl https://localhost/healthz` and the
+        // admin's own browser on the box work after accepting the warning once.
+        names.extend([
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ]);
+        let mut unique = Vec::new();
+        for name in names {
+            if !unique.contains(&name) {
+                unique.push(name);
+            }
+        }
+        TlsSettings {
+            enabled: config.tls.enabled,
+            cert: config.tls.cert.clone(),
+            key: config.tls.key.clone(),
+            self_signed: config.tls.self_signed,
+            turn_enabled: config.turn.enabled,
+            turn_cert: config.turn.tls_cert.clone(),
+            turn_key: config.turn.tls_key.clone(),
+            data_dir: PathBuf::from(&config.storage.data_dir),
+            self_signed_names: unique,
+        }
+    }
+
+    fn self_signed_paths(&self) -> (PathBuf, PathBuf) {
+        let dir = self.data_dir.join(SELF_SIGNED_DIR);
+        (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY))
+    }
+}
+
+/// Where the HTTP and TURN certificates come from, decided before touching any file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Plan {
+    http: Option<Pair>,
+    turn: Option<Pair>,
+    /// The HTTP pair is the generated one (and must be created if missing).
+    http_self_signed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pair {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn is_set(path: &Path) -> bool {
+    !path.as_os_str().is_empty()
+}
+
+fn plan(settings: &TlsSettings) -> anyhow::Result<Plan> {
+    let configured = pair_from("tls.cert", &settings.cert, "tls.key", &settings.key)?;
+    let turn_configured = pair_from(
+        "turn.tls_cert",
+        &settings.turn_cert,
+        "turn.tls_key",
+        &settings.turn_key,
+    )?;
+    let (http, http_self_signed) = match (settings.enabled, configured) {
+        (false, configured) => {
+            // HTTP stays plain, but a configured pair may still serve TURN over TLS below.
+            return Ok(Plan {
+                http: None,
+                turn: turn_for(settings, turn_configured, configured),
+                http_self_signed: false,
+            });
+        }
+        (true, Some(pair)) => (pair, false),
+        (true, None) if settings.self_signed => {
+            let (cert, key) = settings.self_signed_paths();
+            (Pair { cert, key }, true)
+        }
+        (true, None) => bail!(
+            "tls.enabled is true but tls.cert and tls.key are empty: set them to the PEM files of \
+             your certificate and key, or set tls.self_signed = true to generate a self-signed one"
+        ),
+    };
+    Ok(Plan {
+        turn: turn_for(settings, turn_configured, Some(http.clone())),
+        http: Some(http),
+        http_self_signed,
+    })
+}
+
+fn turn_for(settings: &TlsSettings, turn: Option<Pair>, fallback: Option<Pair>) -> Option<Pair> {
+    if !settings.turn_enabled {
+        return None;
+    }
+    turn.or(fallback)
+}
+
+fn pair_from(
+    cert_key: &str,
+    cert: &Path,
+    key_key: &str,
+    key: &Path,
+) -> anyhow::Result<Option<Pair>> {
+    match (is_set(cert), is_set(key)) {
+        (true, true) => Ok(Some(Pair {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        })),
+        (false, false) => Ok(None),
+        (true, false) => bail!("{cert_key} is set but {key_key} is empty: set both, or neither"),
+        (false, true) => bail!("{key_key} is set but {cert_key} is empty: set both, or neither"),
+    }
+}
+
+impl Tls {
+    /// Reads tls.* / turn.tls_* from the config; generates the self-signed pair into
+    /// `<data_dir>/tls/` when tls.enabled && tls.self_signed && no cert configured or present.
+    pub fn load(config: &parley_config::Config) -> anyhow::Result<Tls> {
+        Tls::load_settings(&TlsSettings::from_config(config))
+    }
+
+    pub fn load_settings(settings: &TlsSettings) -> anyhow::Result<Tls> {
+        let plan = plan(settings)?;
+        let mut self_signed_notice = None;
+        if plan.http_self_signed {
+            let (cert, key) = settings.self_signed_paths();
+            if !cert.exists() || !key.exists() {
+                generate_self_signed(&cert, &key, &settings.self_signed_names)?;
+                log::info!(
+                    "generated a self-signed certificate for {} at {}",
+                    settings.self_signed_names.join(", "),
+                    cert.display()
+                );
+            }
+            let notice = self_signed_notice_text(&cert);
+            log::warn!("{notice}");
+            self_signed_notice = Some(notice);
+        }
+
+        let mut watched: Vec<Watched> = Vec::new();
+        let mut resolver_for = |pair: &Pair, label: &'static str| -> anyhow::Result<_> {
+            // TURN usually shares the HTTP pair: one resolver, one reload.
+            if let Some(existing) = watched.iter().find(|w| w.pair == *pair) {
+                return Ok(existing.resolver.clone());
+            }
+            let certified = load_pair(pair).with_context(|| format!("{label} certificate"))?;
+            let resolver = Arc::new(SwappableCert::new(certified));
+            watched.push(Watched {
+                label,
+                fingerprint: fingerprint(pair),
+                last_seen_change: None,
+                pair: pair.clone(),
+                resolver: resolver.clone(),
+            });
+            Ok(resolver)
+        };
+
+        let http = match &plan.http {
+            Some(pair) => {
+                let resolver = resolver_for(pair, "tls")?;
+                let mut config = server_config(resolver)?;
+                // axum serves HTTP/1.1 only (no `http2` feature); offering h2 would break clients.
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(Arc::new(config))
+            }
+            None => None,
+        };
+        let turn = match &plan.turn {
+            Some(pair) => {
+                // No ALPN: RFC 7443's "stun.turn" is optional and browsers do not send it, and
+                // an ALPN list here would make rustls reject clients that offer other protocols.
+                Some(Arc::new(server_config(resolver_for(pair, "turn tls")?)?))
+            }
+            None => None,
+        };
+        Ok(Tls {
+            http,
+            turn,
+            self_signed_notice,
+            watched,
+        })
+    }
+
+    /// Reloads certificates on SIGHUP and when the files change, until `shutdown` resolves;
+    /// a failed reload keeps the old certificate and logs why.
+    ///
+    /// Must be called inside a tokio runtime. The SIGHUP handler is installed before this
+    /// returns, so call it before notifying readiness: until then SIGHUP would kill the process.
+    pub fn spawn_reloader(&self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        use tokio::signal::unix::{SignalKind, signal};
+
+        // Even with nothing to watch the handler is installed: SIGHUP (`systemctl reload`) must
+        // never kill the daemon.
+        let mut watched = self.watched.clone();
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                log::error!(
+                    "cannot listen for SIGHUP ({error}); certificates reload only on file change"
+                );
+                None
+            }
+        };
+        tokio::spawn(async move {
+            tokio::pin!(shutdown);
+            let mut ticker = tokio::time::interval(POLL_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    Some(()) = async {
+                        match hangup.as_mut() {
+                            Some(stream) => stream.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        log::info!("SIGHUP: reloading certificates");
+                        for entry in &mut watched {
+                            entry.reload();
+                        }
+                    }
+                    _ = ticker.tick() => {
+                        for entry in &mut watched {
+                            entry.poll();
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Reloads every certificate now; what SIGHUP does. Errors are logged, not returned, and
+    /// the old certificate stays in use. Returns how many pairs were reloaded successfully.
+    pub fn reload_now(&self) -> usize {
+        let mut watched = self.watched.clone();
+        watched
+            .iter_mut()
+            .map(Watched::reload)
+            .filter(|reloaded| *reloaded)
+            .count()
+    }
+}
+
+fn self_signed_notice_text(cert: &Path) -> String {
+    format!(
+        "tls: serving a self-signed certificate ({cert}); browsers will show a security warning \
+         and TURN-over-TLS clients may refuse it. For a real certificate (for example from Let's \
+         Encrypt), set tls.cert and tls.key in /etc/parley/parley.toml to its fullchain and \
+         private-key PEM files (readable by the parley user), then run `systemctl reload \
+         parley`",
+        cert = cert.display()
+    )
+}
+
+/// A certificate slot that can be swapped while listeners keep running.
+pub struct SwappableCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl SwappableCert {
+    pub fn new(certified: CertifiedKey) -> SwappableCert {
+        SwappableCert {
+            current: RwLock::new(Arc::new(certified)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc; the value is fine.
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn swap(&self, certified: CertifiedKey) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(certified);
+    }
+}
+
+impl fmt::Debug for SwappableCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwappableCert").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    // main installs ring as the process default; tests and `parley doctor` may not have, and
+    // ring is the only provider compiled in anyway.
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+fn server_config(resolver: Arc<SwappableCert>) -> anyhow::Result<ServerConfig> {
+    Ok(ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("the ring crypto provider supports no TLS version (a build problem)")?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver))
+}
+
+/// Reads and checks a PEM certificate chain and private key.
+fn load_pair(pair: &Pair) -> anyhow::Result<CertifiedKey> {
+    let cert_pem = std::fs::read(&pair.cert)
+        .with_context(|| format!("cannot read certificate {}", pair.cert.display()))?;
+    let key_pem = std::fs::read(&pair.key)
+        .with_context(|| format!("cannot read private key {}", pair.key.display()))?;
+    certified_key_from_pem(&cert_pem, &key_pem).with_context(|| {
+        format!(
+            "certificate {} with key {}",
+            pair.cert.display(),
+            pair.key.display()
+        )
+    })
+}
+
+pub fn certified_key_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<CertifiedKey> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("the certificate file is not valid PEM")?;
+    if chain.is_empty() {
+        bail!("the certificate file holds no CERTIFICATE block: it must be PEM, leaf first");
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context(
+        "the key file holds no usable PRIVATE KEY block (PKCS#8, PKCS#1 or SEC1 PEM expected)",
+    )?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|error| match error {
+        rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
+            "the private key does not belong to the certificate (was only one of the two files \
+             replaced?)"
+        ),
+        other => anyhow::anyhow!("unusable certificate or key: {other}"),
+    })
+}
+
+/// Writes a new self-signed pair. The key is created 0600 before any byte is written, and both
+/// files are renamed into place so a crash never leaves a half-written pair behind.
+fn generate_self_signed(cert_path: &Path, key_path: &Path, names: &[String]) -> anyhow::Result<()> {
+    let dir = cert_path
+        .parent()
+        .expect("self-signed paths are always <data_dir>/tls/<file>");
+    create_private_dir(dir)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .with_context(|| format!("cannot make a certificate for {}", names.join(", ")))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, names[0].clone());
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Parley (self-signed)");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    // Long-lived on purpose: nobody renews a self-signed certificate, and browsers warn anyway.
+    params.not_after = now + time::Duration::days(3650);
+    let signing_key = rcgen::KeyPair::generate().context("cannot generate a key pair")?;
+    let cert = params
+        .self_signed(&signing_key)
+        .context("cannot sign the self-signed certificate")?;
+    write_atomically(key_path, signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_atomically(cert_path, cert.pem().as_bytes(), 0o644)?;
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "cannot create {} for the self-signed certificate (is storage.data_dir writable?)",
+                dir.display()
+            )
+        })
+}
+
+fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("tmp");
+    let result = (|| {
+        let _ = std::fs::remove_file(&temporary);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A certificate pair being watched for changes.
+#[derive(Clone)]
+struct Watched {
+    label: &'static str,
+    pair: Pair,
+    resolver: Arc<SwappableCert>,
+    /// What the files looked like when last loaded (successfully or not).
+    fingerprint: Fingerprint,
+    /// A changed state seen at the previous poll, waiting to settle.
+    last_seen_change: Option<Fingerprint>,
+}
+
+impl fmt::Debug for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watched")
+            .field("label", &self.label)
+            .field("pair", &self.pair)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Metadata of both files (following symlinks, as certbot's `live/` links point into `archive/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    cert: Option<FileStamp>,
+    key: Option<FileStamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+    device: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: metadata.modified().ok(),
+        len: metadata.len(),
+        inode: metadata.ino(),
+        device: metadata.dev(),
+    })
+}
+
+fn fingerprint(pair: &Pair) -> Fingerprint {
+    Fingerprint {
+        cert: stamp(&pair.cert),
+        key: stamp(&pair.key),
+    }
+}
+
+impl Watched {
+    /// Called every poll interval: reloads once the files changed and then stayed unchanged for
+    /// one interval, so a renewal that writes the certificate and the key one after the other is
+    /// picked up once, complete, instead of failing on the half-replaced pair.
+    fn poll(&mut self) {
+        let now = fingerprint(&self.pair);
+        if now == self.fingerprint {
+            self.last_seen_change = None;
+            return;
+        }
+        if self.last_seen_change.as_ref() == Some(&now) {
+            log::info!(
+                "{} certificate files changed; reloading {}",
+                self.label,
+                self.pair.cert.display()
+            );
+            self.reload();
+        } else {
+            // First sighting of this state: wait one more interval for the other file to follow.
+            self.last_seen_change = Some(now);
+        }
+    }
+
+    /// Loads the pair and swaps it in; on failure logs why and keeps serving the old one.
+    fn reload(&mut self) -> bool {
+        let now = fingerprint(&self.pair);
+        match load_pair(&self.pair) {
+            Ok(certified) => {
+                self.resolver.swap(certified);
+                self.fingerprint = now;
+                self.last_seen_change = None;
+                log::info!(
+                    "{} certificate reloaded from {}",
+                    self.label,
+                    self.pair.cert.display()
+                );
+                true
+            }
+            Err(error) => {
+                // Remember the broken state so it is reported once, not every poll; the next
+                // change to either file triggers another attempt.
+                self.fingerprint = now;
+                self.last_seen_change = None;
+                log::error!(
+                    "{} certificate reload failed, still serving the previous certificate: {error:#}",
+                    self.label
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The host part of an `http(s)://host[:port]/...` URL, without brackets around IPv6 literals.
+fn host_of_url(url: &str) -> Option<String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return None;
+    }
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split_once(']')?.0
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+fn machine_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    // A bare IP or an empty/"(none)" hostname makes no useful DNS name.
+    (!name.is_empty() && name != "(none)" && name.parse::<IpAddr>().is_err())
+        .then(|| name.to_owned())
+}
+
+/// Lines for `parley doctor`: where each certificate comes from and whether it loads. Never
+/// generates or modifies anything.
+pub fn doctor(config: &parley_config::Config) -> Vec<String> {
+    doctor_settings(&TlsSettings::from_config(config))
+}
+
+pub fn doctor_settings(settings: &TlsSettings) -> Vec<String> {
+    let plan = match plan(settings) {
+        Ok(plan) => plan,
+        Err(error) => return vec![format!("tls: ERROR {error:#}")],
+    };
+    let mut lines = Vec::new();
+    let mut describe = |label: &str, pair: &Option<Pair>| match pair {
+        None => lines.push(format!("{label}: off")),
+        Some(pair) if !pair.cert.exists() && plan.http_self_signed => lines.push(format!(
+            "{label}: a self-signed certificate for {} will be generated at {} on first start",
+            settings.self_signed_names.join(", "),
+            pair.cert.display()
+        )),
+        Some(pair) => match load_pair(pair) {
+            Ok(certified) => lines.push(format!(
+                "{label}: ok, {} ({} certificate(s) in the chain), key {}",
+                pair.cert.display(),
+                certified.cert.len(),
+                pair.key.display()
+            )),
+            Err(error) => lines.push(format!("{label}: ERROR {error:#}")),
+        },
+    };
+    describe("tls (https)", &plan.http);
+    describe("tls (turn)", &plan.turn);
+    if plan.http_self_signed {
+        lines.push(format!(
+            "tls: WARNING {}",
+            self_signed_notice_text(&settings.self_signed_paths().0)
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{ServerName, UnixTime};
+    use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    /// Accepts any certificate but still checks the handshake signature, so a passing
+    /// handshake proves the server holds the key of the certificate it presented.
+    #[derive(Debug)]
+    struct AcceptAnyCert(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AcceptAnyCert {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    fn client_config() -> Arc<ClientConfig> {
+        let provider = provider();
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    type ClientStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+    /// A TLS echo server on 127.0.0.1:0 using `config`; one thread per connection.
+    fn echo_server(config: Arc<ServerConfig>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let address = listener
+            .local_addr()
+            .expect("bound listener has an address");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(8) {
+                let Ok(stream) = stream else { continue };
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let connection =
+                        rustls::ServerConnection::new(config).expect("server connection");
+                    let mut tls = rustls::StreamOwned::new(connection, stream);
+                    let mut buffer = [0u8; 64];
+                    while let Ok(read) = tls.read(&mut buffer) {
+                        if read == 0 || tls.write_all(&buffer[..read]).is_err() {
+                            break;
+                        }
+                        let _ = tls.flush();
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    /// Connects, completes the handshake with one echo round trip, and returns the stream.
+    fn connect(address: std::net::SocketAddr) -> ClientStream {
+        let stream = TcpStream::connect(address).expect("connect to the test server");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set timeout");
+        let connection = rustls::ClientConnection::new(
+            client_config(),
+            ServerName::try_from("localhost").expect("valid name"),
+        )
+        .expect("client connection");
+        let mut tls = rustls::StreamOwned::new(connection, stream);
+        echo(&mut tls, b"hello");
+        tls
+    }
+
+    fn echo(tls: &mut ClientStream, message: &[u8]) {
+        tls.write_all(message).expect("write over TLS");
+        let mut reply = vec![0u8; message.len()];
+        tls.read_exact(&mut reply).expect("read the echo over TLS");
+        assert_eq!(reply, message);
+    }
+
+    fn presented(tls: &ClientStream) -> Vec<u8> {
+        tls.conn
+            .peer_certificates()
+            .expect("server sent a certificate")[0]
+            .to_vec()
+    }
+
+    fn leaf_in(path: &Path) -> Vec<u8> {
+        let pem = std::fs::read(path).expect("read the certificate file");
+        CertificateDer::from_pem_slice(&pem)
+            .expect("a PEM certificate")
+            .to_vec()
+    }
+
+    fn write_pair(dir: &Path, name: &str, host: &str) -> (PathBuf, PathBuf) {
+        let certified = rcgen::generate_simple_self_signed(vec![host.to_owned()])
+            .expect("rcgen makes a certificate");
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+        (cert, key)
+    }
+
+    fn settings(data_dir: &Path) -> TlsSettings {
+        TlsSettings {
+            enabled: true,
+            self_signed: true,
+            turn_enabled: true,
+            data_dir: data_dir.to_owned(),
+            self_signed_names: vec!["parley.example.org".to_owned(), "127.0.0.1".to_owned()],
+            ..TlsSettings::default()
+        }
+    }
+
+    #[test]
+    fn disabled_tls_serves_plain_http_and_no_turn_tls_without_a_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = Tls::load_settings(&TlsSettings {
+            enabled: false,
+            ..settings(dir.path())
+        })
+        .expect("plain config loads");
+        assert!(tls.http.is_none());
+        assert!(tls.turn.is_none());
+        assert!(tls.self_signed_notice.is_none());
+        assert!(!dir.path().join("tls").exists(), "nothing generated");
+    }
+
+    #[test]
+    fn disabled_http_tls_still_serves_turn_tls_from_the_tls_pair() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = write_pair(dir.path(), "a", "turn.example.org");
+        let tls = Tls::load_settings(&TlsSettings {
+            enabled: false,
+            cert,
+            key,
+            ..settings(dir.path())
+        })
+        .expect("loads");
+        assert!(tls.http.is_none());
+        assert!(tls.turn.is_some());
+    }
+
+    #[test]
+    fn enabled_without_certificate_or_self_signed_names_the_settings_to_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = Tls::load_settings(&TlsSettings {
+            self_signed: false,
+            ..settings(dir.path())
+        })
+        .expect_err("no certificate at all must fail");
+        let message = format!("{error:#}");
+        assert!(message.contains("tls.cert"), "{message}");
+        assert!(message.contains("tls.self_signed"), "{message}");
+    }
+
+    #[test]
+    fn a_cert_without_a_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = Tls::load_settings(&TlsSettings {
+            cert: dir.path().join("x.crt"),
+            ..settings(dir.path())
+        })
+        .expect_err("cert without key must fail");
+        assert_eq!(
+            format!("{error:#}"),
+            "tls.cert is set but tls.key is empty: set both, or neither"
+        );
+        let error = Tls::load_settings(&TlsSettings {
+            turn_key: dir.path().join("x.key"),
+            ..settings(dir.path())
+        })
+        .expect_err("turn key without cert must fail");
+        assert!(format!("{error:#}").starts_with("turn.tls_key is set but turn.tls_cert"));
+    }
+
+    #[test]
+    fn self_signed_pair_is_generated_once_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = Tls::load_settings(&settings(dir.path())).expect("self-signed loads");
+        let cert = dir.path().join("tls/cert.pem");
+        let key = dir.path().join("tls/key.pem");
+        let mode = |path: &Path| {
+            std::fs::metadata(path)
+                .expect("file exists")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&dir.path().join("tls")), 0o700);
+        let notice = tls.self_signed_notice.as_deref().expect("notice is set");
+        assert!(notice.contains("browsers will show a security warning"));
+        assert!(notice.contains("tls.cert and tls.key"));
+        let first = leaf_in(&cert);
+
+        let again = Tls::load_settings(&settings(dir.path())).expect("reloads");
+        assert_eq!(
+            leaf_in(&cert),
+            first,
+            "an existing pair is never regenerated"
+        );
+
+        // The served certificate is the file's, and TURN shares it.
+        let address = echo_server(again.http.clone().expect("https on"));
+        assert_eq!(presented(&connect(address)), first);
+        let address = echo_server(again.turn.clone().expect("turn tls on"));
+        assert_eq!(presented(&connect(address)), first);
+        assert_eq!(again.watched.len(), 1, "one shared pair, watched once");
+    }
+
+    #[test]
+    fn self_signed_certificate_names_the_configured_hosts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Tls::load_settings(&settings(dir.path())).expect("self-signed loads");
+        let der = leaf_in(&dir.path().join("tls/cert.pem"));
+        // DER holds dNSName SANs as raw ASCII and iPAddress SANs as raw octets.
+        let contains = |needle: &[u8]| der.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(b"parley.example.org"));
+        assert!(contains(&[0x87, 4, 127, 0, 0, 1]), "IP SAN 127.0.0.1");
+    }
+
+    #[test]
+    fn http_advertises_only_http1_and_turn_no_alpn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = Tls::load_settings(&settings(dir.path())).expect("loads");
+        assert_eq!(
+            tls.http.expect("https").alpn_protocols,
+            vec![b"http/1.1".to_vec()]
+        );
+        assert!(tls.turn.expect("turn").alpn_protocols.is_empty());
+    }
+
+    #[test]
+    fn separate_turn_pair_is_served_on_turn_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = write_pair(dir.path(), "web", "web.example.org");
+        let (turn_cert, turn_key) = write_pair(dir.path(), "turn", "turn.example.org");
+        let tls = Tls::load_settings(&TlsSettings {
+            cert: cert.clone(),
+            key,
+            turn_cert: turn_cert.clone(),
+            turn_key,
+            ..settings(dir.path())
+        })
+        .expect("loads");
+        assert!(tls.self_signed_notice.is_none());
+        assert!(
+            !dir.path().join("tls").exists(),
+            "no self-signed when a pair is set"
+        );
+        let web = echo_server(tls.http.clone().expect("https"));
+        let turn = echo_server(tls.turn.clone().expect("turn"));
+        assert_eq!(presented(&connect(web)), leaf_in(&cert));
+        assert_eq!(presented(&connect(turn)), leaf_in(&turn_cert));
+    }
+
+    #[test]
+    fn turn_disabled_means_no_turn_tls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = Tls::load_settings(&TlsSettings {
+            turn_enabled: false,
+            ..settings(dir.path())
+        })
+        .expect("loads");
+        assert!(tls.http.is_some());
+        assert!(tls.turn.is_none());
+    }
+
+    #[test]
+    fn mismatched_key_is_refused_with_a_hint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, _) = write_pair(dir.path(), "a", "a.example.org");
+        let (_, other_key) = write_pair(dir.path(), "b", "b.example.org");
+        let error = Tls::load_settings(&TlsSettings {
+            cert,
+            key: other_key,
+            ..settings(dir.path())
+        })
+        .expect_err("mismatched pair must fail");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("does not belong to the certificate"),
+            "{message}"
+        );
+        assert!(message.contains("a.crt"), "names the file: {message}");
+    }
+
+    #[test]
+    fn garbage_files_are_refused_not_panicked_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        std::fs::write(&cert, b"not a certificate").expect("write");
+        std::fs::write(&key, b"-----BEGIN PRIVATE KEY-----\n!!!\n").expect("write");
+        let error = Tls::load_settings(&TlsSettings {
+            cert,
+            key,
+            ..settings(dir.path())
+        })
+        .expect_err("garbage must fail");
+        assert!(format!("{error:#}").contains("no CERTIFICATE block"));
+        let missing = Tls::load_settings(&TlsSettings {
+            cert: dir.path().join("missing.pem"),
+            key: dir.path().join("missing.key"),
+            ..settings(dir.path())
+        })
+        .expect_err("missing must fail");
+        assert!(format!("{missing:#}").contains("cannot read certificate"));
+    }
+
+    #[test]
+    fn reload_swaps_the_certificate_for_new_handshakes_and_keeps_open_connections() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = write_pair(dir.path(), "live", "old.example.org");
+        let old = leaf_in(&cert);
+        let tls = Tls::load_settings(&TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            ..settings(dir.path())
+        })
+        .expect("loads");
+        let web = echo_server(tls.http.clone().expect("https"));
+        let turn = echo_server(tls.turn.clone().expect("turn"));
+        let mut open = connect(web);
+        assert_eq!(presented(&open), old);
+
+        let (new_cert, new_key) = write_pair(dir.path(), "next", "new.example.org");
+        std::fs::rename(&new_cert, &cert).expect("rename cert into place");
+        std::fs::rename(&new_key, &key).expect("rename key into place");
+        let new = leaf_in(&cert);
+        assert_ne!(old, new);
+        assert_eq!(tls.reload_now(), 1);
+
+        assert_eq!(presented(&connect(web)), new);
+        assert_eq!(presented(&connect(turn)), new, "turn shares the reload");
+        echo(&mut open, b"still here");
+        assert_eq!(
+            presented(&open),
+            old,
+            "an open connection keeps its session"
+        );
+    }
+
+    #[test]
+    fn failed_reload_keeps_serving_the_previous_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = write_pair(dir.path(), "live", "old.example.org");
+        let old = leaf_in(&cert);
+        let tls = Tls::load_settings(&TlsSettings {
+            cert: cert.clone(),
+            key,
+            ..settings(dir.path())
+        })
+        .expect("loads");
+        let web = echo_server(tls.http.clone().expect("https"));
+        // Only the certificate replaced: the key no longer matches.
+        let (next_cert, _) = write_pair(dir.path(), "next", "new.example.org");
+        std::fs::rename(&next_cert, &cert).expect("rename");
+        assert_eq!(tls.reload_now(), 0);
+        assert_eq!(presented(&connect(web)), old);
+    }
+
+    #[test]
+    fn file_change_reloads_after_the_files_settle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = write_pair(dir.path(), "live", "old.example.org");
+        let tls = Tls::load_settings(&TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            ..settings(dir.path())
+        })
+        .expect("loads");
+        let mut watched = tls.watched[0].clone();
+        let served = || watched_leaf(&tls);
+        let old = served();
+
+        watched.poll();
+        assert_eq!(served(), old, "no change, no reload");
+
+        // The certificate is renewed first; the key follows a moment later.
+        let (next_cert, next_key) = write_pair(dir.path(), "next", "new.example.org");
+        std::fs::rename(&next_cert, &cert).expect("rename cert");
+        watched.poll();
+        assert_eq!(
+            served(),
+            old,
+            "a first sighting waits for the change to settle"
+        );
+        std::fs::rename(&next_key, &key).expect("rename key");
+        watched.poll();
+        assert_eq!(served(), old, "the key changed too: wait again");
+        watched.poll();
+        assert_eq!(served(), leaf_in(&cert), "settled: reloaded");
+        let new = served();
+        watched.poll();
+        assert_eq!(served(), new);
+    }
+
+    fn watched_leaf(tls: &Tls) -> Vec<u8> {
+        tls.watched[0].resolver.current().cert[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn sighup_reloads_through_the_spawned_reloader_until_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = write_pair(dir.path(), "live", "old.example.org");
+        let tls = Tls::load_settings(&TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            ..settings(dir.path())
+        })
+        .expect("loads");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tls.spawn_reloader(async move {
+            let _ = stopped.await;
+        });
+        let old = watched_leaf(&tls);
+        let (next_cert, next_key) = write_pair(dir.path(), "next", "new.example.org");
+        std::fs::rename(&next_cert, &cert).expect("rename cert");
+        std::fs::rename(&next_key, &key).expect("rename key");
+        // Our own process: the handler installed by spawn_reloader keeps it alive.
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).expect("raise SIGHUP");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while watched_leaf(&tls) == old {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "SIGHUP reloaded within 1 s (faster than the {POLL_INTERVAL:?} poll)"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(watched_leaf(&tls), leaf_in(&cert));
+        stop.send(()).expect("reloader still running");
+    }
+
+    #[test]
+    fn host_of_url_extracts_the_host() {
+        assert_eq!(host_of_url(""), None);
+        assert_eq!(
+            host_of_url("https://Call.Example.org/"),
+            Some("call.example.org".into())
+        );
+        assert_eq!(
+            host_of_url("https://call.example.org:8443/x?y"),
+            Some("call.example.org".into())
+        );
+        assert_eq!(
+            host_of_url("https://[2001:db8::1]:443"),
+            Some("2001:db8::1".into())
+        );
+        assert_eq!(
+            host_of_url("call.example.org"),
+            Some("call.example.org".into())
+        );
+        assert_eq!(host_of_url("https://"), None);
+        assert_eq!(host_of_url("https://[::1"), None);
+    }
+
+    #[test]
+    fn doctor_describes_the_self_signed_plan_without_creating_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lines = doctor_settings(&settings(dir.path()));
+        assert!(lines[0].contains("will be generated"), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("browsers will show a security warning"))
+        );
+        assert!(!dir.path().join("tls").exists());
+        Tls::load_settings(&settings(dir.path())).expect("generates");
+        let lines = doctor_settings(&settings(dir.path()));
+        assert!(lines[0].starts_with("tls (https): ok"), "{lines:?}");
+        let broken = doctor_settings(&TlsSettings {
+            cert: dir.path().join("nope.pem"),
+            key: dir.path().join("nope.key"),
+            ..settings(dir.path())
+        });
+        assert!(
+            broken[0].contains("ERROR cannot read certificate"),
+            "{broken:?}"
+        );
+    }
+}
