@@ -240,7 +240,11 @@ impl TurnConfig {
         if self.tls_listen.trim().is_empty() {
             return None;
         }
-        Some(self.tls_listen.parse().expect("tls_listen is validated when the config loads"))
+        Some(
+            self.tls_listen
+                .parse()
+                .expect("tls_listen is validated when the config loads"),
+        )
     }
 
     /// The host put in ICE server URLs.
@@ -257,7 +261,9 @@ impl TurnConfig {
         if self.relay_address.is_empty() {
             self.listen.ip()
         } else {
-            self.relay_address.parse().expect("relay_address is validated when the config loads")
+            self.relay_address
+                .parse()
+                .expect("relay_address is validated when the config loads")
         }
     }
 }
@@ -625,7 +631,11 @@ fn describe_kind(kind: &figment::error::Kind) -> String {
 /// serde's expectations read like type names; say them the way an admin would.
 fn plain_expected(expected: &str) -> String {
     match expected {
-        e if e.starts_with("u8") || e.starts_with("u16") || e.starts_with("u32") || e.starts_with("u64") => {
+        e if e.starts_with("u8")
+            || e.starts_with("u16")
+            || e.starts_with("u32")
+            || e.starts_with("u64") =>
+        {
             "a non-negative integer".into()
         }
         e if e.starts_with("i64") || e.starts_with("i32") => "an integer".into(),

@@ -80,9 +80,15 @@ fn file_overrides_defaults_and_env_overrides_file() {
         jail.set_env("PARLEY_WEBRTC__ICE_TRANSPORT_POLICY", "relay");
         let (config, _) = Config::load(Some(Path::new("parley.toml"))).unwrap();
         assert_eq!(config.calls.ring_timeout_secs, 10, "env wins over the file");
-        assert_eq!(config.calls.reconnect_grace_secs, 3, "file wins over defaults");
+        assert_eq!(
+            config.calls.reconnect_grace_secs, 3,
+            "file wins over defaults"
+        );
         assert_eq!(config.auth.registration, Registration::Closed);
-        assert_eq!(config.webrtc.ice_transport_policy, IceTransportPolicy::Relay);
+        assert_eq!(
+            config.webrtc.ice_transport_policy,
+            IceTransportPolicy::Relay
+        );
         Ok(())
     });
 }
@@ -94,7 +100,10 @@ fn env_overrides_defaults_without_a_file() {
         jail.set_env("PARLEY_TURN__ALLOWED_PEER_RANGES", "[\"127.0.0.0/8\"]");
         let (config, _) = Config::load(None).unwrap();
         assert_eq!(config.http.listen.port(), 9999);
-        assert_eq!(config.turn.allowed_peer_ranges, vec!["127.0.0.0/8".to_string()]);
+        assert_eq!(
+            config.turn.allowed_peer_ranges,
+            vec!["127.0.0.0/8".to_string()]
+        );
         Ok(())
     });
 }
@@ -106,7 +115,10 @@ fn unknown_env_variable_is_a_warning_not_an_error() {
         jail.set_env("PARLEY_CONFIG", "/nonexistent-is-fine-here");
         let (config, report) = Config::load(None).unwrap();
         assert_eq!(config, Config::default());
-        assert_eq!(report.unknown_env, vec!["PARLEY_CALLS__RING_TIMEOUT".to_string()]);
+        assert_eq!(
+            report.unknown_env,
+            vec!["PARLEY_CALLS__RING_TIMEOUT".to_string()]
+        );
         Ok(())
     });
 }
@@ -114,8 +126,15 @@ fn unknown_env_variable_is_a_warning_not_an_error() {
 #[test]
 fn wrong_type_names_file_key_and_value() {
     Jail::expect_with(|jail| {
-        let message = load_err(jail, "parley.toml", "[calls]\nring_timeout_secs = \"ten\"\n");
-        assert!(message.contains("parley.toml: calls.ring_timeout_secs: expected"), "{message}");
+        let message = load_err(
+            jail,
+            "parley.toml",
+            "[calls]\nring_timeout_secs = \"ten\"\n",
+        );
+        assert!(
+            message.contains("parley.toml: calls.ring_timeout_secs: expected"),
+            "{message}"
+        );
         assert!(message.contains("integer"), "{message}");
         assert!(message.contains("\"ten\""), "{message}");
         Ok(())
@@ -127,7 +146,10 @@ fn wrong_type_from_env_names_the_variable() {
     Jail::expect_with(|jail| {
         jail.set_env("PARLEY_CALLS__RING_TIMEOUT_SECS", "soon");
         let message = Config::load(None).unwrap_err().to_string();
-        assert!(message.contains("PARLEY_CALLS__RING_TIMEOUT_SECS"), "{message}");
+        assert!(
+            message.contains("PARLEY_CALLS__RING_TIMEOUT_SECS"),
+            "{message}"
+        );
         assert!(message.contains("calls.ring_timeout_secs"), "{message}");
         Ok(())
     });
@@ -138,7 +160,10 @@ fn unknown_key_is_an_error_naming_it() {
     Jail::expect_with(|jail| {
         let message = load_err(jail, "parley.toml", "[calls]\nring_timeout = 10\n");
         assert!(message.contains("parley.toml"), "{message}");
-        assert!(message.contains("parley.toml: calls.ring_timeout: unknown key"), "{message}");
+        assert!(
+            message.contains("parley.toml: calls.ring_timeout: unknown key"),
+            "{message}"
+        );
         Ok(())
     });
 }
@@ -147,7 +172,10 @@ fn unknown_key_is_an_error_naming_it() {
 fn unknown_section_is_an_error() {
     Jail::expect_with(|jail| {
         let message = load_err(jail, "parley.toml", "[cals]\nring_timeout_secs = 10\n");
-        assert!(message.contains("parley.toml: cals: unknown key"), "{message}");
+        assert!(
+            message.contains("parley.toml: cals: unknown key"),
+            "{message}"
+        );
         Ok(())
     });
 }
@@ -157,7 +185,10 @@ fn bad_enum_value_lists_the_choices() {
     Jail::expect_with(|jail| {
         let message = load_err(jail, "p.toml", "[auth]\nregistration = \"maybe\"\n");
         assert!(message.contains("p.toml: auth.registration"), "{message}");
-        assert!(message.contains("open") && message.contains("closed"), "{message}");
+        assert!(
+            message.contains("open") && message.contains("closed"),
+            "{message}"
+        );
         Ok(())
     });
 }
@@ -185,7 +216,11 @@ fn missing_named_file_is_an_error() {
     Jail::expect_with(|_| {
         let error = Config::load(Some(Path::new("nope.toml"))).unwrap_err();
         assert!(matches!(error, ConfigError::FileNotFound { .. }));
-        assert!(error.to_string().contains("nope.toml: config file not found"));
+        assert!(
+            error
+                .to_string()
+                .contains("nope.toml: config file not found")
+        );
         Ok(())
     });
 }
@@ -197,7 +232,10 @@ fn plain_http_off_loopback_is_refused_with_the_reason() {
         assert!(message.contains("p.toml: http.listen"), "{message}");
         assert!(message.contains("camera"), "{message}");
         assert!(message.contains("tls.enabled"), "{message}");
-        jail.create_file("q.toml", "[http]\nlisten = \"0.0.0.0:8080\"\nallow_plain_http = true\n")?;
+        jail.create_file(
+            "q.toml",
+            "[http]\nlisten = \"0.0.0.0:8080\"\nallow_plain_http = true\n",
+        )?;
         Config::load(Some(Path::new("q.toml"))).expect("allowed explicitly");
         Ok(())
     });
@@ -211,8 +249,16 @@ fn semantic_errors_are_all_reported_at_once() {
             "p.toml",
             "[turn]\nrelay_ports = \"9-5\"\nrelay_address = \"nowhere\"\ntls_listen = \"x\"\n[calls]\nring_timeout_secs = 0\n",
         );
-        for key in ["turn.relay_ports", "turn.relay_address", "turn.tls_listen", "calls.ring_timeout_secs"] {
-            assert!(message.contains(&format!("p.toml: {key}:")), "{key} missing in {message}");
+        for key in [
+            "turn.relay_ports",
+            "turn.relay_address",
+            "turn.tls_listen",
+            "calls.ring_timeout_secs",
+        ] {
+            assert!(
+                message.contains(&format!("p.toml: {key}:")),
+                "{key} missing in {message}"
+            );
         }
         Ok(())
     });

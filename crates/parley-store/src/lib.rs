@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub mod calls;
 mod sessions;
 mod users;
 
@@ -34,7 +35,9 @@ pub enum StoreError {
          restore it from a backup (or start with a fresh one)"
     )]
     Corrupt { path: PathBuf, detail: String },
-    #[error("{path}: cannot open the database ({detail}); check that the directory exists and is writable by the parley user")]
+    #[error(
+        "{path}: cannot open the database ({detail}); check that the directory exists and is writable by the parley user"
+    )]
     CannotOpen { path: PathBuf, detail: String },
     #[error(
         "{path}: database migration failed ({detail}); the file may be from a newer parley or \

@@ -70,22 +70,24 @@ impl Store {
         .bind(unix_millis_now())
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|(id, expires_at, user_id, username, display_name)| {
-            (
-                Session {
-                    id,
-                    user_id,
-                    expires_at,
-                },
-                User {
-                    id: user_id,
-                    username,
-                    display_name,
-                    disabled: false,
-                    created_at: 0,
-                },
-            )
-        }))
+        Ok(
+            row.map(|(id, expires_at, user_id, username, display_name)| {
+                (
+                    Session {
+                        id,
+                        user_id,
+                        expires_at,
+                    },
+                    User {
+                        id: user_id,
+                        username,
+                        display_name,
+                        disabled: false,
+                        created_at: 0,
+                    },
+                )
+            }),
+        )
     }
 
     /// Ends one session at once.

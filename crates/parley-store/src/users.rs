@@ -259,7 +259,9 @@ async fn dummy_hash() -> &'static str {
     static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     DUMMY
         .get_or_init(|| async {
-            hash_password("not-a-real-password").await.unwrap_or_default()
+            hash_password("not-a-real-password")
+                .await
+                .unwrap_or_default()
         })
         .await
 }

@@ -21,7 +21,10 @@ async fn reopening_an_existing_database_keeps_data_and_reruns_nothing() {
     let path = dir.path().join("parley.db");
     {
         let store = Store::open(&path).await.unwrap();
-        store.create_user("alice", Some("Alice A"), "password-1").await.unwrap();
+        store
+            .create_user("alice", Some("Alice A"), "password-1")
+            .await
+            .unwrap();
         store.close().await;
     }
     let store = Store::open(&path).await.unwrap();
@@ -54,12 +57,21 @@ async fn an_unwritable_location_is_reported_with_its_path() {
 #[tokio::test]
 async fn usernames_are_unique_without_regard_to_case() {
     let (_dir, store) = fresh().await;
-    store.create_user("Alice", None, "password-1").await.unwrap();
-    let error = store.create_user("alice", None, "password-2").await.unwrap_err();
+    store
+        .create_user("Alice", None, "password-1")
+        .await
+        .unwrap();
+    let error = store
+        .create_user("alice", None, "password-2")
+        .await
+        .unwrap_err();
     assert!(matches!(error, StoreError::UsernameTaken(_)));
     let found = store.user_by_username("ALICE").await.unwrap().unwrap();
     assert_eq!(found.username, "Alice");
-    assert_eq!(found.display_name, "Alice", "display name defaults to the username");
+    assert_eq!(
+        found.display_name, "Alice",
+        "display name defaults to the username"
+    );
 }
 
 #[tokio::test]
@@ -81,23 +93,71 @@ async fn bad_usernames_and_passwords_are_refused_naming_the_field() {
 #[tokio::test]
 async fn login_needs_the_right_password_and_an_enabled_account() {
     let (_dir, store) = fresh().await;
-    store.create_user("bob", None, "correct horse").await.unwrap();
-    assert!(store.verify_login("bob", "correct horse").await.unwrap().is_some());
-    assert!(store.verify_login("BOB", "correct horse").await.unwrap().is_some());
-    assert!(store.verify_login("bob", "wrong horse").await.unwrap().is_none());
-    assert!(store.verify_login("nobody", "correct horse").await.unwrap().is_none());
+    store
+        .create_user("bob", None, "correct horse")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .verify_login("bob", "correct horse")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .verify_login("BOB", "correct horse")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .verify_login("bob", "wrong horse")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .verify_login("nobody", "correct horse")
+            .await
+            .unwrap()
+            .is_none()
+    );
     store.set_disabled("bob", true).await.unwrap();
-    assert!(store.verify_login("bob", "correct horse").await.unwrap().is_none());
+    assert!(
+        store
+            .verify_login("bob", "correct horse")
+            .await
+            .unwrap()
+            .is_none()
+    );
     store.set_disabled("bob", false).await.unwrap();
     store.set_password("bob", "battery staple").await.unwrap();
-    assert!(store.verify_login("bob", "correct horse").await.unwrap().is_none());
-    assert!(store.verify_login("bob", "battery staple").await.unwrap().is_some());
+    assert!(
+        store
+            .verify_login("bob", "correct horse")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .verify_login("bob", "battery staple")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test]
 async fn sessions_resolve_until_revoked() {
     let (_dir, store) = fresh().await;
-    let user = store.create_user("carol", None, "password-1").await.unwrap();
+    let user = store
+        .create_user("carol", None, "password-1")
+        .await
+        .unwrap();
     let new = store.create_session(user.id, 3600).await.unwrap();
     let (session, found) = store.session_user(&new.token).await.unwrap().unwrap();
     assert_eq!(found.id, user.id);
@@ -132,7 +192,10 @@ async fn password_change_disable_and_remove_end_sessions() {
     store.remove_user("erin").await.unwrap();
     assert!(store.session_user(&c.token).await.unwrap().is_none());
     assert!(store.user_by_username("erin").await.unwrap().is_none());
-    store.create_user("erin", None, "password-3").await.expect("the name is free again");
+    store
+        .create_user("erin", None, "password-3")
+        .await
+        .expect("the name is free again");
 }
 
 #[tokio::test]

@@ -16,7 +16,13 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     /// The TOML config file. Without it, the embedded defaults apply (localhost only, data in
     /// ./data). Every key can also be set as PARLEY_<SECTION>__<KEY>.
-    #[arg(long, short = 'c', env = "PARLEY_CONFIG", global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "PARLEY_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]

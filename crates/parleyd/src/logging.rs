@@ -13,7 +13,13 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use parley_config::LogLevel;
 
 /// Targets whose records are rate-limited: third-party network code that logs per packet.
-const NOISY_TARGETS: &[&str] = &["turn", "stun", "webrtc_util", "socketioxide", "engineioxide"];
+const NOISY_TARGETS: &[&str] = &[
+    "turn",
+    "stun",
+    "webrtc_util",
+    "socketioxide",
+    "engineioxide",
+];
 /// Records a noisy target may log per window before the rest are counted and dropped.
 const NOISY_BUDGET: u32 = 20;
 const NOISY_WINDOW: Duration = Duration::from_secs(60);
@@ -89,7 +95,10 @@ impl Log for Filter {
             return;
         }
         if is_noisy(record.target()) {
-            let mut state = self.noisy.lock().expect("the logger never panics while holding this");
+            let mut state = self
+                .noisy
+                .lock()
+                .expect("the logger never panics while holding this");
             if state.window_start.elapsed() >= NOISY_WINDOW {
                 if state.dropped > 0 {
                     self.inner.log(
@@ -132,7 +141,13 @@ impl Log for Stderr {
 
     fn log(&self, record: &Record) {
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{:<5} {}: {}", record.level(), record.target(), record.args());
+        let _ = writeln!(
+            err,
+            "{:<5} {}: {}",
+            record.level(),
+            record.target(),
+            record.args()
+        );
     }
 
     fn flush(&self) {

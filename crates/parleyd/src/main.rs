@@ -60,7 +60,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("parley: cannot start the async runtime: {e}");
@@ -81,7 +84,9 @@ fn main() -> ExitCode {
                 anyhow::ensure!(all_ok, "the relay check failed: see the FAIL lines above");
                 Ok(())
             }
-            Command::CheckConfig | Command::Version => unreachable!("handled before the runtime starts"),
+            Command::CheckConfig | Command::Version => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

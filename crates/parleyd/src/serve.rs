@@ -42,7 +42,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let http_address = http_listener.local_addr()?;
     let relay = relay::start(&config, &turn_secret, tls.turn.clone())
         .await
-        .with_context(|| format!("cannot start the TURN relay on {} (turn.listen)", config.turn.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot start the TURN relay on {} (turn.listen)",
+                config.turn.listen
+            )
+        })?;
 
     let state = AppState {
         config: config.clone(),
@@ -155,7 +160,8 @@ pub fn turn_secret(config: &Config) -> anyhow::Result<String> {
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot read the TURN secret {}", path.display()));
+            return Err(e)
+                .with_context(|| format!("cannot read the TURN secret {}", path.display()));
         }
     }
     let mut bytes = [0u8; 32];

@@ -32,12 +32,18 @@ async fn execute(store: &Store, command: UserCommand) -> anyhow::Result<()> {
             println!("created user {} (id {})", user.username, user.id);
             if generated {
                 println!("password: {password}");
-                println!("(shown once; change it with `parley user passwd {}`)", user.username);
+                println!(
+                    "(shown once; change it with `parley user passwd {}`)",
+                    user.username
+                );
             }
         }
         UserCommand::List => {
             let users = store.list_users().await?;
-            println!("{:<6} {:<32} {:<9} DISPLAY NAME", "ID", "USERNAME", "STATUS");
+            println!(
+                "{:<6} {:<32} {:<9} DISPLAY NAME",
+                "ID", "USERNAME", "STATUS"
+            );
             for user in users {
                 let status = if user.disabled { "disabled" } else { "enabled" };
                 println!(
@@ -52,7 +58,10 @@ async fn execute(store: &Store, command: UserCommand) -> anyhow::Result<()> {
         } => {
             let (password, generated) = password(password_stdin)?;
             let user = store.set_password(&username, &password).await?;
-            println!("password changed for {}; their sessions have ended", user.username);
+            println!(
+                "password changed for {}; their sessions have ended",
+                user.username
+            );
             if generated {
                 println!("password: {password}");
             }
@@ -92,5 +101,8 @@ fn password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     }
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
-    Ok((base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes), true))
+    Ok((
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+        true,
+    ))
 }

@@ -99,7 +99,10 @@ impl AttemptLimiter {
 
     /// Whether `key` has used up its attempts within the window at `now`.
     pub fn is_limited(&self, key: &str, now: Instant) -> bool {
-        let mut map = self.attempts.lock().expect("no panics while holding the limiter lock");
+        let mut map = self
+            .attempts
+            .lock()
+            .expect("no panics while holding the limiter lock");
         match map.get_mut(key) {
             Some(times) => {
                 times.retain(|t| now.duration_since(*t) < self.window);
@@ -111,11 +114,18 @@ impl AttemptLimiter {
 
     /// Counts one attempt for `key` at `now`.
     pub fn record(&self, key: &str, now: Instant) {
-        let mut map = self.attempts.lock().expect("no panics while holding the limiter lock");
+        let mut map = self
+            .attempts
+            .lock()
+            .expect("no panics while holding the limiter lock");
         // Forget idle keys now and then, so a spray of usernames cannot grow the map forever.
         if map.len() > 10_000 {
             let window = self.window;
-            map.retain(|_, times| times.last().is_some_and(|t| now.duration_since(*t) < window));
+            map.retain(|_, times| {
+                times
+                    .last()
+                    .is_some_and(|t| now.duration_since(*t) < window)
+            });
         }
         map.entry(key.to_owned()).or_default().push(now);
     }
@@ -197,6 +207,7 @@ async fn register(
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
     state.store.revoke_session(user.session_id).await?;
     // hook: logout disconnects the sockets that authenticated with this session.
+    state.calls.disconnect_session(user.session_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -91,7 +91,10 @@ impl ApiError {
     /// A failure of ours: the detail goes to the log, the client gets a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         log::error!("internal error: {detail}");
-        ApiError::new(Code::Internal, "internal error; the details are in the server log")
+        ApiError::new(
+            Code::Internal,
+            "internal error; the details are in the server log",
+        )
     }
 
     pub fn unauthorized() -> ApiError {
@@ -131,9 +134,10 @@ impl From<parley_store::StoreError> for ApiError {
         use parley_store::StoreError;
         match error {
             StoreError::Invalid { field, reason } => ApiError::invalid(field, reason),
-            StoreError::UsernameTaken(name) => {
-                ApiError::new(Code::UsernameTaken, format!("the username {name:?} is taken"))
-            }
+            StoreError::UsernameTaken(name) => ApiError::new(
+                Code::UsernameTaken,
+                format!("the username {name:?} is taken"),
+            ),
             other => ApiError::internal(other),
         }
     }
@@ -156,9 +160,10 @@ impl From<JsonRejection> for ApiError {
                 Code::InvalidPayload,
                 "body: expected Content-Type: application/json",
             ),
-            JsonRejection::JsonSyntaxError(_) => {
-                ApiError::new(Code::InvalidPayload, format!("body: malformed JSON: {detail}"))
-            }
+            JsonRejection::JsonSyntaxError(_) => ApiError::new(
+                Code::InvalidPayload,
+                format!("body: malformed JSON: {detail}"),
+            ),
             _ => ApiError::new(Code::InvalidPayload, detail.to_string()),
         }
     }

@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         // hook: web client
+        .fallback(crate::web::serve)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -65,14 +66,19 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
-    out.push_str("# HELP parley_up 1 while the daemon serves.\n# TYPE parley_up gauge\nparley_up 1\n");
+    out.push_str(
+        "# HELP parley_up 1 while the daemon serves.\n# TYPE parley_up gauge\nparley_up 1\n",
+    );
     if let Some(relay) = &state.relay {
         relay.render_metrics(&mut out).await;
     }
     // hook: calls metrics
     crate::calls::http::render_metrics(&state, &mut out).await;
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
 }

@@ -1,0 +1,284 @@
+//! The call log: one row per call attempt, written by the daemon's call driver as a call starts,
+//! is answered and ends; read back as history, missed counts and single calls.
+//!
+//! Values are plain strings and unix milliseconds here; the daemon converts them to and from the
+//! call core's types, so this crate does not depend on the state machine.
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::{Result, Store};
+
+/// A party as shown with a call (removed users keep their anonymised row, so history survives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallParty {
+    pub id: i64,
+    pub username: String,
+    pub display_name: String,
+}
+
+/// One call as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRow {
+    /// Insertion order; the history cursor.
+    pub seq: i64,
+    pub id: String,
+    pub caller: CallParty,
+    pub callee: CallParty,
+    pub media: String,
+    pub state: String,
+    pub status: Option<String>,
+    pub reason: Option<String>,
+    pub ended_by: Option<i64>,
+    pub message: Option<String>,
+    pub created_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub callee_seen: bool,
+}
+
+/// What the driver writes: a full snapshot, inserted or updated by `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallWrite<'a> {
+    pub id: &'a str,
+    pub caller_id: i64,
+    pub callee_id: i64,
+    pub media: &'a str,
+    pub state: &'a str,
+    pub status: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub ended_by: Option<i64>,
+    pub message: Option<&'a str>,
+    pub created_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+/// `filter=` of the history endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFilter {
+    /// Incoming calls whose status is missed or busy.
+    Missed,
+    Incoming,
+    Outgoing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Page size, already clamped by the caller.
+    pub limit: u32,
+    /// Only rows older than this cursor (`seq`).
+    pub before: Option<i64>,
+    pub media: Option<String>,
+    pub filter: Option<HistoryFilter>,
+}
+
+/// The answer of `hide_call`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HideOutcome {
+    Hidden,
+    /// No such call, or the user is not a party.
+    NotFound,
+    /// The call is still ringing or active.
+    Live,
+}
+
+macro_rules! call_select {
+    () => {
+        "SELECT c.seq, c.id, c.caller_id, cu.username, cu.display_name,
+                c.callee_id, eu.username, eu.display_name,
+                c.media, c.state, c.status, c.reason, c.ended_by, c.message,
+                c.created_at, c.answered_at, c.ended_at, c.callee_seen
+         FROM calls c
+         JOIN users cu ON cu.id = c.caller_id
+         JOIN users eu ON eu.id = c.callee_id "
+    };
+}
+
+fn call_from(row: SqliteRow) -> Result<CallRow> {
+    Ok(CallRow {
+        seq: row.try_get(0)?,
+        id: row.try_get(1)?,
+        caller: CallParty {
+            id: row.try_get(2)?,
+            username: row.try_get(3)?,
+            display_name: row.try_get(4)?,
+        },
+        callee: CallParty {
+            id: row.try_get(5)?,
+            username: row.try_get(6)?,
+            display_name: row.try_get(7)?,
+        },
+        media: row.try_get(8)?,
+        state: row.try_get(9)?,
+        status: row.try_get(10)?,
+        reason: row.try_get(11)?,
+        ended_by: row.try_get(12)?,
+        message: row.try_get(13)?,
+        created_at: row.try_get(14)?,
+        answered_at: row.try_get(15)?,
+        ended_at: row.try_get(16)?,
+        callee_seen: row.try_get(17)?,
+    })
+}
+
+impl Store {
+    /// Inserts the call, or updates everything that can change about it.
+    pub async fn save_call(&self, call: &CallWrite<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO calls (id, caller_id, callee_id, media, state, status, reason, ended_by,
+                                message, created_at, answered_at, ended_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET
+                state = excluded.state, status = excluded.status, reason = excluded.reason,
+                ended_by = excluded.ended_by, message = excluded.message,
+                answered_at = excluded.answered_at, ended_at = excluded.ended_at",
+        )
+        .bind(call.id)
+        .bind(call.caller_id)
+        .bind(call.callee_id)
+        .bind(call.media)
+        .bind(call.state)
+        .bind(call.status)
+        .bind(call.reason)
+        .bind(call.ended_by)
+        .bind(call.message)
+        .bind(call.created_at)
+        .bind(call.answered_at)
+        .bind(call.ended_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// One call by its public id, whoever the parties are (the caller checks membership).
+    pub async fn call_by_id(&self, id: &str) -> Result<Option<CallRow>> {
+        let row = sqlx::query(concat!(call_select!(), "WHERE c.id = ?"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(call_from).transpose()
+    }
+
+    /// Start-up after a crash: every call still ringing or active ends with `server_restart`,
+    /// `completed` if it was answered, else `missed`. Returns how many were closed.
+    pub async fn close_live_calls(&self, now_ms: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE calls SET
+                state = 'ended',
+                status = CASE WHEN answered_at IS NOT NULL THEN 'completed' ELSE 'missed' END,
+                reason = 'server_restart',
+                ended_by = NULL,
+                ended_at = ?
+             WHERE state != 'ended'",
+        )
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// A page of `user`'s ended calls, newest first, without the ones they hid. The second value
+    /// is the cursor of the next page, `None` on the last one.
+    pub async fn call_history(
+        &self,
+        user: i64,
+        query: &HistoryQuery,
+    ) -> Result<(Vec<CallRow>, Option<i64>)> {
+        let filter: i64 = match query.filter {
+            None => 0,
+            Some(HistoryFilter::Missed) => 1,
+            Some(HistoryFilter::Incoming) => 2,
+            Some(HistoryFilter::Outgoing) => 3,
+        };
+        let limit = i64::from(query.limit.max(1));
+        let rows = sqlx::query(concat!(
+            call_select!(),
+            "WHERE c.state = 'ended'
+               AND ((c.caller_id = ?1 AND c.caller_hidden = 0)
+                    OR (c.callee_id = ?1 AND c.callee_hidden = 0))
+               AND (?2 IS NULL OR c.seq < ?2)
+               AND (?3 IS NULL OR c.media = ?3)
+               AND (?4 = 0
+                    OR (?4 = 1 AND c.callee_id = ?1 AND c.status IN ('missed', 'busy'))
+                    OR (?4 = 2 AND c.callee_id = ?1)
+                    OR (?4 = 3 AND c.caller_id = ?1))
+             ORDER BY c.seq DESC
+             LIMIT ?5"
+        ))
+        .bind(user)
+        .bind(query.before)
+        .bind(query.media.as_deref())
+        .bind(filter)
+        // One extra row tells whether another page exists without a second query.
+        .bind(limit + 1)
+        .fetch_all(self.pool())
+        .await?;
+        let mut calls = rows
+            .into_iter()
+            .map(call_from)
+            .collect::<Result<Vec<_>>>()?;
+        let next = if calls.len() as i64 > limit {
+            calls.truncate(limit as usize);
+            calls.last().map(|c| c.seq)
+        } else {
+            None
+        };
+        Ok((calls, next))
+    }
+
+    /// Missed (and busy) incoming calls `user` has not marked seen nor hidden.
+    pub async fn unseen_missed_count(&self, user: i64) -> Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM calls
+             WHERE callee_id = ? AND state = 'ended' AND status IN ('missed', 'busy')
+               AND callee_seen = 0 AND callee_hidden = 0",
+        )
+        .bind(user)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(count)
+    }
+
+    /// Marks every missed call of `user` as seen.
+    pub async fn mark_missed_seen(&self, user: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE calls SET callee_seen = 1
+             WHERE callee_id = ? AND state = 'ended' AND status IN ('missed', 'busy')
+               AND callee_seen = 0",
+        )
+        .bind(user)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Hides an ended call from `user`'s history only; the other party keeps it.
+    pub async fn hide_call(&self, user: i64, id: &str) -> Result<HideOutcome> {
+        let row: Option<(i64, i64, String)> =
+            sqlx::query_as("SELECT caller_id, callee_id, state FROM calls WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        let Some((caller, callee, state)) = row else {
+            return Ok(HideOutcome::NotFound);
+        };
+        if caller != user && callee != user {
+            return Ok(HideOutcome::NotFound);
+        }
+        if state != "ended" {
+            return Ok(HideOutcome::Live);
+        }
+        sqlx::query(
+            "UPDATE calls SET
+                caller_hidden = CASE WHEN caller_id = ?1 THEN 1 ELSE caller_hidden END,
+                callee_hidden = CASE WHEN callee_id = ?1 THEN 1 ELSE callee_hidden END
+             WHERE id = ?2",
+        )
+        .bind(user)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(HideOutcome::Hidden)
+    }
+}

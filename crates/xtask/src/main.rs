@@ -1,0 +1,224 @@
+//! Project automation: `cargo xtask <task>`.
+//!
+//! - `ci`: THE test command. Installs what the tests need (Debian packages, a Python venv,
+//!   npm packages), builds, then runs every suite: cargo tests, the Socket.IO protocol tests,
+//!   the browser tests, the packaging tests. Used by `.ci/run` on a fresh clone.
+//! - `deb`: builds the release binary and the `.deb`.
+//!
+//! Plain `std::process::Command`: the tasks are sequences of commands and need no more.
+
+mod deb;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+/// Debian packages the suites use, with a command each that proves it is installed.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("chromium", "chromium"),
+    ("coturn", "turnutils_uclient"),
+    ("lintian", "lintian"),
+    ("debootstrap", "debootstrap"),
+    ("systemd", "systemd-analyze"),
+    ("iproute2", "ip"),
+    ("curl", "curl"),
+    ("libnss3-tools", "certutil"),
+];
+
+/// Python packages for the protocol and packaging tests (installed into `.venv`).
+const PIP_PACKAGES: &[&str] = &[
+    "pytest==8.4.2",
+    "python-socketio[client]==5.14.1",
+    "requests==2.32.5",
+    "websocket-client==1.8.0",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(&args[1..]),
+        Some("deb") => deb::build(&args[1..]).map(|path| println!("{}", path.display())),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  \
+                 ci [STAGE...]   install test dependencies, build, run every test suite\n                  \
+                 (stages: deps build cargo socketio e2e packaging)\n  \
+                 deb             build target/debian/parley_*.deb"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("xtask lives in crates/xtask")
+        .to_owned()
+}
+
+/// Runs a command in the repository root, streaming its output.
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_in(&root(), program, args)
+}
+
+fn run_in(dir: &Path, program: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .with_context(|| format!("cannot run {program}: is it installed?"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn have(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {command} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+const STAGES: &[&str] = &["deps", "build", "cargo", "socketio", "e2e", "packaging"];
+
+fn ci(only: &[String]) -> anyhow::Result<()> {
+    let selected: Vec<&str> = if only.is_empty() {
+        STAGES.to_vec()
+    } else {
+        for stage in only {
+            if !STAGES.contains(&stage.as_str()) {
+                bail!("unknown stage {stage:?}; stages: {}", STAGES.join(" "));
+            }
+        }
+        only.iter().map(String::as_str).collect()
+    };
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    for stage in selected {
+        let start = Instant::now();
+        eprintln!("\n=== ci stage: {stage}");
+        let result = match stage {
+            "deps" => deps(),
+            "build" => build(),
+            "cargo" => run("cargo", &["test", "--workspace", "--locked"]),
+            "socketio" => pytest("tests/socketio"),
+            "e2e" => e2e(),
+            "packaging" => pytest("tests/packaging"),
+            _ => unreachable!("stages are checked above"),
+        };
+        let seconds = start.elapsed().as_secs();
+        match result {
+            Ok(()) => {
+                eprintln!("=== ci stage {stage}: ok ({seconds} s)");
+                passed.push(stage);
+            }
+            Err(e) => {
+                eprintln!("=== ci stage {stage}: FAILED ({seconds} s): {e:#}");
+                failed.push(stage);
+                // Without dependencies or a build, every later stage fails for the same reason.
+                if stage == "deps" || stage == "build" {
+                    break;
+                }
+            }
+        }
+    }
+    println!("\nci stages passed: {}", passed.join(" "));
+    if !failed.is_empty() {
+        println!("ci stages FAILED: {}", failed.join(" "));
+    }
+    println!("stages: {} passed, {} failed", passed.len(), failed.len());
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} stage(s) failed", failed.len())
+    }
+}
+
+fn deps() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(_, probe)| !have(probe))
+        .map(|(package, _)| *package)
+        .collect();
+    if !missing.is_empty() {
+        run("apt-get", &["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(&missing);
+        let status = Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!("apt-get install {} failed", missing.join(" "));
+        }
+    }
+    let venv = root().join(".venv");
+    if !venv.join("bin/python").exists() {
+        run("python3", &["-m", "venv", ".venv"])?;
+    }
+    let pip = venv.join("bin/pip");
+    let pip = pip.to_str().expect("the repository path is UTF-8");
+    let mut args = vec!["install", "-q", "--disable-pip-version-check"];
+    args.extend(PIP_PACKAGES);
+    run(pip, &args)?;
+    for dir in ["web", "tests/e2e"] {
+        if root().join(dir).join("package-lock.json").exists() {
+            run_in(&root().join(dir), "npm", &["ci", "--no-audit", "--no-fund"])?;
+        }
+    }
+    Ok(())
+}
+
+fn build() -> anyhow::Result<()> {
+    // The daemon binary the integration suites start (its build script builds the web client).
+    run(
+        "cargo",
+        &["build", "--workspace", "--all-targets", "--locked"],
+    )
+}
+
+fn pytest(dir: &str) -> anyhow::Result<()> {
+    let tests = root().join(dir);
+    let has_tests = std::fs::read_dir(&tests)
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("test_") && name.ends_with(".py")
+            })
+        })
+        .unwrap_or(false);
+    if !has_tests {
+        bail!("{dir} has no test_*.py files");
+    }
+    let pytest = root().join(".venv/bin/pytest");
+    run(
+        pytest.to_str().expect("the repository path is UTF-8"),
+        &[dir, "-q", "-rfE", "--maxfail=50"],
+    )
+}
+
+fn e2e() -> anyhow::Result<()> {
+    run_in(
+        &root().join("tests/e2e"),
+        "node",
+        &[
+            "--test",
+            "--test-concurrency=1",
+            "--test-timeout=300000",
+            ".",
+        ],
+    )
+}

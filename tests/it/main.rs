@@ -1,0 +1,4 @@
+mod daemon;
+mod foundation;
+mod tls;
+mod relay;
