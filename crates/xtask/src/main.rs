@@ -153,7 +153,15 @@ fn deps() -> anyhow::Result<()> {
         .collect();
     if !missing.is_empty() {
         run("apt-get", &["update", "-q"])?;
-        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        let mut args = vec![
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            // Another apt (unattended upgrades, a second session) may hold the lock briefly.
+            "-o",
+            "DPkg::Lock::Timeout=300",
+        ];
         args.extend(&missing);
         let status = Command::new("apt-get")
             .args(&args)
