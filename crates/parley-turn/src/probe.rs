@@ -318,6 +318,15 @@ impl TurnClient {
 
     /// Allocates a UDP relay with long-term credentials; returns the relayed address.
     pub async fn allocate(&mut self, username: &str, password: &str) -> Result<SocketAddr, ProbeError> {
+        self.allocate_with(username, password, false).await
+    }
+
+    /// Allocates with EVEN-PORT (reserving the next port too), as RTP/RTCP clients do.
+    pub async fn allocate_even_port(&mut self, username: &str, password: &str) -> Result<SocketAddr, ProbeError> {
+        self.allocate_with(username, password, true).await
+    }
+
+    async fn allocate_with(&mut self, username: &str, password: &str, even_port: bool) -> Result<SocketAddr, ProbeError> {
         if self.nonce.is_empty() {
             self.challenge().await?;
         }
@@ -325,7 +334,11 @@ impl TurnClient {
         self.key = crate::credentials::long_term_key(username, &self.realm, password);
         let response = self
             .authenticated_transact(METHOD_ALLOCATE, || {
-                vec![Box::new(RequestedTransport { protocol: turn::proto::PROTO_UDP }) as Box<dyn Setter>]
+                let mut attributes = vec![Box::new(RequestedTransport { protocol: turn::proto::PROTO_UDP }) as Box<dyn Setter>];
+                if even_port {
+                    attributes.push(Box::new(turn::proto::evenport::EvenPort { reserve_port: true }));
+                }
+                attributes
             })
             .await?;
         let mut relayed = RelayedAddress::default();

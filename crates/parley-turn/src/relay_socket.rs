@@ -27,6 +27,34 @@ pub(crate) struct PortRangeGenerator {
     pub high: u16,
     pub shared: Arc<Shared>,
     pub cursor: Arc<AtomicU32>,
+    pub odd_streak: Arc<AtomicU32>,
+}
+
+/// Consecutive odd ports handed out while no even one was free before one allocation fails.
+const MAX_ODD_STREAK: u32 = 16;
+
+impl PortRangeGenerator {
+    /// Ports to try for an allocation: even ones first (RTP convention, and what EVEN-PORT
+    /// needs), from a moving pseudo-random start so that consecutive allocations spread over
+    /// the range and a busy stretch is skipped quickly; then odd ones.
+    fn candidate_ports(&self) -> Vec<u16> {
+        let span = u32::from(self.high - self.low) + 1;
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed).wrapping_mul(2654435761) % span;
+        let mut even = Vec::new();
+        let mut odd = Vec::new();
+        for i in 0..span {
+            let port = self.low + ((start + i) % span) as u16;
+            let list = if port % 2 == 0 { &mut even } else { &mut odd };
+            if list.len() < MAX_PORT_ATTEMPTS as usize {
+                list.push(port);
+            }
+            if even.len() + odd.len() >= 2 * MAX_PORT_ATTEMPTS as usize {
+                break;
+            }
+        }
+        even.extend(odd);
+        even
+    }
 }
 
 fn bind_relay_socket(address: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -57,24 +85,32 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
         if use_ipv4 != self.bind_ip.is_ipv4() {
             return Err(turn::Error::ErrInvalidRequestedFamilyValue);
         }
-        let span = u32::from(self.high - self.low) + 1;
         let ports: Vec<u16> = if requested_port != 0 {
             if !(self.low..=self.high).contains(&requested_port) {
                 return Err(turn::Error::ErrMaxRetriesExceeded);
             }
             vec![requested_port]
         } else {
-            // Walk the range from a moving cursor: consecutive allocations get distinct ports
-            // and a busy stretch is skipped quickly.
-            let start = self.cursor.fetch_add(1, Ordering::Relaxed).wrapping_mul(2654435761) % span;
-            (0..span.min(MAX_PORT_ATTEMPTS)).map(|i| self.low + ((start + i) % span) as u16).collect()
+            self.candidate_ports()
         };
         for port in ports {
             let Ok(socket) = bind_relay_socket(SocketAddr::new(self.bind_ip, port)) else {
                 continue;
             };
-            let bucket = (self.shared.bandwidth_bytes_per_sec > 0)
-                .then(|| Mutex::new((TokenBucket::new(self.shared.bandwidth_bytes_per_sec, Instant::now()), TokenBucket::new(self.shared.bandwidth_bytes_per_sec, Instant::now()))));
+            if requested_port == 0 {
+                // `turn` looks for an EVEN-PORT by calling us until the port is even, with no
+                // bound: while no even port is free, fail now and then so it gives up (508).
+                if port % 2 == 0 {
+                    self.odd_streak.store(0, Ordering::Relaxed);
+                } else if self.odd_streak.fetch_add(1, Ordering::Relaxed) >= MAX_ODD_STREAK {
+                    self.odd_streak.store(0, Ordering::Relaxed);
+                    return Err(turn::Error::ErrMaxRetriesExceeded);
+                }
+            }
+            let bucket = (self.shared.bandwidth_bytes_per_sec > 0).then(|| {
+                let rate = self.shared.bandwidth_bytes_per_sec;
+                Mutex::new((TokenBucket::new(rate, Instant::now()), TokenBucket::new(rate, Instant::now())))
+            });
             let conn = RelayConn { socket, metrics: Arc::clone(&self.shared.metrics), buckets: bucket };
             return Ok((Arc::new(conn), SocketAddr::new(self.advertised_ip, port)));
         }

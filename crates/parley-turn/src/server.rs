@@ -222,6 +222,7 @@ impl Relay {
             metrics,
         ));
         let cursor = Arc::new(AtomicU32::new(rand_seed()));
+        let odd_streak = Arc::new(AtomicU32::new(0));
         let generator = || -> Box<dyn turn::relay::RelayAddressGenerator + Send + Sync> {
             Box::new(PortRangeGenerator {
                 bind_ip: options.relay_bind,
@@ -230,6 +231,7 @@ impl Relay {
                 high: options.relay_ports.1,
                 shared: Arc::clone(&shared),
                 cursor: Arc::clone(&cursor),
+                odd_streak: Arc::clone(&odd_streak),
             })
         };
 

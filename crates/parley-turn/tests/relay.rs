@@ -370,3 +370,29 @@ async fn readiness_lists_every_listener() {
     assert_eq!(listeners[0].address, relay.udp);
     relay.relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn even_port_requests_end_when_no_even_port_is_free() {
+    // `turn` searches for an even port by asking for ports until one is even; with the even
+    // ports of a small range taken, it must give up (508) instead of spinning forever.
+    let mut opts = options(true);
+    opts.relay_ports = (41100, 41103);
+    opts.max_allocations_per_user = 0;
+    let relay = start(opts).await;
+    let (username, password) = mint(SECRET, 7, 600, now_unix());
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut client = relay.client("udp").await;
+        let relayed = client.allocate_even_port(&username, &password).await.unwrap();
+        assert_eq!(relayed.port() % 2, 0, "{relayed}");
+        held.push(client);
+    }
+    let mut client = relay.client("udp").await;
+    let error = client.allocate_even_port(&username, &password).await.unwrap_err();
+    assert_eq!(error.code(), Some(508), "{error}");
+    // Odd ports still serve ordinary allocations, and the server still answers.
+    let mut client = relay.client("udp").await;
+    let relayed = client.allocate(&username, &password).await.unwrap();
+    assert_eq!(relayed.port() % 2, 1, "{relayed}");
+    relay.relay.shutdown().await;
+}

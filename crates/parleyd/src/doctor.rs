@@ -25,7 +25,10 @@ pub struct Verdict {
 
 impl Verdict {
     fn fail(message: impl Into<String>) -> Verdict {
-        Verdict { ok: false, message: message.into() }
+        Verdict {
+            ok: false,
+            message: message.into(),
+        }
     }
 }
 
@@ -85,7 +88,10 @@ pub async fn check_listener(target: &Target) -> Verdict {
     let transport = match (target.transport, &target.tls_roots) {
         ("udp", _) => ProbeTransport::Udp,
         ("tcp", _) => ProbeTransport::Tcp,
-        ("tls", Some(config)) => ProbeTransport::Tls { server_name: target.host.clone(), config: config.clone() },
+        ("tls", Some(config)) => ProbeTransport::Tls {
+            server_name: target.host.clone(),
+            config: config.clone(),
+        },
         (other, _) => return Verdict::fail(format!("unknown transport {other}")),
     };
     let started = Instant::now();
@@ -122,7 +128,10 @@ pub async fn check_listener(target: &Target) -> Verdict {
     match echoed {
         Ok(()) => Verdict {
             ok: true,
-            message: format!("allocated {relayed} and relayed a packet through it in {} ms", started.elapsed().as_millis()),
+            message: format!(
+                "allocated {relayed} and relayed a packet through it in {} ms",
+                started.elapsed().as_millis()
+            ),
         },
         Err(error) => Verdict::fail(explain(target, "relay", &error)),
     }
@@ -133,7 +142,10 @@ fn system_tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for path in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
+    for path in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
         if let Ok(iter) = CertificateDer::pem_file_iter(path) {
             for cert in iter.flatten() {
                 let _ = roots.add(cert);
@@ -164,8 +176,14 @@ fn read_secret(config: &Config) -> anyhow::Result<String> {
 pub async fn run(config: &Config, out: &mut dyn Write) -> anyhow::Result<bool> {
     let turn = &config.turn;
     if !turn.enabled {
-        writeln!(out, "turn: disabled (turn.enabled = false); calls between networks that block each other will fail")?;
+        writeln!(
+            out,
+            "turn: disabled (turn.enabled = false); calls between networks that block each other will fail"
+        )?;
         return Ok(true);
+    }
+    for line in crate::tls::doctor(config) {
+        writeln!(out, "{line}")?;
     }
     let secret = read_secret(config)?;
     let host = turn.effective_public_host();
@@ -177,16 +195,31 @@ pub async fn run(config: &Config, out: &mut dyn Write) -> anyhow::Result<bool> {
     if turn.tcp {
         listeners.push(("tcp", turn.listen.port()));
     }
-    if let Some(tls) = turn.tls_listen_addr() {
-        listeners.push(("tls", tls.port()));
+    // TURN over TLS listens only when a certificate is available (see `tls`).
+    let tls_certificate = !turn.tls_cert.as_os_str().is_empty()
+        || !config.tls.cert.as_os_str().is_empty()
+        || (config.tls.enabled && config.tls.self_signed);
+    match turn.tls_listen_addr() {
+        Some(tls) if tls_certificate => listeners.push(("tls", tls.port())),
+        Some(_) => writeln!(
+            out,
+            "turn tls  off: no certificate (set turn.tls_cert/turn.tls_key or tls.cert/tls.key to offer turns: URLs)"
+        )?,
+        None => writeln!(out, "turn tls  off (turn.tls_listen = \"\")")?,
     }
     let tls_roots = Some(system_tls_config()?);
     let mut all_ok = true;
     for (transport, port) in listeners {
-        let address = match tokio::net::lookup_host((host.as_str(), port)).await.map(|mut a| a.next()) {
+        let address = match tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map(|mut a| a.next())
+        {
             Ok(Some(address)) => address,
             _ => {
-                writeln!(out, "turn {transport:<3} {host}:{port}  FAIL  {host} does not resolve here: fix turn.public_host or DNS")?;
+                writeln!(
+                    out,
+                    "turn {transport:<3} {host}:{port}  FAIL  {host} does not resolve here: fix turn.public_host or DNS"
+                )?;
                 all_ok = false;
                 continue;
             }
@@ -202,9 +235,16 @@ pub async fn run(config: &Config, out: &mut dyn Write) -> anyhow::Result<bool> {
         };
         let verdict = check_listener(&target).await;
         let word = if verdict.ok { "OK  " } else { "FAIL" };
-        writeln!(out, "turn {transport:<3} {host}:{port}  {word}  {}", verdict.message)?;
+        writeln!(
+            out,
+            "turn {transport:<3} {host}:{port}  {word}  {}",
+            verdict.message
+        )?;
         if transport == "tls" && !verdict.ok && tls_listener_missing(&verdict) {
-            writeln!(out, "         (TURN over TLS only listens when a certificate is available: turn.tls_cert/turn.tls_key or tls.cert/tls.key)")?;
+            writeln!(
+                out,
+                "         (TURN over TLS only listens when a certificate is available: turn.tls_cert/turn.tls_key or tls.cert/tls.key)"
+            )?;
         }
         all_ok &= verdict.ok;
     }
@@ -216,7 +256,10 @@ fn tls_listener_missing(verdict: &Verdict) -> bool {
 }
 
 fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -261,7 +304,11 @@ mod tests {
         let (relay, address) = relay(&["127.0.0.0/8"]).await;
         let verdict = check_listener(&target("udp", address, "other")).await;
         assert!(!verdict.ok);
-        assert!(verdict.message.contains("different secret"), "{}", verdict.message);
+        assert!(
+            verdict.message.contains("different secret"),
+            "{}",
+            verdict.message
+        );
         relay.shutdown().await;
     }
 
@@ -270,7 +317,11 @@ mod tests {
         let (relay, address) = relay(&[]).await;
         let verdict = check_listener(&target("udp", address, "s")).await;
         assert!(!verdict.ok);
-        assert!(verdict.message.contains("turn.relay_address"), "{}", verdict.message);
+        assert!(
+            verdict.message.contains("turn.relay_address"),
+            "{}",
+            verdict.message
+        );
         relay.shutdown().await;
     }
 
@@ -281,7 +332,11 @@ mod tests {
         wrong.expected_relay_ip = "203.0.113.1".parse().unwrap();
         let verdict = check_listener(&wrong).await;
         assert!(!verdict.ok);
-        assert!(verdict.message.contains("203.0.113.1"), "{}", verdict.message);
+        assert!(
+            verdict.message.contains("203.0.113.1"),
+            "{}",
+            verdict.message
+        );
         relay.shutdown().await;
     }
 
@@ -298,6 +353,10 @@ mod tests {
         drop(closed);
         let verdict = check_listener(&target("tcp", address, "s")).await;
         assert!(!verdict.ok);
-        assert!(verdict.message.contains("nothing listens"), "{}", verdict.message);
+        assert!(
+            verdict.message.contains("nothing listens"),
+            "{}",
+            verdict.message
+        );
     }
 }

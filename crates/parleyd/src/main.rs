@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -100,5 +101,20 @@ fn main() -> ExitCode {
             }
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+/// Every connection is a file descriptor, and the usual soft limit (1024) would cap the daemon
+/// at a few hundred people. The hard limit is what the admin (or `LimitNOFILE=`) granted.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("cannot raise the open files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot read the open files limit: {e}"),
     }
 }

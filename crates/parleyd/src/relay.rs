@@ -11,7 +11,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing::get;
 use parley_config::Config;
-use parley_turn::{ListenerStatus, PeerPolicy, Relay, RelayOptions, RelaySockets, Secrets, Transport};
+use parley_turn::{
+    ListenerStatus, PeerPolicy, Relay, RelayOptions, RelaySockets, Secrets, Transport,
+};
 use serde::Serialize;
 
 use crate::http::auth::AuthUser;
@@ -50,7 +52,9 @@ pub struct RelayService {
 
 impl std::fmt::Debug for RelayService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayService").field("listeners", &self.listeners).finish()
+        f.debug_struct("RelayService")
+            .field("listeners", &self.listeners)
+            .finish()
     }
 }
 
@@ -62,7 +66,10 @@ fn host_for_url(host: &str) -> String {
 }
 
 /// The STUN and TURN URLs of the bound listeners under `public_host`.
-pub fn listener_urls(public_host: &str, listeners: &[ListenerStatus]) -> (Vec<String>, Vec<String>) {
+pub fn listener_urls(
+    public_host: &str,
+    listeners: &[ListenerStatus],
+) -> (Vec<String>, Vec<String>) {
     let host = host_for_url(public_host);
     let mut stun = Vec::new();
     let mut turn = Vec::new();
@@ -87,7 +94,8 @@ pub fn relay_options(config: &Config, secret: &str) -> anyhow::Result<RelayOptio
     let mut options = RelayOptions::new(secret.to_owned(), relay_address);
     options.realm = REALM.to_owned();
     options.secrets = Secrets::new(secret.to_owned(), turn.previous_secrets.clone());
-    options.peer_policy = PeerPolicy::from_ranges(&turn.allowed_peer_ranges).context("turn.allowed_peer_ranges")?;
+    options.peer_policy =
+        PeerPolicy::from_ranges(&turn.allowed_peer_ranges).context("turn.allowed_peer_ranges")?;
     // Relay sockets bind where the listener binds; `relay_address` is only what candidates
     // carry (behind 1:1 NAT the public address is not a local one). A wildcard listener
     // binds relays on the wildcard of the relay address's family.
@@ -122,7 +130,10 @@ pub async fn start(
     let options = relay_options(config, secret)?;
     // Several UDP sockets on one port (SO_REUSEPORT): the kernel spreads clients over them,
     // so the server reads the listener on as many tasks as there are cores.
-    let udp_sockets = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
+    let udp_sockets = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
     let mut sockets = RelaySockets::bind(turn.listen, turn.udp, udp_sockets, turn.tcp)?;
     if let (Some(address), Some(tls)) = (turn.tls_listen_addr(), tls) {
         sockets.bind_tls(address, tls)?;
@@ -131,7 +142,11 @@ pub async fn start(
     let listeners = relay.listeners();
     let (stun_urls, turn_urls) = listener_urls(&turn.effective_public_host(), &listeners);
     for listener in &listeners {
-        log::info!("turn: {} listener on {}", listener.transport.as_str(), listener.address);
+        log::info!(
+            "turn: {} listener on {}",
+            listener.transport.as_str(),
+            listener.address
+        );
     }
     let relay = tokio::sync::Mutex::new(Some(relay));
     Ok(Some(Arc::new(RelayService {
@@ -170,14 +185,13 @@ impl RelayService {
             relay.shutdown().await;
         }
     }
-
-    pub fn listeners(&self) -> &[ListenerStatus] {
-        &self.listeners
-    }
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// ICE servers for `user_id`: the embedded relay's listeners with fresh credentials, then the
@@ -193,11 +207,19 @@ pub fn ice_servers_for(
     let mut ice_servers = Vec::new();
     if let Some(relay) = relay {
         if !relay.stun_urls.is_empty() {
-            ice_servers.push(IceServer { urls: relay.stun_urls.clone(), username: None, credential: None });
+            ice_servers.push(IceServer {
+                urls: relay.stun_urls.clone(),
+                username: None,
+                credential: None,
+            });
         }
         if !relay.turn_urls.is_empty() {
             let (username, credential) = parley_turn::mint(secret, user_id, ttl_secs, now_unix);
-            ice_servers.push(IceServer { urls: relay.turn_urls.clone(), username: Some(username), credential: Some(credential) });
+            ice_servers.push(IceServer {
+                urls: relay.turn_urls.clone(),
+                username: Some(username),
+                credential: Some(credential),
+            });
         }
     }
     for extra in &config.webrtc.extra_ice_servers {
@@ -207,12 +229,22 @@ pub fn ice_servers_for(
             credential: extra.credential.clone(),
         });
     }
-    IceServersReply { ice_servers, ice_transport_policy: config.webrtc.ice_transport_policy.as_str(), ttl_secs }
+    IceServersReply {
+        ice_servers,
+        ice_transport_policy: config.webrtc.ice_transport_policy.as_str(),
+        ttl_secs,
+    }
 }
 
 /// ICE servers for the socket `session` event and the HTTP route.
 pub fn ice_servers(state: &AppState, user_id: i64) -> IceServersReply {
-    ice_servers_for(&state.config, &state.turn_secret, state.relay.as_deref(), user_id, now_unix())
+    ice_servers_for(
+        &state.config,
+        &state.turn_secret,
+        state.relay.as_deref(),
+        user_id,
+        now_unix(),
+    )
 }
 
 async fn get_ice_servers(State(state): State<AppState>, user: AuthUser) -> Json<IceServersReply> {
@@ -229,12 +261,20 @@ mod tests {
     use super::*;
 
     fn listener(transport: Transport, port: u16) -> ListenerStatus {
-        ListenerStatus { transport, address: SocketAddr::from(([127, 0, 0, 1], port)), up: true }
+        ListenerStatus {
+            transport,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            up: true,
+        }
     }
 
     #[test]
     fn urls_cover_every_listener_under_the_public_host() {
-        let listeners = [listener(Transport::Udp, 3478), listener(Transport::Tcp, 3478), listener(Transport::Tls, 5349)];
+        let listeners = [
+            listener(Transport::Udp, 3478),
+            listener(Transport::Tcp, 3478),
+            listener(Transport::Tls, 5349),
+        ];
         let (stun, turn) = listener_urls("turn.example.org", &listeners);
         assert_eq!(stun, ["stun:turn.example.org:3478"]);
         assert_eq!(
@@ -270,7 +310,10 @@ mod tests {
         config.turn.previous_secrets = vec!["old".into()];
         let options = relay_options(&config, "new").unwrap();
         assert_eq!(options.relay_bind, IpAddr::from([0, 0, 0, 0]));
-        assert_eq!(options.relay_address, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            options.relay_address,
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(options.relay_ports, (50000, 50100));
         assert!(options.peer_policy.allows("10.1.2.3".parse().unwrap()));
         assert!(!options.peer_policy.allows("127.0.0.1".parse().unwrap()));
@@ -289,8 +332,11 @@ mod tests {
     fn credentials_follow_the_ttl_and_extra_servers_follow() {
         let mut config = Config::default();
         config.turn.credential_ttl_secs = 600;
-        config.webrtc.extra_ice_servers =
-            vec![parley_config::IceServer { urls: vec!["stun:stun.example.org".into()], username: None, credential: None }];
+        config.webrtc.extra_ice_servers = vec![parley_config::IceServer {
+            urls: vec!["stun:stun.example.org".into()],
+            username: None,
+            credential: None,
+        }];
         let relay = RelayService {
             relay: tokio::sync::Mutex::new(None),
             listeners: vec![listener(Transport::Udp, 3478)],
@@ -302,11 +348,17 @@ mod tests {
         assert_eq!(reply.ice_servers.len(), 3);
         let turn = &reply.ice_servers[1];
         assert_eq!(turn.username.as_deref(), Some("1600:42"));
-        assert_eq!(turn.credential.as_deref(), Some(parley_turn::credentials::password_for("secret", "1600:42").as_str()));
+        assert_eq!(
+            turn.credential.as_deref(),
+            Some(parley_turn::credentials::password_for("secret", "1600:42").as_str())
+        );
         assert_eq!(reply.ice_servers[2].urls, ["stun:stun.example.org"]);
         let json = serde_json::to_value(&reply).unwrap();
         assert_eq!(json["iceTransportPolicy"], "all");
-        assert!(json["iceServers"][0].get("username").is_none(), "STUN entries carry no credentials");
+        assert!(
+            json["iceServers"][0].get("username").is_none(),
+            "STUN entries carry no credentials"
+        );
     }
 
     #[test]

@@ -321,7 +321,8 @@ impl Tls {
 
     /// Reloads every certificate now; what SIGHUP does. Errors are logged, not returned, and
     /// the old certificate stays in use. Returns how many pairs were reloaded successfully.
-    pub fn reload_now(&self) -> usize {
+    #[cfg(test)]
+    fn reload_now(&self) -> usize {
         let mut watched = self.watched.clone();
         watched
             .iter_mut()

@@ -5,7 +5,6 @@
 //! hash in their names and are cached for a year; `index.html` is revalidated on
 //! every load so a new release is picked up at once.
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -28,11 +27,6 @@ const PERMISSIONS_POLICY: &str = "camera=(self), microphone=(self), display-capt
     geolocation=(), payment=(), usb=(), interest-cohort=()";
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-
-/// A router whose fallback serves the client; merge it last, as the catch-all.
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().fallback(serve)
-}
 
 /// Serves one request for the web client (the router's fallback).
 pub async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {

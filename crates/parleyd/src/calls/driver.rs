@@ -94,7 +94,15 @@ impl Driver {
     fn feed(&mut self, command: Command) {
         let now = now();
         match command {
-            Command::Connect { conn, socket, session_id, user, device_id, ice, reply } => {
+            Command::Connect {
+                conn,
+                socket,
+                session_id,
+                user,
+                device_id,
+                ice,
+                reply,
+            } => {
                 if !socket.connected() {
                     // Gone before we got to it: its disconnect command follows and is ignored.
                     let _ = reply.send(Err(CallError::DeviceRequired("socket closed")));
@@ -104,33 +112,64 @@ impl Driver {
                 self.sockets.insert(conn, socket.clone());
                 self.sessions.insert(
                     request,
-                    PendingSession { socket, user: user.clone(), device_id: device_id.clone(), ice },
+                    PendingSession {
+                        socket,
+                        user: user.clone(),
+                        device_id: device_id.clone(),
+                        ice,
+                    },
                 );
-                self.board.handle_connect(request, conn, session_id, user, device_id, now);
+                self.board
+                    .handle_connect(request, conn, session_id, user, device_id, now);
             }
             Command::Disconnect { conn } => {
                 self.sockets.remove(&conn);
                 self.board.handle_disconnect(conn, now);
             }
-            Command::Initiate { origin, caller, callee, media, reply } => {
+            Command::Initiate {
+                origin,
+                caller,
+                callee,
+                media,
+                reply,
+            } => {
                 let request = self.request(reply);
-                self.board
-                    .handle_initiate(request, origin, caller, callee, media, new_call_id(), now);
+                self.board.handle_initiate(
+                    request,
+                    origin,
+                    caller,
+                    callee,
+                    media,
+                    new_call_id(),
+                    now,
+                );
             }
-            Command::Action { action, origin, call_id, reply } => {
+            Command::Action {
+                action,
+                origin,
+                call_id,
+                reply,
+            } => {
                 let request = self.request(reply);
                 match action {
                     Action::Accept => self.board.handle_accept(request, origin, &call_id, now),
-                    Action::Decline { message } => {
-                        self.board.handle_decline(request, origin, &call_id, message, now)
-                    }
+                    Action::Decline { message } => self
+                        .board
+                        .handle_decline(request, origin, &call_id, message, now),
                     Action::Cancel => self.board.handle_cancel(request, origin, &call_id, now),
                     Action::End => self.board.handle_end(request, origin, &call_id, now),
                 }
             }
-            Command::Signal { conn, call_id, kind, payload, reply } => {
+            Command::Signal {
+                conn,
+                call_id,
+                kind,
+                payload,
+                reply,
+            } => {
                 let request = self.request(reply);
-                self.board.handle_signal(request, conn, &call_id, kind, payload, now);
+                self.board
+                    .handle_signal(request, conn, &call_id, kind, payload, now);
             }
             Command::RevokeSession { session_id, done } => {
                 self.board.handle_session_revoked(session_id, now);

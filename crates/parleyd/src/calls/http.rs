@@ -45,7 +45,10 @@ fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(Code::PayloadTooLarge, "body: over the 64 KiB limit")
         } else {
-            ApiError::new(Code::InvalidPayload, format!("body: {}", rejection.body_text()))
+            ApiError::new(
+                Code::InvalidPayload,
+                format!("body: {}", rejection.body_text()),
+            )
         }
     })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -75,7 +78,11 @@ async fn list_users(State(state): State<AppState>, _me: AuthUser) -> Result<Json
     let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
     let statuses = state
         .calls
-        .query(move |board| ids.iter().map(|id| board.user_status(*id)).collect::<Vec<_>>())
+        .query(move |board| {
+            ids.iter()
+                .map(|id| board.user_status(*id))
+                .collect::<Vec<_>>()
+        })
         .await?;
     let users: Vec<DirectoryUser> = users
         .into_iter()
@@ -115,10 +122,23 @@ async fn initiate(
 ) -> Result<Response, ApiError> {
     let request = payload::initiate(&body_json(body)?)?;
     if !initiation_allowed(&state, me.id) {
-        return Err(ApiError::new(Code::RateLimited, "too many call attempts; slow down"));
+        return Err(ApiError::new(
+            Code::RateLimited,
+            "too many call attempts; slow down",
+        ));
     }
-    let origin = Origin::Http { user: me.id, device_id: request.device_id.clone() };
-    let reply = run_initiate(&state.calls, &state.store, user_info(&me.user), origin, request).await?;
+    let origin = Origin::Http {
+        user: me.id,
+        device_id: request.device_id.clone(),
+    };
+    let reply = run_initiate(
+        &state.calls,
+        &state.store,
+        user_info(&me.user),
+        origin,
+        request,
+    )
+    .await?;
     Ok((StatusCode::CREATED, call_body(reply)).into_response())
 }
 
@@ -131,10 +151,20 @@ async fn accept(
     let call_id = payload::path_call_id(&id)?;
     let body = body_json(body)?;
     let device_id = payload::device_id(payload::object(&body)?)?;
-    let origin = Origin::Http { user: me.id, device_id };
-    run_action(&state.calls, &state.store, me.id, origin, call_id, Action::Accept)
-        .await
-        .map(call_body)
+    let origin = Origin::Http {
+        user: me.id,
+        device_id,
+    };
+    run_action(
+        &state.calls,
+        &state.store,
+        me.id,
+        origin,
+        call_id,
+        Action::Accept,
+    )
+    .await
+    .map(call_body)
 }
 
 async fn decline(
@@ -146,25 +176,51 @@ async fn decline(
     let call_id = payload::path_call_id(&id)?;
     let body = body_json(body)?;
     let message = payload::decline_message(payload::object(&body)?)?;
-    let origin = Origin::Http { user: me.id, device_id: None };
-    run_action(&state.calls, &state.store, me.id, origin, call_id, Action::Decline { message })
-        .await
-        .map(call_body)
+    let origin = Origin::Http {
+        user: me.id,
+        device_id: None,
+    };
+    run_action(
+        &state.calls,
+        &state.store,
+        me.id,
+        origin,
+        call_id,
+        Action::Decline { message },
+    )
+    .await
+    .map(call_body)
 }
 
-async fn simple_action(state: AppState, me: AuthUser, id: String, action: Action) -> Result<Json<Value>, ApiError> {
+async fn simple_action(
+    state: AppState,
+    me: AuthUser,
+    id: String,
+    action: Action,
+) -> Result<Json<Value>, ApiError> {
     let call_id = payload::path_call_id(&id)?;
-    let origin = Origin::Http { user: me.id, device_id: None };
+    let origin = Origin::Http {
+        user: me.id,
+        device_id: None,
+    };
     run_action(&state.calls, &state.store, me.id, origin, call_id, action)
         .await
         .map(call_body)
 }
 
-async fn cancel(State(state): State<AppState>, me: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn cancel(
+    State(state): State<AppState>,
+    me: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     simple_action(state, me, id, Action::Cancel).await
 }
 
-async fn end(State(state): State<AppState>, me: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn end(
+    State(state): State<AppState>,
+    me: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     simple_action(state, me, id, Action::End).await
 }
 
@@ -182,8 +238,18 @@ fn record_from_row(row: &CallRow) -> Result<CallRecord, ApiError> {
         callee: party(&row.callee),
         media: row.media.parse().map_err(internal)?,
         state: row.state.parse().map_err(internal)?,
-        status: row.status.as_deref().map(str::parse).transpose().map_err(internal)?,
-        reason: row.reason.as_deref().map(str::parse).transpose().map_err(internal)?,
+        status: row
+            .status
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(internal)?,
+        reason: row
+            .reason
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(internal)?,
         ended_by: row.ended_by,
         message: row.message.clone(),
         created_at_ms: row.created_at,
@@ -192,11 +258,18 @@ fn record_from_row(row: &CallRow) -> Result<CallRecord, ApiError> {
     })
 }
 
-async fn get_call(State(state): State<AppState>, me: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_call(
+    State(state): State<AppState>,
+    me: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let call_id = payload::path_call_id(&id)?;
     let user = me.id;
     let lookup = call_id.clone();
-    let live: Option<CallView> = state.calls.query(move |board| board.live_call(&lookup, user)).await?;
+    let live: Option<CallView> = state
+        .calls
+        .query(move |board| board.live_call(&lookup, user))
+        .await?;
     if let Some(call) = live {
         return Ok(Json(json!({ "call": call })));
     }
@@ -208,7 +281,11 @@ async fn get_call(State(state): State<AppState>, me: AuthUser, Path(id): Path<St
     }
 }
 
-async fn delete_call(State(state): State<AppState>, me: AuthUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_call(
+    State(state): State<AppState>,
+    me: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let call_id = payload::path_call_id(&id)?;
     match state.store.hide_call(me.id, &call_id.0).await? {
         HideOutcome::Hidden => Ok(StatusCode::NO_CONTENT),
@@ -221,7 +298,8 @@ async fn delete_call(State(state): State<AppState>, me: AuthUser, Path(id): Path
 }
 
 fn history_query(params: &HashMap<String, String>) -> Result<HistoryQuery, ApiError> {
-    let invalid = |field: &str, what: &str| ApiError::new(Code::InvalidPayload, format!("{field}: {what}"));
+    let invalid =
+        |field: &str, what: &str| ApiError::new(Code::InvalidPayload, format!("{field}: {what}"));
     let limit = match params.get("limit") {
         None => DEFAULT_PAGE,
         Some(text) => match text.parse::<u32>() {
@@ -250,15 +328,27 @@ fn history_query(params: &HashMap<String, String>) -> Result<HistoryQuery, ApiEr
         Some("outgoing") => Some(HistoryFilter::Outgoing),
         Some(_) => return Err(invalid("filter", "expected missed, incoming or outgoing")),
     };
-    Ok(HistoryQuery { limit, before, media, filter })
+    Ok(HistoryQuery {
+        limit,
+        before,
+        media,
+        filter,
+    })
 }
 
 fn history_entry(row: &CallRow, user: i64) -> Result<Value, ApiError> {
     let record = record_from_row(row)?;
     let outgoing = record.caller.id == user;
-    let peer = if outgoing { &record.callee } else { &record.caller };
+    let peer = if outgoing {
+        &record.callee
+    } else {
+        &record.caller
+    };
     let missed = !outgoing
-        && matches!(record.status, Some(parley_call::Status::Missed | parley_call::Status::Busy));
+        && matches!(
+            record.status,
+            Some(parley_call::Status::Missed | parley_call::Status::Busy)
+        );
     let view = record.view();
     Ok(json!({
         "id": view.id,
@@ -288,15 +378,23 @@ async fn history(
         .iter()
         .map(|row| history_entry(row, me.id))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({ "items": items, "nextCursor": next.map(|n| n.to_string()) })))
+    Ok(Json(
+        json!({ "items": items, "nextCursor": next.map(|n| n.to_string()) }),
+    ))
 }
 
-async fn missed_count(State(state): State<AppState>, me: AuthUser) -> Result<Json<Value>, ApiError> {
+async fn missed_count(
+    State(state): State<AppState>,
+    me: AuthUser,
+) -> Result<Json<Value>, ApiError> {
     let unseen = state.store.unseen_missed_count(me.id).await?;
     Ok(Json(json!({ "unseen": unseen })))
 }
 
-async fn mark_missed_seen(State(state): State<AppState>, me: AuthUser) -> Result<StatusCode, ApiError> {
+async fn mark_missed_seen(
+    State(state): State<AppState>,
+    me: AuthUser,
+) -> Result<StatusCode, ApiError> {
     state.store.mark_missed_seen(me.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -97,7 +97,11 @@ impl Handle {
     /// Disconnects every socket authenticated with this login session (logout calls this).
     pub async fn disconnect_session(&self, session_id: i64) {
         let (done, wait) = oneshot::channel();
-        if self.commands.send(Command::RevokeSession { session_id, done }).is_ok() {
+        if self
+            .commands
+            .send(Command::RevokeSession { session_id, done })
+            .is_ok()
+        {
             let _ = wait.await;
         }
     }
@@ -129,7 +133,9 @@ impl Handle {
         build: impl FnOnce(oneshot::Sender<Result<Reply, CallError>>) -> Command,
     ) -> Result<Result<Reply, CallError>, ApiError> {
         let (reply, wait) = oneshot::channel();
-        self.commands.send(build(reply)).map_err(|_| driver_gone())?;
+        self.commands
+            .send(build(reply))
+            .map_err(|_| driver_gone())?;
         wait.await.map_err(|_| driver_gone())
     }
 
@@ -153,12 +159,17 @@ pub fn driver(config: &Config, store: Store) -> (Handle, Driver) {
         reconnect_grace: Duration::from_secs(config.calls.reconnect_grace_secs),
         ..parley_call::Config::default()
     };
-    (Handle { commands }, Driver::new(board_config, store, receiver))
+    (
+        Handle { commands },
+        Driver::new(board_config, store, receiver),
+    )
 }
 
 /// Start-up after a crash: closes every call the log still shows live, with `server_restart`.
 pub async fn close_crashed_calls(store: &Store) -> anyhow::Result<()> {
-    let closed = store.close_live_calls(parley_store::unix_millis_now()).await?;
+    let closed = store
+        .close_live_calls(parley_store::unix_millis_now())
+        .await?;
     if closed > 0 {
         log::warn!("closed {closed} call(s) left live by an unclean stop (reason server_restart)");
     }
@@ -225,7 +236,12 @@ pub(crate) async fn run_action(
 ) -> Result<Reply, ApiError> {
     let id = call_id.clone();
     let answer = handle
-        .request(|reply| Command::Action { action, origin, call_id: id, reply })
+        .request(|reply| Command::Action {
+            action,
+            origin,
+            call_id: id,
+            reply,
+        })
         .await?;
     match answer {
         Ok(reply) => Ok(reply),
@@ -235,7 +251,10 @@ pub(crate) async fn run_action(
 }
 
 /// Resolves `to` (a user id or a username, any case) to a user, or `USER_NOT_FOUND`.
-pub(crate) async fn resolve_callee(store: &Store, to: &payload::Recipient) -> Result<UserInfo, ApiError> {
+pub(crate) async fn resolve_callee(
+    store: &Store,
+    to: &payload::Recipient,
+) -> Result<UserInfo, ApiError> {
     let found = match to {
         payload::Recipient::Id(id) => store.user_by_id(*id).await?,
         payload::Recipient::Name(name) => store.user_by_username(name).await?,
@@ -256,7 +275,13 @@ pub(crate) async fn run_initiate(
 ) -> Result<Reply, ApiError> {
     let callee = resolve_callee(store, &request.to).await?;
     let answer = handle
-        .request(|reply| Command::Initiate { origin, caller, callee, media: request.media, reply })
+        .request(|reply| Command::Initiate {
+            origin,
+            caller,
+            callee,
+            media: request.media,
+            reply,
+        })
         .await?;
     answer.map_err(|error| call_error(&error))
 }

@@ -54,7 +54,10 @@ mod tests {
     fn every_route_is_documented_and_every_documented_path_is_routed() {
         let routed = routed_paths();
         let documented = documented_paths();
-        assert!(routed.len() >= 15, "the source scan found too few routes: {routed:?}");
+        assert!(
+            routed.len() >= 15,
+            "the source scan found too few routes: {routed:?}"
+        );
         assert_eq!(routed, documented);
     }
 }

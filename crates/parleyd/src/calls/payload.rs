@@ -49,7 +49,10 @@ fn string_field<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a str,
     }
 }
 
-fn optional_string<'a>(map: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+fn optional_string<'a>(
+    map: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ApiError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
@@ -94,7 +97,9 @@ pub fn device_id(map: &Map<String, Value>) -> Result<Option<String>, ApiError> {
 pub fn initiate(value: &Value) -> Result<Initiate, ApiError> {
     let map = object(value)?;
     let to = match map.get("to") {
-        Some(Value::String(name)) if !name.trim().is_empty() => Recipient::Name(name.trim().to_owned()),
+        Some(Value::String(name)) if !name.trim().is_empty() => {
+            Recipient::Name(name.trim().to_owned())
+        }
         Some(Value::String(_)) => return Err(invalid("to", "empty username")),
         Some(Value::Number(number)) => match number.as_i64() {
             Some(id) => Recipient::Id(id),
@@ -108,7 +113,11 @@ pub fn initiate(value: &Value) -> Result<Initiate, ApiError> {
         "video" => Media::Video,
         _ => return Err(invalid("media", "expected \"audio\" or \"video\"")),
     };
-    Ok(Initiate { to, media, device_id: device_id(map)? })
+    Ok(Initiate {
+        to,
+        media,
+        device_id: device_id(map)?,
+    })
 }
 
 /// `call:decline`'s optional message, at most 140 characters.
@@ -124,7 +133,10 @@ pub fn decline_message(map: &Map<String, Value>) -> Result<Option<String>, ApiEr
 }
 
 fn too_large(field: &str, limit: &str) -> ApiError {
-    ApiError::new(Code::PayloadTooLarge, format!("{field}: over the {limit} limit"))
+    ApiError::new(
+        Code::PayloadTooLarge,
+        format!("{field}: over the {limit} limit"),
+    )
 }
 
 pub fn sdp(map: &Map<String, Value>) -> Result<SignalPayload, ApiError> {
@@ -132,16 +144,25 @@ pub fn sdp(map: &Map<String, Value>) -> Result<SignalPayload, ApiError> {
     if sdp.len() > MAX_SDP_BYTES {
         return Err(too_large("sdp", "64 KiB"));
     }
-    Ok(SignalPayload::Sdp { sdp: sdp.to_owned() })
+    Ok(SignalPayload::Sdp {
+        sdp: sdp.to_owned(),
+    })
 }
 
 pub fn candidate(map: &Map<String, Value>) -> Result<SignalPayload, ApiError> {
     match map.get("candidate") {
         // `null` is "end of candidates"; a missing field is a client bug.
-        None => Err(invalid("candidate", "missing field (send null for end of candidates)")),
-        Some(Value::Null) => Ok(SignalPayload::Candidate { candidate: Value::Null }),
+        None => Err(invalid(
+            "candidate",
+            "missing field (send null for end of candidates)",
+        )),
+        Some(Value::Null) => Ok(SignalPayload::Candidate {
+            candidate: Value::Null,
+        }),
         Some(value @ Value::Object(fields)) => {
-            let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+            let size = serde_json::to_vec(value)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if size > MAX_CANDIDATE_BYTES {
                 return Err(too_large("candidate", "2 KiB"));
             }
@@ -149,14 +170,22 @@ pub fn candidate(map: &Map<String, Value>) -> Result<SignalPayload, ApiError> {
                 Some(Value::String(_)) | None => {}
                 Some(_) => return Err(invalid("candidate.candidate", "expected a string")),
             }
-            Ok(SignalPayload::Candidate { candidate: value.clone() })
+            Ok(SignalPayload::Candidate {
+                candidate: value.clone(),
+            })
         }
-        Some(_) => Err(invalid("candidate", "expected an RTCIceCandidateInit object or null")),
+        Some(_) => Err(invalid(
+            "candidate",
+            "expected an RTCIceCandidateInit object or null",
+        )),
     }
 }
 
 pub fn media_state(map: &Map<String, Value>) -> Result<SignalPayload, ApiError> {
-    Ok(SignalPayload::Media { audio: bool_field(map, "audio")?, video: bool_field(map, "video")? })
+    Ok(SignalPayload::Media {
+        audio: bool_field(map, "audio")?,
+        video: bool_field(map, "video")?,
+    })
 }
 
 #[cfg(test)]
@@ -171,11 +200,26 @@ mod tests {
 
     #[test]
     fn initiate_names_the_bad_field() {
-        assert_eq!(message(initiate(&json!({"media": "audio"}))), "INVALID_PAYLOAD to: missing field");
-        assert_eq!(message(initiate(&json!({"to": true, "media": "audio"}))), "INVALID_PAYLOAD to: expected a user id or a username");
-        assert_eq!(message(initiate(&json!({"to": "bob", "media": "fax"}))), "INVALID_PAYLOAD media: expected \"audio\" or \"video\"");
-        assert_eq!(message(initiate(&json!({"to": "bob", "media": 3}))), "INVALID_PAYLOAD media: expected a string");
-        assert_eq!(message(initiate(&json!("bob"))), "INVALID_PAYLOAD payload: expected a JSON object");
+        assert_eq!(
+            message(initiate(&json!({"media": "audio"}))),
+            "INVALID_PAYLOAD to: missing field"
+        );
+        assert_eq!(
+            message(initiate(&json!({"to": true, "media": "audio"}))),
+            "INVALID_PAYLOAD to: expected a user id or a username"
+        );
+        assert_eq!(
+            message(initiate(&json!({"to": "bob", "media": "fax"}))),
+            "INVALID_PAYLOAD media: expected \"audio\" or \"video\""
+        );
+        assert_eq!(
+            message(initiate(&json!({"to": "bob", "media": 3}))),
+            "INVALID_PAYLOAD media: expected a string"
+        );
+        assert_eq!(
+            message(initiate(&json!("bob"))),
+            "INVALID_PAYLOAD payload: expected a JSON object"
+        );
         let ok = initiate(&json!([{"to": 7, "media": "video"}])).expect("valid");
         assert_eq!(ok.to, Recipient::Id(7));
     }
@@ -186,9 +230,15 @@ mod tests {
         let map = json!({"sdp": big});
         assert!(message(sdp(map.as_object().unwrap())).starts_with("PAYLOAD_TOO_LARGE sdp"));
         let cand = json!({"candidate": {"candidate": "c".repeat(3000)}});
-        assert!(message(candidate(cand.as_object().unwrap())).starts_with("PAYLOAD_TOO_LARGE candidate"));
+        assert!(
+            message(candidate(cand.as_object().unwrap()))
+                .starts_with("PAYLOAD_TOO_LARGE candidate")
+        );
         let long = json!({"message": "x".repeat(141)});
-        assert_eq!(message(decline_message(long.as_object().unwrap())), "INVALID_PAYLOAD message: at most 140 characters");
+        assert_eq!(
+            message(decline_message(long.as_object().unwrap())),
+            "INVALID_PAYLOAD message: at most 140 characters"
+        );
         let fine = json!({"message": "é".repeat(140)});
         assert!(decline_message(fine.as_object().unwrap()).is_ok());
     }
@@ -196,10 +246,19 @@ mod tests {
     #[test]
     fn end_of_candidates_is_null() {
         let map = json!({"candidate": null});
-        assert_eq!(candidate(map.as_object().unwrap()).unwrap(), SignalPayload::Candidate { candidate: Value::Null });
+        assert_eq!(
+            candidate(map.as_object().unwrap()).unwrap(),
+            SignalPayload::Candidate {
+                candidate: Value::Null
+            }
+        );
         let map = json!({});
-        assert!(message(candidate(map.as_object().unwrap())).starts_with("INVALID_PAYLOAD candidate"));
+        assert!(
+            message(candidate(map.as_object().unwrap())).starts_with("INVALID_PAYLOAD candidate")
+        );
         let map = json!({"candidate": 5});
-        assert!(message(candidate(map.as_object().unwrap())).starts_with("INVALID_PAYLOAD candidate"));
+        assert!(
+            message(candidate(map.as_object().unwrap())).starts_with("INVALID_PAYLOAD candidate")
+        );
     }
 }

@@ -10,14 +10,16 @@ use std::time::Instant;
 
 use parley_call::{ConnId, Origin, Reply, SignalKind, TokenBucket, UserInfo};
 use serde_json::{Value, json};
+use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Socket;
-use socketioxide::SocketIo;
 
-use super::{Action, Command, call_error, payload, refine_not_found, run_action, run_initiate, user_info};
+use super::{
+    Action, Command, call_error, payload, refine_not_found, run_action, run_initiate, user_info,
+};
 use crate::http::error::{ApiError, Code};
 use crate::state::AppState;
 
@@ -97,7 +99,10 @@ async fn authenticate(
     State(state): State<AppState>,
 ) -> Result<(), Unauthorized> {
     let auth = auth.map_err(|_| Unauthorized)?;
-    let token = auth.get("token").and_then(Value::as_str).ok_or(Unauthorized)?;
+    let token = auth
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or(Unauthorized)?;
     let (session, user) = match state.store.session_user(token).await {
         Ok(Some(found)) => found,
         Ok(None) => return Err(Unauthorized),
@@ -166,7 +171,10 @@ async fn on_unknown_event(
     ack: AckSender,
     HasAck(has_ack): HasAck,
 ) {
-    let error = ApiError::new(Code::InvalidPayload, format!("event: unknown event {name:?}"));
+    let error = ApiError::new(
+        Code::InvalidPayload,
+        format!("event: unknown event {name:?}"),
+    );
     answer(&socket, &name, ack, has_ack, Err(error));
 }
 
@@ -189,7 +197,13 @@ async fn on_event(
 }
 
 /// Acknowledges, or reports a failure as `call:error` when the client gave no callback.
-fn answer(socket: &SocketRef, event: &str, ack: AckSender, has_ack: bool, result: Result<Value, ApiError>) {
+fn answer(
+    socket: &SocketRef,
+    event: &str,
+    ack: AckSender,
+    has_ack: bool,
+    result: Result<Value, ApiError>,
+) {
     match (result, has_ack) {
         (Ok(body), true) => {
             let _ = ack.send(&body);
@@ -225,20 +239,35 @@ fn parse(name: &str, data: &Value) -> Result<Request, ApiError> {
     let call_id = payload::call_id(map)?;
     Ok(match name {
         "call:accept" => Request::Action(call_id, Action::Accept),
-        "call:decline" => {
-            Request::Action(call_id, Action::Decline { message: payload::decline_message(map)? })
-        }
+        "call:decline" => Request::Action(
+            call_id,
+            Action::Decline {
+                message: payload::decline_message(map)?,
+            },
+        ),
         "call:cancel" => Request::Action(call_id, Action::Cancel),
         "call:end" => Request::Action(call_id, Action::End),
         "signal:offer" => Request::Signal(call_id, SignalKind::Offer, payload::sdp(map)?),
         "signal:answer" => Request::Signal(call_id, SignalKind::Answer, payload::sdp(map)?),
         "signal:ice" => Request::Signal(call_id, SignalKind::Ice, payload::candidate(map)?),
-        "media:state" => Request::Signal(call_id, SignalKind::MediaState, payload::media_state(map)?),
-        _ => return Err(ApiError::new(Code::InvalidPayload, format!("event: unknown event {name:?}"))),
+        "media:state" => {
+            Request::Signal(call_id, SignalKind::MediaState, payload::media_state(map)?)
+        }
+        _ => {
+            return Err(ApiError::new(
+                Code::InvalidPayload,
+                format!("event: unknown event {name:?}"),
+            ));
+        }
     })
 }
 
-async fn handle_event(state: &AppState, auth: &SocketAuth, name: &str, data: &Value) -> Result<Value, ApiError> {
+async fn handle_event(
+    state: &AppState,
+    auth: &SocketAuth,
+    name: &str,
+    data: &Value,
+) -> Result<Value, ApiError> {
     // The spec's order: payload shape, then the rate limit, then the lifecycle checks.
     let request = parse(name, data)?;
     let allowed = auth
@@ -256,17 +285,38 @@ async fn handle_event(state: &AppState, auth: &SocketAuth, name: &str, data: &Va
     let origin = Origin::Socket(auth.conn);
     let reply = match request {
         Request::Initiate(initiate) => {
-            run_initiate(&state.calls, &state.store, auth.user.clone(), origin, initiate).await?
+            run_initiate(
+                &state.calls,
+                &state.store,
+                auth.user.clone(),
+                origin,
+                initiate,
+            )
+            .await?
         }
         Request::Action(call_id, action) => {
-            run_action(&state.calls, &state.store, auth.user.id, origin, call_id, action).await?
+            run_action(
+                &state.calls,
+                &state.store,
+                auth.user.id,
+                origin,
+                call_id,
+                action,
+            )
+            .await?
         }
         Request::Signal(call_id, kind, signal) => {
             let conn = auth.conn;
             let id = call_id.clone();
             let answer = state
                 .calls
-                .request(|reply| Command::Signal { conn, call_id: id, kind, payload: signal, reply })
+                .request(|reply| Command::Signal {
+                    conn,
+                    call_id: id,
+                    kind,
+                    payload: signal,
+                    reply,
+                })
                 .await?;
             match answer {
                 Ok(reply) => reply,

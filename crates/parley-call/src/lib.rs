@@ -1,0 +1,22 @@
+//! The call core of Parley, sans I/O: no sockets, no database, no clock.
+//!
+//! The daemon feeds a [`Switchboard`] socket events, HTTP requests, timer expiries and
+//! disconnects through its `handle_*` methods, each stamped with a [`Now`], then drains
+//! [`Output`]s with `poll_output` and carries them out in order. `poll_timeout` names the next
+//! deadline. Because time only enters through arguments, tests run a 30 s ring timeout in
+//! microseconds.
+
+mod output;
+mod rate;
+mod switchboard;
+mod types;
+
+pub use output::{
+    Ended, Error, Event, Output, PresenceChange, Reply, Signal, SignalKind, SignalPayload,
+};
+pub use rate::TokenBucket;
+pub use switchboard::{Config, Origin, Side, Switchboard, Timer};
+pub use types::{
+    CallId, CallRecord, CallState, CallView, ConnId, Media, Now, PresenceStatus, Reason, RequestId,
+    Status, UserId, UserInfo, rfc3339,
+};

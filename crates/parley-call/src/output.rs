@@ -1,0 +1,185 @@
+//! What the switchboard asks the shell to do: the outputs, the events clients receive, and the
+//! crate's error type.
+
+use serde::Serialize;
+
+use crate::types::{
+    CallId, CallRecord, CallView, ConnId, PresenceStatus, Reason, RequestId, Status, UserId,
+};
+
+/// One thing for the shell to carry out, in the order given. The shell must finish a `Persist`
+/// before it sends any later `Reply`, so an acknowledged action is always in the call log.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send `event` to one socket.
+    Emit { conn: ConnId, event: Event },
+    /// Send `event` to every connected socket (presence).
+    Broadcast { event: Event },
+    /// Answer the command with this request id.
+    Reply {
+        request: RequestId,
+        result: Result<Reply, Error>,
+    },
+    /// Write this snapshot of a call to the log (insert or update by id).
+    Persist(CallRecord),
+    /// Close this socket: a newer socket took over its device, or its session was revoked.
+    Disconnect { conn: ConnId },
+}
+
+/// A successful answer to a command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// The call after the action (initiate, accept, decline, cancel, end).
+    Call(CallView),
+    /// A connection was registered; `active_call` is the user's live call for the `session` event.
+    Connected { active_call: Option<CallView> },
+    /// A signaling message was relayed (or dropped because the peer is reconnecting).
+    Relayed,
+}
+
+/// Events for clients. Serializes to the event's payload; `name()` is the Socket.IO event name.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged, rename_all_fields = "camelCase")]
+pub enum Event {
+    Incoming { call: CallView },
+    Accepted { call: CallView },
+    AnsweredElsewhere { call_id: CallId },
+    Ended(Ended),
+    PeerReconnecting { call_id: CallId },
+    PeerResumed { call_id: CallId },
+    Signal(Signal),
+    Presence { changes: Vec<PresenceChange> },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Incoming { .. } => "call:incoming",
+            Event::Accepted { .. } => "call:accepted",
+            Event::AnsweredElsewhere { .. } => "call:answered-elsewhere",
+            Event::Ended(_) => "call:ended",
+            Event::PeerReconnecting { .. } => "call:peer-reconnecting",
+            Event::PeerResumed { .. } => "call:peer-resumed",
+            Event::Signal(signal) => signal.kind.event_name(),
+            Event::Presence { .. } => "presence:update",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ended {
+    pub call_id: CallId,
+    pub status: Status,
+    pub reason: Reason,
+    pub ended_by: Option<UserId>,
+    pub duration_secs: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SignalKind {
+    Offer,
+    Answer,
+    Ice,
+    MediaState,
+}
+
+impl SignalKind {
+    pub const ALL: &'static [SignalKind] = &[
+        SignalKind::Offer,
+        SignalKind::Answer,
+        SignalKind::Ice,
+        SignalKind::MediaState,
+    ];
+
+    pub fn event_name(self) -> &'static str {
+        match self {
+            SignalKind::Offer => "signal:offer",
+            SignalKind::Answer => "signal:answer",
+            SignalKind::Ice => "signal:ice",
+            SignalKind::MediaState => "media:state",
+        }
+    }
+}
+
+/// A relayed signaling message. `from` is filled in by the switchboard from the sender's
+/// connection, never copied from the client.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Signal {
+    #[serde(skip)]
+    pub kind: SignalKind,
+    pub call_id: CallId,
+    pub from: UserId,
+    #[serde(flatten)]
+    pub payload: SignalPayload,
+}
+
+/// The part of a signaling message the server does not interpret. The shell has already checked
+/// types and sizes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum SignalPayload {
+    Sdp {
+        sdp: String,
+    },
+    /// An `RTCIceCandidateInit` object, or JSON `null` for end of candidates.
+    Candidate {
+        candidate: serde_json::Value,
+    },
+    Media {
+        audio: bool,
+        video: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceChange {
+    pub user_id: UserId,
+    pub status: PresenceStatus,
+}
+
+/// Why the switchboard refused a command, or a value it could not parse. Each refusal maps to one
+/// protocol error code (`code()`); the message is what the client sees.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("call not found")]
+    CallNotFound,
+    #[error("you cannot call yourself")]
+    SelfCall,
+    #[error("you are already in a call; end it before starting another")]
+    CallerBusy,
+    #[error("the recipient has no connected device; the attempt was logged as missed")]
+    RecipientOffline,
+    #[error("the recipient is in another call; the attempt was logged")]
+    RecipientBusy,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    InvalidState(&'static str),
+    #[error("{0}")]
+    DeviceRequired(&'static str),
+    #[error("unknown {kind} value {value:?}; the call log may come from a newer version")]
+    UnknownValue { kind: &'static str, value: String },
+}
+
+impl Error {
+    /// The protocol error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::CallNotFound => "CALL_NOT_FOUND",
+            Error::SelfCall => "SELF_CALL",
+            Error::CallerBusy => "CALLER_BUSY",
+            Error::RecipientOffline => "RECIPIENT_OFFLINE",
+            Error::RecipientBusy => "RECIPIENT_BUSY",
+            Error::Forbidden(_) => "FORBIDDEN",
+            Error::InvalidState(_) => "INVALID_STATE",
+            Error::DeviceRequired(_) => "DEVICE_REQUIRED",
+            Error::UnknownValue { .. } => "INTERNAL",
+        }
+    }
+}

@@ -1,0 +1,295 @@
+// Shared by the end-to-end tests: starts the real `parley` daemon with a
+// temporary config and data directory on free 127.0.0.1 ports, and launches
+// Debian's Chromium (never a downloaded browser) with fake camera and microphone.
+//
+// Tools the tests need: the daemon binary (`cargo build -p parleyd`, or
+// PARLEY_BIN), /usr/bin/chromium (Debian package `chromium`, or CHROMIUM_BIN)
+// and `npm ci` in tests/e2e for playwright-core. A missing tool fails loudly.
+
+import { spawn } from "node:child_process";
+import { createSocket } from "node:dgram";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const repoRoot = resolve(here, "../..");
+
+export function daemonBinary() {
+  const path = process.env.PARLEY_BIN ?? join(repoRoot, "target/debug/parley");
+  if (!existsSync(path)) {
+    throw new Error(`the parley binary is missing at ${path}: run \`cargo build -p parleyd\` first, or set PARLEY_BIN`);
+  }
+  return path;
+}
+
+export function chromiumBinary() {
+  const path = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
+  if (!existsSync(path)) {
+    throw new Error(`Chromium is missing at ${path}: install Debian's package (apt-get install -y chromium), or set CHROMIUM_BIN`);
+  }
+  return path;
+}
+
+/** A TCP port that is free now (the daemon binds it a moment later). */
+async function freeTcpPort() {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+async function udpPortFree(port) {
+  return new Promise((resolveFree) => {
+    const socket = createSocket("udp4");
+    socket.once("error", () => resolveFree(false));
+    socket.bind(port, "127.0.0.1", () => socket.close(() => resolveFree(true)));
+  });
+}
+
+/** A port free for both TCP and UDP (TURN listens on both). */
+async function freeTurnPort() {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const port = await freeTcpPort();
+    if (await udpPortFree(port)) return port;
+  }
+  throw new Error("no port free for both TCP and UDP on 127.0.0.1");
+}
+
+function toml(value) {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map(toml).join(", ")}]`;
+  return String(value);
+}
+
+/**
+ * Starts the daemon. `config` is merged over the test defaults, section by
+ * section, e.g. `{ calls: { ring_timeout_secs: 3 } }`.
+ */
+export async function startDaemon(config = {}) {
+  const binary = daemonBinary();
+  const dir = await mkdtemp(join(tmpdir(), "parley-e2e-"));
+  const httpPort = await freeTcpPort();
+  const turnPort = await freeTurnPort();
+  // A private slice of the relay port range, so parallel runs do not collide.
+  const relayLow = 40000 + Math.floor(Math.random() * 90) * 100;
+  const sections = {
+    http: { listen: `127.0.0.1:${httpPort}` },
+    storage: { data_dir: join(dir, "data") },
+    turn: {
+      listen: `127.0.0.1:${turnPort}`,
+      relay_ports: `${relayLow}-${relayLow + 99}`,
+      // The browsers are on loopback too; the relay refuses loopback peers unless allowed.
+      allowed_peer_ranges: ["127.0.0.0/8"],
+    },
+    webrtc: { ice_transport_policy: "relay" },
+    // Registrations count against this per address, and every test user registers from 127.0.0.1.
+    auth: { login_attempts_per_minute: 1000 },
+    log: { level: "info" },
+  };
+  for (const [section, values] of Object.entries(config)) {
+    sections[section] = { ...(sections[section] ?? {}), ...values };
+  }
+  const text = Object.entries(sections)
+    .map(([section, values]) => `[${section}]\n${Object.entries(values).map(([key, value]) => `${key} = ${toml(value)}`).join("\n")}\n`)
+    .join("\n");
+  const configPath = join(dir, "parley.toml");
+  await writeFile(configPath, text);
+
+  const output = [];
+  const child = spawn(binary, ["serve"], {
+    env: { ...process.env, PARLEY_CONFIG: configPath, RUST_BACKTRACE: "1" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout.on("data", (chunk) => output.push(chunk.toString()));
+  child.stderr.on("data", (chunk) => output.push(chunk.toString()));
+  let exited = null;
+  const exit = new Promise((resolveExit) =>
+    child.on("exit", (code, signal) => {
+      exited = { code, signal };
+      resolveExit(exited);
+    }),
+  );
+
+  const url = `http://127.0.0.1:${httpPort}`;
+  const daemon = {
+    url,
+    httpPort,
+    turnPort,
+    dir,
+    configPath,
+    logs: () => output.join(""),
+    async stop() {
+      if (!exited) {
+        child.kill("SIGTERM");
+        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+        await exit;
+        clearTimeout(timer);
+      }
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (exited) {
+      await rm(dir, { recursive: true, force: true });
+      throw new Error(`the daemon exited during start-up (${JSON.stringify(exited)}):\n${daemon.logs()}`);
+    }
+    try {
+      const response = await fetch(`${url}/readyz`);
+      if (response.ok) break;
+    } catch {
+      // Not listening yet.
+    }
+    if (Date.now() > deadline) {
+      await daemon.stop();
+      throw new Error(`the daemon was not ready within 30 s:\n${daemon.logs()}`);
+    }
+    await new Promise((resolveWait) => setTimeout(resolveWait, 100));
+  }
+  return daemon;
+}
+
+/** Chromium flags from shared/testing-webrtc.md. */
+export function chromiumArgs({ fakeMedia = true, grantMedia = true } = {}) {
+  return [
+    ...(fakeMedia ? ["--use-fake-device-for-media-stream"] : []),
+    ...(grantMedia ? ["--use-fake-ui-for-media-stream"] : []),
+    "--allow-loopback-in-peer-connection",
+    // No background look-ups of outside hosts; only loopback resolves.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--no-default-browser-check",
+  ];
+}
+
+/** Launches Debian's Chromium headless; `HOME` is a temp dir (crash reports go there). */
+export async function launchBrowser(options = {}) {
+  const home = await mkdtemp(join(tmpdir(), "parley-chromium-"));
+  const browser = await chromium.launch({
+    executablePath: chromiumBinary(),
+    headless: true,
+    args: chromiumArgs(options),
+    env: { ...process.env, HOME: home },
+    timeout: 30_000,
+  });
+  const close = browser.close.bind(browser);
+  browser.close = async () => {
+    await close();
+    await rm(home, { recursive: true, force: true });
+  };
+  return browser;
+}
+
+/**
+ * Instruments a page before the client loads: records peer connections,
+ * captured streams, ring-tone oscillators and notifications, so tests can
+ * assert on what the browser really did without hooks in the client.
+ */
+export function instrumentation({ hidden = false } = {}) {
+  return `(() => {
+    const probe = (window.__probe = { pcs: [], streams: [], oscillators: 0, notifications: [] });
+    const NativePC = window.RTCPeerConnection;
+    window.RTCPeerConnection = class extends NativePC {
+      constructor(...args) { super(...args); probe.pcs.push(this); }
+    };
+    if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+      const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+      navigator.mediaDevices.getUserMedia = async (constraints) => {
+        const stream = await gum(constraints);
+        probe.streams.push(stream);
+        return stream;
+      };
+    }
+    const createOscillator = AudioContext.prototype.createOscillator;
+    AudioContext.prototype.createOscillator = function () { probe.oscillators++; return createOscillator.call(this); };
+    if (${hidden}) {
+      Object.defineProperty(Document.prototype, "hidden", { get: () => true });
+      Object.defineProperty(Document.prototype, "visibilityState", { get: () => "hidden" });
+      window.Notification = class {
+        static permission = "granted";
+        static requestPermission() { return Promise.resolve("granted"); }
+        constructor(title, options) { probe.notifications.push({ title, body: options && options.body, closed: false }); this.index = probe.notifications.length - 1; }
+        close() { probe.notifications[this.index].closed = true; }
+      };
+    }
+  })();`;
+}
+
+/** A browser context for one person, instrumented, with its console kept for failure reports. */
+export async function newPerson(browser, daemon, { hidden = false, viewport } = {}) {
+  const context = await browser.newContext({ viewport: viewport ?? { width: 1000, height: 760 } });
+  await context.addInitScript(instrumentation({ hidden }));
+  const page = await context.newPage();
+  const consoleLines = [];
+  page.on("console", (message) => consoleLines.push(`[${message.type()}] ${message.text()}`));
+  page.on("pageerror", (error) => consoleLines.push(`[pageerror] ${error.message}`));
+  await page.goto(daemon.url);
+  return { context, page, console: consoleLines };
+}
+
+let counter = 0;
+
+/** A unique username per test run (the daemon is shared by a file's tests). */
+export function uniqueName(base) {
+  counter += 1;
+  return `${base}${counter}${Math.random().toString(36).slice(2, 6)}`;
+}
+
+/** Creates an account over the HTTP API (fast set-up for tests not about sign-up). */
+export async function registerUser(daemon, username, password, displayName) {
+  const response = await fetch(`${daemon.url}/api/v1/auth/register`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ username, password, displayName }),
+  });
+  if (response.status !== 201) {
+    throw new Error(`registering ${username} answered ${response.status}: ${await response.text()}`);
+  }
+  return response.json();
+}
+
+/** Signs in through the UI and waits for the directory. */
+export async function signIn(page, username, password) {
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password", { exact: true }).fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("button", { name: "Sign out" }).waitFor();
+  // An empty list has no size, so wait for it to exist rather than to be visible.
+  await page.getByRole("list", { name: "People" }).waitFor({ state: "attached" });
+}
+
+/** The list item for a person in the directory. */
+export function personItem(page, displayName) {
+  return page
+    .getByRole("list", { name: "People" })
+    .getByRole("listitem")
+    .filter({ has: page.getByText(displayName, { exact: true }) });
+}
+
+/** Resolves when `check` returns truthy, polling; fails with `what` after `ms`. */
+export async function eventually(what, check, ms = 15_000) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      last = await check();
+      if (last) return last;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+    await new Promise((resolveWait) => setTimeout(resolveWait, 150));
+  }
+}

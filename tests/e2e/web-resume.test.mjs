@@ -1,0 +1,79 @@
+// A page reload during a call: the same device comes back within the grace
+// period and the call resumes with media flowing again, whichever side reloads.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { eventually, launchBrowser, newPerson, personItem, registerUser, signIn, startDaemon, uniqueName } from "./harness.mjs";
+
+let daemon;
+let browser;
+const tabs = [];
+
+before(async () => {
+  daemon = await startDaemon();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  for (const tab of tabs) await tab.context.close().catch(() => {});
+  await browser?.close();
+  await daemon?.stop();
+});
+
+async function person(displayName) {
+  const username = uniqueName(displayName.toLowerCase());
+  await registerUser(daemon, username, "correct horse battery", displayName);
+  const tab = await newPerson(browser, daemon);
+  tabs.push(tab);
+  await signIn(tab.page, username, "correct horse battery");
+  return tab;
+}
+
+async function framesDecoded(page) {
+  return page.evaluate(async () => {
+    const pc = window.__probe.pcs.filter((candidate) => candidate.connectionState === "connected").at(-1);
+    if (!pc) return 0;
+    const stats = [...(await pc.getStats()).values()];
+    return stats.find((stat) => stat.type === "inbound-rtp" && stat.kind === "video")?.framesDecoded ?? 0;
+  });
+}
+
+async function mediaFlowing(page) {
+  const start = await eventually("a connected call with video", async () => (await framesDecoded(page)) || null);
+  await eventually("video frames to keep arriving", async () => (await framesDecoded(page)) > start + 10);
+  const video = page.getByLabel("Remote video");
+  await eventually("the remote video to play", () => video.evaluate((element) => element.videoWidth > 0 && !element.paused));
+}
+
+async function connectedCall(caller, calleeName, callee) {
+  const button = personItem(caller.page, calleeName).getByRole("button", { name: "Video call" });
+  await eventually(`${calleeName} online`, () => button.isEnabled());
+  await button.click();
+  await callee.page.getByRole("dialog").getByRole("button", { name: "Accept" }).click();
+  await mediaFlowing(caller.page);
+  await mediaFlowing(callee.page);
+}
+
+for (const reloading of ["callee", "caller"]) {
+  test(`the ${reloading} reloads the page during a call and the call resumes`, async () => {
+    const caller = await person(reloading === "callee" ? "Kim" : "Lee");
+    const callee = await person(reloading === "callee" ? "Max" : "Noa");
+    await connectedCall(caller, reloading === "callee" ? "Max" : "Noa", callee);
+    const [reloader, other] = reloading === "callee" ? [callee, caller] : [caller, callee];
+    await reloader.page.reload();
+    // The reloaded page goes straight back into the call, no dialog, no sign-in.
+    await reloader.page.getByRole("button", { name: "Hang up" }).waitFor();
+    await mediaFlowing(reloader.page);
+    await mediaFlowing(other.page);
+    await other.page.getByText("Connected via relay").waitFor();
+
+    await other.page.getByRole("button", { name: "Hang up" }).click();
+    await reloader.page.getByRole("list", { name: "People" }).waitFor();
+    // One call in the history, completed: the reload did not end it.
+    await reloader.page.getByRole("button", { name: /History/ }).click();
+    const entries = reloader.page.getByRole("list", { name: "Call history" }).getByRole("listitem");
+    await entries.first().waitFor();
+    assert.equal(await entries.count(), 1);
+    assert.match(await entries.first().innerText(), /Answered/);
+  });
+}

@@ -1,0 +1,251 @@
+"""Drives the real daemon (target/debug/parley) with independent clients: python-socketio for
+the realtime protocol and requests for HTTP. Every daemon gets a temp data dir, a config file,
+and free 127.0.0.1 ports; it is stopped (SIGTERM, then SIGKILL) when the test is done."""
+
+import itertools
+import os
+import pathlib
+import queue
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+import requests
+import socketio
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BINARY = ROOT / "target" / "debug" / "parley"
+PASSWORD = "correct-horse-battery"
+_names = itertools.count(1)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """One `parley serve` process."""
+
+    def __init__(self, calls="", extra="", data_dir=None, login_limit=100000):
+        self.login_limit = login_limit
+        if not BINARY.exists():
+            raise RuntimeError(f"{BINARY} is missing: run `cargo build -p parleyd` first")
+        self._tmp = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="parley-sio-")
+            data_dir = self._tmp.name
+        self.data_dir = pathlib.Path(data_dir)
+        self.calls = calls
+        self.extra = extra
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = self.data_dir / "parley.toml"
+        config.write_text(
+            f"""
+[http]
+listen = "127.0.0.1:{self.port}"
+[storage]
+data_dir = "{self.data_dir}"
+[turn]
+enabled = false
+[auth]
+# Tests register many users from 127.0.0.1; registrations share the login limiter.
+login_attempts_per_minute = {self.login_limit}
+[log]
+level = "info"
+[calls]
+ring_timeout_secs = 2
+reconnect_grace_secs = 2
+{self.calls}
+{self.extra}
+"""
+        )
+        self.log = open(self.data_dir / "daemon.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(BINARY), "--config", str(config), "serve"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"parley exited with {self.proc.returncode}: {self.log_text()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"parley did not become healthy: {self.log_text()}")
+
+    def log_text(self):
+        return (self.data_dir / "daemon.log").read_text(errors="replace")[-4000:]
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def close(self):
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    # ---- HTTP helpers -------------------------------------------------------------------
+
+    def http(self, method, path, token=None, **kwargs):
+        headers = kwargs.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
+
+    def register(self, prefix="user"):
+        name = f"{prefix}{next(_names)}x{uuid.uuid4().hex[:6]}"
+        r = self.http("POST", "/api/v1/auth/register", json={"username": name, "password": PASSWORD})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        return User(self, body["user"], body["token"])
+
+
+class User:
+    def __init__(self, daemon, info, token):
+        self.daemon = daemon
+        self.info = info
+        self.id = info["id"]
+        self.name = info["username"]
+        self.token = token
+
+    def device(self, device_id=None, transport="websocket", connect=True):
+        return Device(self, device_id or f"dev-{uuid.uuid4().hex[:8]}", transport, connect)
+
+    def http(self, method, path, **kwargs):
+        return self.daemon.http(method, path, token=self.token, **kwargs)
+
+
+class Device:
+    """One socket of a user: every received event is queued for `wait`."""
+
+    def __init__(self, user, device_id, transport, connect=True):
+        self.user = user
+        self.device_id = device_id
+        self.transport = transport
+        self.events = queue.Queue()
+        self.seen = []
+        self.connect_errors = []
+        self.sio = socketio.Client(reconnection=False)
+        self.sio.on("*", self._on_event)
+        self.sio.on("connect_error", lambda data=None: self.connect_errors.append(data))
+        self.session = None
+        if connect:
+            self.connect()
+
+    def _on_event(self, event, *args):
+        self.events.put((event, args[0] if args else None))
+
+    def connect(self, auth=None):
+        if auth is None:
+            auth = {"token": self.user.token, "deviceId": self.device_id}
+        self.sio.connect(
+            self.user.daemon.url,
+            auth=auth,
+            transports=[self.transport],
+            wait_timeout=5,
+        )
+        self.session = self.wait("session")
+        return self.session
+
+    def wait(self, name, timeout=5, where=None):
+        """The next `name` event (matching `where`), keeping other events for later."""
+        deadline = time.monotonic() + timeout
+        for i, (event, data) in enumerate(self.seen):
+            if event == name and (where is None or where(data)):
+                del self.seen[i]
+                return data
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.user.name}/{self.device_id}: no {name} within {timeout}s; got {self.seen}")
+            try:
+                event, data = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if event == name and (where is None or where(data)):
+                return data
+            self.seen.append((event, data))
+
+    def assert_none(self, name, within=0.5):
+        time.sleep(within)
+        while not self.events.empty():
+            self.seen.append(self.events.get())
+        hits = [d for e, d in self.seen if e == name]
+        assert not hits, f"unexpected {name}: {hits}"
+
+    def call(self, event, data, timeout=10):
+        return self.sio.call(event, data, timeout=timeout)
+
+    def emit(self, event, data):
+        self.sio.emit(event, data)
+
+    def disconnect(self):
+        if self.sio.connected:
+            self.sio.disconnect()
+
+    # Shorthands.
+    def initiate(self, to, media="audio"):
+        return self.call("call:initiate", {"to": to, "media": media})
+
+    def act(self, action, call_id, **extra):
+        return self.call(f"call:{action}", {"callId": call_id, **extra})
+
+
+def error_code(ack):
+    assert ack["ok"] is False, ack
+    return ack["error"]["code"]
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    d = Daemon()
+    yield d
+    d.close()
+
+
+@pytest.fixture(params=["websocket", "polling"])
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def clients():
+    """Collects devices so every socket is closed after the test."""
+    devices = []
+
+    class Clients:
+        def device(self, user, **kwargs):
+            d = user.device(**kwargs)
+            devices.append(d)
+            return d
+
+    yield Clients()
+    for d in devices:
+        try:
+            d.disconnect()
+        except Exception:
+            pass

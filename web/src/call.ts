@@ -1,0 +1,461 @@
+// One call's media and WebRTC state. The server owns the call lifecycle; this
+// class only owns the peer connection, the local devices and what the UI shows.
+
+import { sameId, type Call, type Id, type IceServer, type Media, type User } from "./types";
+
+export type Phase = "outgoing" | "incoming" | "active" | "ended";
+export type Link = "connecting" | "connected" | "poor" | "reconnecting";
+
+export interface CallEnvironment {
+  me: User;
+  /** Read at each new connection: TURN credentials expire and are refreshed. */
+  ice(): { iceServers: IceServer[]; iceTransportPolicy: RTCIceTransportPolicy };
+  /** Sends a signaling event without waiting for the reply. */
+  send(event: string, payload: Record<string, unknown>): void;
+  /** Called after any change the UI shows. */
+  changed(): void;
+}
+
+export interface DevicePreference {
+  audioInput: string;
+  videoInput: string;
+}
+
+/** A getUserMedia failure turned into words for the user. */
+export class MediaError extends Error {}
+
+export function describeMediaError(error: unknown, wantVideo: boolean): string {
+  const name = error instanceof DOMException ? error.name : "";
+  switch (name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return "Camera or microphone permission was denied. Allow access in your browser's site settings and try again.";
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return wantVideo
+        ? "No camera or microphone was found. Connect one, or make an audio call."
+        : "No microphone was found. Connect one and try again.";
+    case "NotReadableError":
+    case "AbortError":
+      return "Your camera or microphone is in use by another application.";
+    default:
+      return window.isSecureContext
+        ? "Could not start your camera or microphone."
+        : "Calls need a secure (https) connection to use the camera and microphone.";
+  }
+}
+
+export async function openMedia(wantVideo: boolean, devices: DevicePreference): Promise<MediaStream> {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    throw new MediaError(describeMediaError(null, wantVideo));
+  }
+  const audio: MediaTrackConstraints | boolean = devices.audioInput
+    ? { deviceId: { ideal: devices.audioInput } }
+    : true;
+  const video: MediaTrackConstraints | boolean = wantVideo
+    ? {
+        ...(devices.videoInput ? { deviceId: { ideal: devices.videoInput } } : {}),
+        width: { ideal: 640 },
+        height: { ideal: 480 },
+      }
+    : false;
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio, video });
+  } catch (error) {
+    throw new MediaError(describeMediaError(error, wantVideo));
+  }
+}
+
+export class CallSession {
+  readonly role: "caller" | "callee";
+  readonly peer: User;
+  phase: Phase;
+  media: Media;
+  local: MediaStream | null = null;
+  remote = new MediaStream();
+  pc: RTCPeerConnection | null = null;
+
+  micOn = true;
+  cameraOn = false;
+  peerMicOn = true;
+  peerCameraOn: boolean;
+  link: Link = "connecting";
+  route: "direct" | "relay" | null = null;
+  /** Set when the other side's device dropped and the server is holding the call for it. */
+  peerReconnecting = false;
+  answeredAt: number | null = null;
+
+  // Perfect negotiation (https://w3c.github.io/webrtc-pc/#perfect-negotiation-example):
+  // the callee is the polite peer and yields on glare.
+  private makingOffer = false;
+  private ignoreOffer = false;
+  /** The callee never offers before the caller's first offer: the spec has the caller go first. */
+  private awaitingFirstOffer = false;
+  private pendingCandidates: RTCIceCandidateInit[] = [];
+  /**
+   * Signaling messages are applied strictly in arrival order, and not before
+   * there is a peer connection: after a reload the caller's new offer can
+   * arrive while this page is still opening the camera.
+   */
+  private queue: Promise<void>;
+  private connectionReady: () => void = () => {};
+  private statsTimer: number | undefined;
+  private disconnectedSince: number | null = null;
+  private lastPackets: { received: number; lost: number } | null = null;
+
+  constructor(
+    public call: Call,
+    private env: CallEnvironment,
+    phase: Phase,
+  ) {
+    this.role = sameId(call.caller.id, env.me.id) ? "caller" : "callee";
+    this.peer = this.role === "caller" ? call.callee : call.caller;
+    this.phase = phase;
+    this.media = call.media;
+    this.peerCameraOn = call.media === "video";
+    if (call.answeredAt) this.answeredAt = Date.parse(call.answeredAt);
+    this.queue = new Promise((resolve) => (this.connectionReady = resolve));
+  }
+
+  get id(): Id {
+    return this.call.id;
+  }
+
+  /** True if a server event with this call id is about this call. */
+  is(callId: Id | null | undefined): boolean {
+    return sameId(this.call.id, callId);
+  }
+
+  /** Takes ownership of the local stream (its tracks are stopped when the call ends). */
+  attachLocal(stream: MediaStream): void {
+    this.local = stream;
+    this.cameraOn = stream.getVideoTracks().length > 0;
+    this.micOn = true;
+  }
+
+  /** Starts media: called when the call becomes active, and again to rebuild after a resume. */
+  startPeerConnection(): void {
+    this.closePeerConnection();
+    this.phase = "active";
+    this.link = "connecting";
+    this.route = null;
+    this.lastPackets = null;
+    this.disconnectedSince = null;
+    if (this.answeredAt === null) this.answeredAt = Date.now();
+    const pc = new RTCPeerConnection(this.env.ice());
+    this.pc = pc;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.pendingCandidates = [];
+    this.awaitingFirstOffer = this.role === "callee";
+
+    pc.onnegotiationneeded = async () => {
+      if (this.awaitingFirstOffer || pc !== this.pc) return;
+      try {
+        this.makingOffer = true;
+        await pc.setLocalDescription();
+        if (pc !== this.pc || !pc.localDescription) return;
+        this.env.send("signal:offer", { callId: this.id, sdp: pc.localDescription.sdp });
+      } catch (error) {
+        console.warn("parley: making an offer failed", error);
+      } finally {
+        this.makingOffer = false;
+      }
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      if (pc !== this.pc) return;
+      this.env.send("signal:ice", { callId: this.id, candidate: candidate ? candidate.toJSON() : null });
+    };
+    pc.ontrack = ({ track }) => {
+      if (pc !== this.pc) return;
+      for (const old of this.remote.getTracks()) {
+        if (old.kind === track.kind && old !== track) this.remote.removeTrack(old);
+      }
+      if (!this.remote.getTracks().includes(track)) this.remote.addTrack(track);
+      track.onunmute = () => this.env.changed();
+      this.env.changed();
+    };
+    pc.onconnectionstatechange = () => this.onConnectionState(pc);
+
+    if (this.local) {
+      for (const track of this.local.getTracks()) pc.addTrack(track, this.local);
+    }
+    // The caller of an audio call still offers a video slot, so that either side
+    // can turn its camera on later (the upgrade to video) by filling that slot.
+    // The callee adds nothing of its own: the slots come from the caller's offer.
+    if (this.role === "caller" && !this.local?.getVideoTracks().length) {
+      pc.addTransceiver("video", { direction: "sendrecv" });
+    }
+
+    this.statsTimer = window.setInterval(() => void this.sampleStats(), 1000);
+    this.connectionReady();
+    this.env.changed();
+    this.sendMediaState();
+  }
+
+  private onConnectionState(pc: RTCPeerConnection): void {
+    if (pc !== this.pc) return;
+    switch (pc.connectionState) {
+      case "connected":
+        this.disconnectedSince = null;
+        if (this.link !== "poor") this.link = "connected";
+        break;
+      case "disconnected":
+        this.link = "reconnecting";
+        this.disconnectedSince = Date.now();
+        break;
+      case "failed":
+        // The path died (network change, relay restart): gather new candidates.
+        this.link = "reconnecting";
+        pc.restartIce();
+        break;
+      default:
+        break;
+    }
+    this.env.changed();
+  }
+
+  handleDescription(type: "offer" | "answer", sdp: string): void {
+    this.enqueue(async () => {
+      const pc = this.pc;
+      if (!pc) return;
+      const offerCollision = type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
+      this.ignoreOffer = this.role === "caller" && offerCollision;
+      if (this.ignoreOffer) return;
+      if (type === "answer" && pc.signalingState !== "have-local-offer") return; // a stale answer
+      await pc.setRemoteDescription({ type, sdp }); // the polite side rolls back implicitly
+      const queued = this.pendingCandidates;
+      this.pendingCandidates = [];
+      for (const candidate of queued) await this.addCandidate(pc, candidate);
+      if (type === "offer") {
+        this.awaitingFirstOffer = false;
+        await pc.setLocalDescription();
+        if (pc === this.pc && pc.localDescription) {
+          this.env.send("signal:answer", { callId: this.id, sdp: pc.localDescription.sdp });
+        }
+      }
+    });
+  }
+
+  handleCandidate(candidate: RTCIceCandidateInit | null): void {
+    this.enqueue(async () => {
+      const pc = this.pc;
+      if (!pc || !candidate) return;
+      // Trickled candidates can overtake the description they belong to.
+      if (!pc.remoteDescription) {
+        this.pendingCandidates.push(candidate);
+        return;
+      }
+      await this.addCandidate(pc, candidate);
+    });
+  }
+
+  private async addCandidate(pc: RTCPeerConnection, candidate: RTCIceCandidateInit): Promise<void> {
+    try {
+      await pc.addIceCandidate(candidate);
+    } catch (error) {
+      // Candidates of an offer we ignored, or of a connection replaced by a resume, cannot apply.
+      if (!this.ignoreOffer) console.debug("parley: dropped an ICE candidate", error);
+    }
+  }
+
+  private enqueue(task: () => Promise<void>): void {
+    this.queue = this.queue.then(task).catch((error) => {
+      console.warn("parley: signaling step failed", error);
+    });
+  }
+
+  /** New TURN credentials: an ICE restart later in a long call needs them. */
+  updateIceServers(): void {
+    try {
+      this.pc?.setConfiguration(this.env.ice());
+    } catch (error) {
+      console.warn("parley: could not update the ICE servers", error);
+    }
+  }
+
+  handlePeerMedia(audio: boolean, video: boolean): void {
+    this.peerMicOn = audio;
+    this.peerCameraOn = video;
+    this.env.changed();
+  }
+
+  handlePeerReconnecting(): void {
+    this.peerReconnecting = true;
+    this.link = "reconnecting";
+    this.env.changed();
+  }
+
+  /**
+   * The other device came back. It may be a fresh page with a fresh peer
+   * connection, so an ICE restart on the old one is not enough: both sides start
+   * a new connection and the caller offers again.
+   */
+  handlePeerResumed(): void {
+    this.peerReconnecting = false;
+    if (this.phase === "active") this.startPeerConnection();
+    this.env.changed();
+  }
+
+  toggleMic(): void {
+    this.micOn = !this.micOn;
+    for (const track of this.local?.getAudioTracks() ?? []) track.enabled = this.micOn;
+    this.sendMediaState();
+    this.env.changed();
+  }
+
+  /**
+   * Camera off releases the camera (its light goes out); camera on opens it again.
+   * In an audio call this is the upgrade to video.
+   */
+  async toggleCamera(devices: DevicePreference): Promise<void> {
+    if (this.cameraOn) {
+      for (const track of this.local?.getVideoTracks() ?? []) {
+        track.stop();
+        this.local?.removeTrack(track);
+      }
+      await this.videoSender()?.replaceTrack(null);
+      this.cameraOn = false;
+    } else {
+      const stream = await openMedia(true, devices).catch((error: unknown) => {
+        if (error instanceof MediaError) throw error;
+        throw new MediaError(describeMediaError(error, true));
+      });
+      for (const track of stream.getAudioTracks()) track.stop();
+      const track = stream.getVideoTracks()[0];
+      if (!track) throw new MediaError("No camera was found.");
+      if (this.phase === "ended") {
+        track.stop();
+        return;
+      }
+      this.local ??= new MediaStream();
+      this.local.addTrack(track);
+      const sender = this.videoSender();
+      if (sender) {
+        await sender.replaceTrack(track);
+        const transceiver = this.pc?.getTransceivers().find((t) => t.sender === sender);
+        // A slot created by the caller's offer starts receive-only; sending needs a renegotiation.
+        if (transceiver && transceiver.direction !== "sendrecv") transceiver.direction = "sendrecv";
+      } else if (this.pc) {
+        this.pc.addTrack(track, this.local);
+      }
+      this.cameraOn = true;
+      this.media = "video";
+    }
+    this.sendMediaState();
+    this.env.changed();
+  }
+
+  /** Switches the microphone or camera during a call without renegotiating. */
+  async switchDevice(kind: "audio" | "video", devices: DevicePreference): Promise<void> {
+    if (!this.local || (kind === "video" && !this.cameraOn)) return;
+    const constraints: MediaStreamConstraints =
+      kind === "audio"
+        ? { audio: { deviceId: { exact: devices.audioInput } } }
+        : { video: { deviceId: { exact: devices.videoInput }, width: { ideal: 640 }, height: { ideal: 480 } } };
+    const stream = await navigator.mediaDevices.getUserMedia(constraints);
+    const track = stream.getTracks()[0];
+    if (!track) return;
+    const old = kind === "audio" ? this.local.getAudioTracks() : this.local.getVideoTracks();
+    for (const oldTrack of old) {
+      oldTrack.stop();
+      this.local.removeTrack(oldTrack);
+    }
+    if (kind === "audio") track.enabled = this.micOn;
+    this.local.addTrack(track);
+    const sender = kind === "video" ? this.videoSender() : this.pc?.getSenders().find((s) => s.track?.kind === "audio");
+    await sender?.replaceTrack(track);
+    this.env.changed();
+  }
+
+  private videoSender(): RTCRtpSender | undefined {
+    const pc = this.pc;
+    if (!pc) return undefined;
+    return pc
+      .getTransceivers()
+      .find((t) => t.direction !== "stopped" && (t.sender.track?.kind === "video" || t.receiver.track.kind === "video"))?.sender;
+  }
+
+  sendMediaState(): void {
+    if (this.phase !== "active") return;
+    this.env.send("media:state", { callId: this.id, audio: this.micOn, video: this.cameraOn });
+  }
+
+  /** Reads the selected candidate pair and loss so the UI can say how the call is doing. */
+  private async sampleStats(): Promise<void> {
+    const pc = this.pc;
+    if (!pc || pc.connectionState === "closed") return;
+    if (this.disconnectedSince !== null && Date.now() - this.disconnectedSince > 5000) {
+      // "disconnected" often heals by itself; after 5 s, stop waiting and restart ICE.
+      this.disconnectedSince = null;
+      pc.restartIce();
+    }
+    let report: RTCStatsReport;
+    try {
+      report = await pc.getStats();
+    } catch {
+      return;
+    }
+    let pairId: string | undefined;
+    let received = 0;
+    let lost = 0;
+    let rtt: number | undefined;
+    report.forEach((stat) => {
+      if (stat.type === "transport" && stat.selectedCandidatePairId) pairId = stat.selectedCandidatePairId;
+      if (stat.type === "inbound-rtp") {
+        received += stat.packetsReceived ?? 0;
+        lost += Math.max(0, stat.packetsLost ?? 0);
+      }
+    });
+    let route: "direct" | "relay" | null = null;
+    if (pairId) {
+      const pair = report.get(pairId);
+      rtt = pair?.currentRoundTripTime;
+      const localCandidate = pair ? report.get(pair.localCandidateId) : undefined;
+      const remoteCandidate = pair ? report.get(pair.remoteCandidateId) : undefined;
+      if (localCandidate) {
+        route =
+          localCandidate.candidateType === "relay" || remoteCandidate?.candidateType === "relay"
+            ? "relay"
+            : "direct";
+      }
+    }
+    let lossRatio = 0;
+    if (this.lastPackets) {
+      const newReceived = received - this.lastPackets.received;
+      const newLost = lost - this.lastPackets.lost;
+      if (newReceived + newLost > 0) lossRatio = newLost / (newReceived + newLost);
+    }
+    this.lastPackets = { received, lost };
+    if (pc !== this.pc) return;
+    this.route = route;
+    if (pc.connectionState === "connected") {
+      const poor = lossRatio > 0.08 || (rtt !== undefined && rtt > 0.5);
+      this.link = poor ? "poor" : "connected";
+    }
+    this.env.changed();
+  }
+
+  private closePeerConnection(): void {
+    if (this.statsTimer !== undefined) window.clearInterval(this.statsTimer);
+    this.statsTimer = undefined;
+    if (this.pc) {
+      this.pc.onnegotiationneeded = null;
+      this.pc.onicecandidate = null;
+      this.pc.ontrack = null;
+      this.pc.onconnectionstatechange = null;
+      this.pc.close();
+      this.pc = null;
+    }
+    for (const track of this.remote.getTracks()) this.remote.removeTrack(track);
+  }
+
+  /** Releases everything: the peer connection, the camera and the microphone. */
+  dispose(): void {
+    this.phase = "ended";
+    this.connectionReady(); // lets queued signaling drain (and be dropped)
+    this.closePeerConnection();
+    for (const track of this.local?.getTracks() ?? []) track.stop();
+    this.local = null;
+  }
+}
