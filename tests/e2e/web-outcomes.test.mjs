@@ -9,10 +9,11 @@ import { eventually, launchBrowser, newPerson, personItem, registerUser, signIn,
 let daemon;
 let browser;
 let deniedBrowser;
+let cameralessBrowser;
 const tabs = [];
 
 before(async () => {
-  daemon = await startDaemon({ calls: { ring_timeout_secs: 3 } });
+  daemon = await startDaemon({ calls: { ring_timeout_secs: 3, reconnect_grace_secs: 2 } });
   browser = await launchBrowser();
 });
 
@@ -20,6 +21,7 @@ after(async () => {
   for (const tab of tabs) await tab.context.close().catch(() => {});
   await browser?.close();
   await deniedBrowser?.close();
+  await cameralessBrowser?.close();
   await daemon?.stop();
 });
 
@@ -68,6 +70,22 @@ test("declining: the caller is told, nobody keeps a device; a background tab get
   await dialog.waitFor({ state: "detached" });
   assert.equal(await bob.page.evaluate(() => window.__probe.notifications[0].closed), true);
   await devicesReleased(alice.page);
+});
+
+test("declining with a message: the caller reads it, and it stays in the history", async () => {
+  const alice = await person("Ari");
+  const bob = await person("Bex");
+  await call(alice, "Bex", "Audio call");
+  const dialog = bob.page.getByRole("dialog");
+  await dialog.getByText("Reply with a message").click();
+  await dialog.getByLabel("Message").fill("In a meeting, call you at 3");
+  await dialog.getByRole("button", { name: "Send" }).click();
+  await alice.page.getByText("Bex declined the call: “In a meeting, call you at 3”").waitFor();
+  await dialog.waitFor({ state: "detached" });
+  await alice.page.getByRole("button", { name: /History/ }).click();
+  const entry = alice.page.getByRole("list", { name: "Call history" }).getByRole("listitem").first();
+  await entry.waitFor();
+  assert.match(await entry.innerText(), /Declined[\s\S]*In a meeting, call you at 3/);
 });
 
 test("cancelling: the callee's ringing stops and the call shows as missed", async () => {
@@ -126,7 +144,10 @@ test("busy: a third person calling someone in a call is told they are busy", asy
   const bob = await person("Bo");
   const carol = await person("Cy");
   await call(alice, "Bo", "Audio call");
-  await bob.page.getByRole("dialog").getByRole("button", { name: "Accept" }).click();
+  // Keyboard: the dialog opens with Accept focused, so Enter answers.
+  await bob.page.getByRole("dialog").waitFor();
+  assert.equal(await bob.page.evaluate(() => document.activeElement?.textContent), "Accept");
+  await bob.page.keyboard.press("Enter");
   await bob.page.getByRole("button", { name: "Hang up" }).waitFor();
   await eventually("Bo shown busy", async () => /In a call/.test(await personItem(carol.page, "Bo").innerText()));
   await call(carol, "Bo");
@@ -166,4 +187,28 @@ test("permission denied: the caller is told and no call starts", async () => {
   await alice.page.getByText(/permission was denied/).waitFor();
   assert.equal(await bob.page.getByRole("dialog").count(), 0);
   await backHome(alice.page);
+});
+
+test("no camera: the caller is told what is missing", async () => {
+  // Without the fake-device flag this machine has no camera and no microphone.
+  cameralessBrowser = await launchBrowser({ fakeMedia: false });
+  const alice = await person("Aya", { browser: cameralessBrowser });
+  const bob = await person("Bree");
+  await call(alice, "Bree");
+  await alice.page.getByText(/No camera or microphone was found/).waitFor();
+  assert.equal(await bob.page.getByRole("dialog").count(), 0);
+});
+
+test("connection lost: when the other side vanishes for good, the call ends with a clear message", async () => {
+  const alice = await person("Al");
+  const bob = await person("Bud");
+  await call(alice, "Bud", "Audio call");
+  await bob.page.getByRole("dialog").getByRole("button", { name: "Accept" }).click();
+  await alice.page.getByText("Connected via relay").waitFor();
+  // Bob's browser tab disappears (crash, lost network); reconnect_grace_secs = 2 here.
+  await bob.context.close();
+  await alice.page.getByText(/Bud is reconnecting|Reconnecting/).first().waitFor();
+  await alice.page.getByText("Connection lost. The call with Bud ended.").waitFor({ timeout: 15_000 });
+  await backHome(alice.page);
+  await devicesReleased(alice.page);
 });

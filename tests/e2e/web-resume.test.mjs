@@ -77,3 +77,18 @@ for (const reloading of ["callee", "caller"]) {
     assert.match(await entries.first().innerText(), /Answered/);
   });
 }
+
+test("a network drop of the signaling connection: the call recovers when the socket comes back", async () => {
+  const caller = await person("Oli");
+  const callee = await person("Pat");
+  await connectedCall(caller, "Pat", callee);
+  // Offline emulation cuts the page's connections to the server (the socket), not the media path.
+  await callee.context.setOffline(true);
+  await caller.page.getByText("Pat is reconnecting…").waitFor();
+  await callee.context.setOffline(false);
+  await caller.page.getByText("Pat is reconnecting…").waitFor({ state: "detached", timeout: 20_000 });
+  await mediaFlowing(caller.page);
+  await mediaFlowing(callee.page);
+  await callee.page.getByRole("button", { name: "Hang up" }).click();
+  await caller.page.getByRole("list", { name: "People" }).waitFor();
+});

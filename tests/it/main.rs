@@ -2,3 +2,4 @@ mod daemon;
 mod foundation;
 mod tls;
 mod relay;
+mod loadgen;

@@ -16,19 +16,33 @@ const SECRET: &str = "it-relay-secret";
 
 fn parley_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its path");
-    let binary = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps").join("parley");
-    assert!(binary.exists(), "{} is missing: build it first with `cargo build -p parleyd`", binary.display());
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps")
+        .join("parley");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first with `cargo build -p parleyd`",
+        binary.display()
+    );
     binary
 }
 
 fn coturn_tool(name: &str) -> PathBuf {
     let path = PathBuf::from("/usr/bin").join(name);
-    assert!(path.exists(), "{name} is missing: install Debian's coturn package (apt-get install -y coturn)");
+    assert!(
+        path.exists(),
+        "{name} is missing: install Debian's coturn package (apt-get install -y coturn)"
+    );
     path
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A port free for TCP and UDP at the moment.
@@ -73,17 +87,26 @@ async fn start_daemon(turn_extra: &str, with_tls: bool) -> Daemon {
     let dir = tempfile::tempdir().expect("tempdir");
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let turn: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let relay_low = 42000 + (std::process::id() % 40) as u16 * 100 + (turn.port() % 10) * 10;
+    // A private slice of 100 relay ports (uclient's EVEN-PORT pairs need room).
+    let relay_low = 20000 + (turn.port() % 400) * 100;
     let mut tls_lines = String::from("tls_listen = \"\"\n");
     let mut tls = None;
     if with_tls {
-        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .unwrap();
         let cert = dir.path().join("turn-cert.pem");
         let key = dir.path().join("turn-key.pem");
         std::fs::write(&cert, certified.cert.pem()).unwrap();
         std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        tls_lines = format!("tls_listen = \"{address}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display());
+        tls_lines = format!(
+            "tls_listen = \"{address}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
         tls = Some(address);
     }
     let config = dir.path().join("parley.toml");
@@ -93,7 +116,7 @@ async fn start_daemon(turn_extra: &str, with_tls: bool) -> Daemon {
             "[http]\nlisten = \"{http}\"\n[storage]\ndata_dir = \"{data}\"\n\
              [turn]\nlisten = \"{turn}\"\nsecret = \"{SECRET}\"\nrelay_ports = \"{relay_low}-{relay_high}\"\n{tls_lines}{turn_extra}\n",
             data = dir.path().join("data").display(),
-            relay_high = relay_low + 9,
+            relay_high = relay_low + 99,
         ),
     )
     .unwrap();
@@ -105,7 +128,14 @@ async fn start_daemon(turn_extra: &str, with_tls: bool) -> Daemon {
         .stdin(Stdio::null())
         .spawn()
         .expect("start parley");
-    let mut daemon = Daemon { child, http, turn, tls, config, _dir: dir };
+    let mut daemon = Daemon {
+        child,
+        http,
+        turn,
+        tls,
+        config,
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = daemon.child.try_wait().unwrap() {
@@ -121,15 +151,25 @@ async fn start_daemon(turn_extra: &str, with_tls: bool) -> Daemon {
 
 impl Daemon {
     /// One HTTP/1.1 request; returns the status and the body.
-    async fn request(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
         let mut stream = TcpStream::connect(self.http).await?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
         if let Some(token) = token {
             head.push_str(&format!("authorization: Bearer {token}\r\n"));
         }
         let body = body.unwrap_or("");
         if !body.is_empty() {
-            head.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()));
+            head.push_str(&format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                body.len()
+            ));
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await?;
@@ -138,29 +178,60 @@ impl Daemon {
         stream.read_to_end(&mut response).await?;
         let text = String::from_utf8_lossy(&response).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
         Ok((status, body))
     }
 
-    async fn json(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> (u16, serde_json::Value) {
-        let (status, body) = self.request(method, path, body, token).await.expect("HTTP request");
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+    async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (status, body) = self
+            .request(method, path, body, token)
+            .await
+            .expect("HTTP request");
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Registers a fresh user; returns (token, user id).
     async fn register(&self, name: &str) -> (String, i64) {
         let body = format!("{{\"username\":\"{name}\",\"password\":\"correct horse battery\"}}");
-        let (status, reply) = self.json("POST", "/api/v1/auth/register", Some(&body), None).await;
+        let (status, reply) = self
+            .json("POST", "/api/v1/auth/register", Some(&body), None)
+            .await;
         assert_eq!(status, 201, "register {name}: {reply}");
-        (reply["token"].as_str().unwrap().to_owned(), reply["user"]["id"].as_i64().unwrap())
+        (
+            reply["token"].as_str().unwrap().to_owned(),
+            reply["user"]["id"].as_i64().unwrap(),
+        )
     }
 
     async fn metric(&self, name: &str) -> u64 {
         let (status, text) = self.request("GET", "/metrics", None, None).await.unwrap();
         assert_eq!(status, 200);
         text.lines()
-            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .unwrap_or_else(|| panic!("metric {name} missing from /metrics"))
             .parse()
             .unwrap()
@@ -168,7 +239,15 @@ impl Daemon {
 
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     async fn probe(&self, transport: ProbeTransport) -> TurnClient {
@@ -176,7 +255,9 @@ impl Daemon {
             ProbeTransport::Tls { .. } => self.tls.expect("TLS configured"),
             _ => self.turn,
         };
-        TurnClient::connect(address, transport, Duration::from_secs(3)).await.expect("reach the relay")
+        TurnClient::connect(address, transport, Duration::from_secs(3))
+            .await
+            .expect("reach the relay")
     }
 }
 
@@ -236,8 +317,17 @@ fn uclient(args: &[String]) -> UclientResult {
         .arg("127.0.0.1")
         .output()
         .expect("run turnutils_uclient");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    let mut result = UclientResult { sent: 0, received: 0, lost_line: String::new(), output: text.clone() };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut result = UclientResult {
+        sent: 0,
+        received: 0,
+        lost_line: String::new(),
+        output: text.clone(),
+    };
     for line in text.lines() {
         if let Some(rest) = line.split("start_mclient: tot_send_msgs=").nth(1) {
             let mut parts = rest.split(", tot_recv_msgs=");
@@ -263,7 +353,23 @@ fn uclient_args(daemon: &Daemon, peer: &Peer, transport: &str, auth: &[String]) 
         other => panic!("unknown transport {other}"),
     };
     // 5 allocations with a channel each, 200 messages of 120 bytes every 5 ms per client.
-    for arg in ["-c", "-e", "127.0.0.1", "-r", &peer.port.to_string(), "-p", &port.to_string(), "-n", "200", "-m", "5", "-l", "120", "-z", "5"] {
+    for arg in [
+        "-c",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer.port.to_string(),
+        "-p",
+        &port.to_string(),
+        "-n",
+        "200",
+        "-m",
+        "5",
+        "-l",
+        "120",
+        "-z",
+        "5",
+    ] {
         args.push(arg.to_owned());
     }
     args.extend(auth.iter().cloned());
@@ -272,17 +378,49 @@ fn uclient_args(daemon: &Daemon, peer: &Peer, transport: &str, auth: &[String]) 
 
 #[tokio::test]
 async fn uclient_relays_over_udp_tcp_and_tls_without_loss() {
-    let daemon = start_daemon("allowed_peer_ranges = [\"127.0.0.0/8\"]\nmax_allocations_per_user = 50\n", true).await;
+    let daemon = start_daemon(
+        "allowed_peer_ranges = [\"127.0.0.0/8\"]\nmax_allocations_per_user = 50\n",
+        true,
+    )
+    .await;
     let peer = start_peer();
     for transport in ["udp", "tcp", "tls"] {
         // -W: REST-API shared secret, uclient sends the bare expiry as the username.
-        let result = uclient(&uclient_args(&daemon, &peer, transport, &["-W".into(), SECRET.into()]));
-        assert!(result.sent >= 1000, "{transport}: uclient sent {} messages:\n{}", result.sent, result.output);
-        assert_eq!(result.received, result.sent, "{transport}: {}\n{}", result.lost_line, result.output);
-        assert!(result.lost_line.contains("Total lost packets 0 "), "{transport}: {}", result.lost_line);
+        let result = uclient(&uclient_args(
+            &daemon,
+            &peer,
+            transport,
+            &["-W".into(), SECRET.into()],
+        ));
+        assert!(
+            result.sent >= 1000,
+            "{transport}: uclient sent {} messages:\n{}",
+            result.sent,
+            result.output
+        );
+        assert_eq!(
+            result.received, result.sent,
+            "{transport}: {}\n{}",
+            result.lost_line, result.output
+        );
+        assert!(
+            result.lost_line.contains("Total lost packets 0 "),
+            "{transport}: {}",
+            result.lost_line
+        );
     }
-    assert!(daemon.metric("parley_turn_relayed_packets_to_peers_total").await >= 3000);
-    assert!(daemon.metric("parley_turn_relayed_packets_from_peers_total").await >= 3000);
+    assert!(
+        daemon
+            .metric("parley_turn_relayed_packets_to_peers_total")
+            .await
+            >= 3000
+    );
+    assert!(
+        daemon
+            .metric("parley_turn_relayed_packets_from_peers_total")
+            .await
+            >= 3000
+    );
 }
 
 #[tokio::test]
@@ -291,18 +429,37 @@ async fn credentials_from_the_api_work_in_uclient_and_expire() {
     let (token, user_id) = daemon.register("relayuser").await;
     let (status, _) = daemon.json("GET", "/api/v1/ice-servers", None, None).await;
     assert_eq!(status, 401, "ICE servers need a login");
-    let (status, reply) = daemon.json("GET", "/api/v1/ice-servers", None, Some(&token)).await;
+    let (status, reply) = daemon
+        .json("GET", "/api/v1/ice-servers", None, Some(&token))
+        .await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["ttlSecs"], 21600);
     assert_eq!(reply["iceTransportPolicy"], "all");
     let port = daemon.turn.port();
     let servers = reply["iceServers"].as_array().unwrap();
-    let urls: Vec<&str> = servers.iter().flat_map(|s| s["urls"].as_array().unwrap()).map(|u| u.as_str().unwrap()).collect();
-    for expected in [format!("stun:127.0.0.1:{port}"), format!("turn:127.0.0.1:{port}?transport=udp"), format!("turn:127.0.0.1:{port}?transport=tcp")] {
-        assert!(urls.contains(&expected.as_str()), "{expected} missing from {urls:?}");
+    let urls: Vec<&str> = servers
+        .iter()
+        .flat_map(|s| s["urls"].as_array().unwrap())
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    for expected in [
+        format!("stun:127.0.0.1:{port}"),
+        format!("turn:127.0.0.1:{port}?transport=udp"),
+        format!("turn:127.0.0.1:{port}?transport=tcp"),
+    ] {
+        assert!(
+            urls.contains(&expected.as_str()),
+            "{expected} missing from {urls:?}"
+        );
     }
-    assert!(!urls.iter().any(|u| u.starts_with("turns:")), "no TLS listener without a certificate: {urls:?}");
-    let turn = servers.iter().find(|s| s.get("username").is_some()).expect("a TURN entry with credentials");
+    assert!(
+        !urls.iter().any(|u| u.starts_with("turns:")),
+        "no TLS listener without a certificate: {urls:?}"
+    );
+    let turn = servers
+        .iter()
+        .find(|s| s.get("username").is_some())
+        .expect("a TURN entry with credentials");
     let username = turn["username"].as_str().unwrap();
     let credential = turn["credential"].as_str().unwrap();
     let (expiry, user) = username.split_once(':').unwrap();
@@ -312,18 +469,34 @@ async fn credentials_from_the_api_work_in_uclient_and_expire() {
 
     // coturn's client accepts them as plain long-term credentials.
     let peer = start_peer();
-    let result = uclient(&uclient_args(&daemon, &peer, "udp", &["-u".into(), username.into(), "-w".into(), credential.into()]));
-    assert!(result.sent >= 1000 && result.received == result.sent, "{}\n{}", result.lost_line, result.output);
+    let result = uclient(&uclient_args(
+        &daemon,
+        &peer,
+        "udp",
+        &["-u".into(), username.into(), "-w".into(), credential.into()],
+    ));
+    assert!(
+        result.sent >= 1000 && result.received == result.sent,
+        "{}\n{}",
+        result.lost_line,
+        result.output
+    );
 
     // An expired credential of the same form is refused with 401.
     let expired = format!("{}:{user_id}", now_unix() - 1);
     let expired_password = parley_turn::credentials::password_for(SECRET, &expired);
     let mut client = daemon.probe(ProbeTransport::Udp).await;
-    let error = client.allocate(&expired, &expired_password).await.unwrap_err();
+    let error = client
+        .allocate(&expired, &expired_password)
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Some(401), "{error}");
     // So is a forged one.
     let mut client = daemon.probe(ProbeTransport::Tcp).await;
-    let error = client.allocate(username, "Zm9yZ2VkIGNyZWRlbnRpYWw=").await.unwrap_err();
+    let error = client
+        .allocate(username, "Zm9yZ2VkIGNyZWRlbnRpYWw=")
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Some(401), "{error}");
     assert!(daemon.metric("parley_turn_auth_failures_total").await >= 2);
 }
@@ -334,7 +507,18 @@ async fn default_policy_refuses_internal_peers() {
     let (username, password) = parley_turn::mint(SECRET, 1, 600, now_unix());
     let mut client = daemon.probe(ProbeTransport::Udp).await;
     client.allocate(&username, &password).await.unwrap();
-    for peer in ["127.0.0.1:9", "[::ffff:127.0.0.1]:9", "0.0.0.0:9", "10.0.0.1:9", "192.168.0.1:9", "172.16.0.1:9", "100.64.0.1:9", "169.254.169.254:80", "224.0.0.1:9", "255.255.255.255:9"] {
+    for peer in [
+        "127.0.0.1:9",
+        "[::ffff:127.0.0.1]:9",
+        "0.0.0.0:9",
+        "10.0.0.1:9",
+        "192.168.0.1:9",
+        "172.16.0.1:9",
+        "100.64.0.1:9",
+        "169.254.169.254:80",
+        "224.0.0.1:9",
+        "255.255.255.255:9",
+    ] {
         let peer: SocketAddr = peer.parse().unwrap();
         let error = client.create_permission(&[peer]).await.unwrap_err();
         assert_eq!(error.code(), Some(403), "CreatePermission {peer}: {error}");
@@ -344,9 +528,19 @@ async fn default_policy_refuses_internal_peers() {
 
     // coturn's client, pointed at a loopback peer, gets nothing through.
     let peer = start_peer();
-    let result = uclient(&uclient_args(&daemon, &peer, "udp", &["-W".into(), SECRET.into()]));
+    let result = uclient(&uclient_args(
+        &daemon,
+        &peer,
+        "udp",
+        &["-W".into(), SECRET.into()],
+    ));
     assert_eq!(result.received, 0, "{}", result.output);
-    assert_eq!(daemon.metric("parley_turn_relayed_packets_to_peers_total").await, 0);
+    assert_eq!(
+        daemon
+            .metric("parley_turn_relayed_packets_to_peers_total")
+            .await,
+        0
+    );
     assert!(daemon.metric("parley_turn_refused_peers_total").await >= 20);
 }
 
@@ -379,7 +573,10 @@ async fn unauthenticated_flood_leaves_memory_bounded() {
         let mut msg = stun::message::Message::new();
         msg.build(&[
             Box::new(stun::agent::TransactionId::new()),
-            Box::new(stun::message::MessageType::new(stun::message::METHOD_ALLOCATE, stun::message::CLASS_REQUEST)),
+            Box::new(stun::message::MessageType::new(
+                stun::message::METHOD_ALLOCATE,
+                stun::message::CLASS_REQUEST,
+            )),
         ])
         .unwrap();
         msg.raw
@@ -397,13 +594,17 @@ async fn unauthenticated_flood_leaves_memory_bounded() {
                 packet[8..12].copy_from_slice(&n.to_be_bytes()); // a distinct transaction id
                 socket.send_to(&packet, target).await.unwrap();
                 // Read whatever answers are waiting, without pacing the flood.
-                while let Ok(Ok((len, _))) = tokio::time::timeout(Duration::ZERO, socket.recv_from(&mut buf)).await {
+                while let Ok(Ok((len, _))) =
+                    tokio::time::timeout(Duration::ZERO, socket.recv_from(&mut buf)).await
+                {
                     if let Some(nonce) = nonce_of(&buf[..len]) {
                         nonces.insert(nonce);
                     }
                 }
             }
-            while let Ok(Ok((len, _))) = tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await {
+            while let Ok(Ok((len, _))) =
+                tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await
+            {
                 if let Some(nonce) = nonce_of(&buf[..len]) {
                     nonces.insert(nonce);
                 }
@@ -418,16 +619,28 @@ async fn unauthenticated_flood_leaves_memory_bounded() {
     let after = daemon.rss_kib();
     assert!(!nonces.is_empty(), "the daemon answered none of the flood");
     nonces.insert(first_nonce);
-    assert!(nonces.len() <= 2, "the daemon minted {} nonces under the flood", nonces.len());
+    assert!(
+        nonces.len() <= 2,
+        "the daemon minted {} nonces under the flood",
+        nonces.len()
+    );
     assert!(daemon.metric("parley_turn_challenges_answered_total").await >= 10_000);
     // Unbounded, 100 000 nonces cost the turn crate about 12 MB.
-    assert!(after.saturating_sub(before) < 4096, "RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after.saturating_sub(before) < 4096,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
 }
 
 fn nonce_of(packet: &[u8]) -> Option<String> {
-    let mut msg = stun::message::Message { raw: packet.to_vec(), ..Default::default() };
+    let mut msg = stun::message::Message {
+        raw: packet.to_vec(),
+        ..Default::default()
+    };
     msg.decode().ok()?;
-    stun::textattrs::TextAttribute::get_from_as(&msg, stun::attributes::ATTR_NONCE).ok().map(|n| n.text)
+    stun::textattrs::TextAttribute::get_from_as(&msg, stun::attributes::ATTR_NONCE)
+        .ok()
+        .map(|n| n.text)
 }
 
 #[tokio::test]
@@ -436,11 +649,19 @@ async fn readiness_and_metrics_report_the_relay() {
     let (status, body) = daemon.request("GET", "/readyz", None, None).await.unwrap();
     assert_eq!(status, 200, "{body}");
     for listener in ["turn-udp", "turn-tcp", "turn-tls"] {
-        assert!(body.contains(listener), "/readyz does not mention {listener}: {body}");
+        assert!(
+            body.contains(listener),
+            "/readyz does not mention {listener}: {body}"
+        );
     }
     let (status, metrics) = daemon.request("GET", "/metrics", None, None).await.unwrap();
     assert_eq!(status, 200);
-    for name in ["parley_turn_allocations ", "parley_turn_auth_failures_total ", "parley_turn_refused_peers_total ", "parley_turn_relayed_bytes_to_peers_total "] {
+    for name in [
+        "parley_turn_allocations ",
+        "parley_turn_auth_failures_total ",
+        "parley_turn_refused_peers_total ",
+        "parley_turn_relayed_bytes_to_peers_total ",
+    ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
 }
@@ -448,19 +669,49 @@ async fn readiness_and_metrics_report_the_relay() {
 #[tokio::test]
 async fn doctor_checks_every_listener_of_a_running_daemon() {
     let daemon = start_daemon("allowed_peer_ranges = [\"127.0.0.0/8\"]\n", false).await;
-    let output = Command::new(parley_binary()).arg("--config").arg(&daemon.config).arg("doctor").output().expect("run parley doctor");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(parley_binary())
+        .arg("--config")
+        .arg(&daemon.config)
+        .arg("doctor")
+        .output()
+        .expect("run parley doctor");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(output.status.success(), "doctor failed:\n{text}");
     for transport in ["udp", "tcp"] {
-        let line = text.lines().find(|l| l.starts_with(&format!("turn {transport}"))).unwrap_or_else(|| panic!("no {transport} line:\n{text}"));
-        assert!(line.contains("OK") && line.contains("relayed a packet"), "{line}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("turn {transport}")))
+            .unwrap_or_else(|| panic!("no {transport} line:\n{text}"));
+        assert!(
+            line.contains("OK") && line.contains("relayed a packet"),
+            "{line}"
+        );
     }
     drop(daemon);
 
     // The default policy refuses the loopback relay address: doctor says what to change.
     let daemon = start_daemon("", false).await;
-    let output = Command::new(parley_binary()).arg("--config").arg(&daemon.config).arg("doctor").output().expect("run parley doctor");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(!output.status.success(), "doctor passed a relay that cannot relay:\n{text}");
-    assert!(text.contains("FAIL") && text.contains("turn.relay_address"), "{text}");
+    let output = Command::new(parley_binary())
+        .arg("--config")
+        .arg(&daemon.config)
+        .arg("doctor")
+        .output()
+        .expect("run parley doctor");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !output.status.success(),
+        "doctor passed a relay that cannot relay:\n{text}"
+    );
+    assert!(
+        text.contains("FAIL") && text.contains("turn.relay_address"),
+        "{text}"
+    );
 }

@@ -85,10 +85,10 @@ impl TlsDaemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.assert_alive();
-            if let Ok(mut stream) = connect(self.address()).await {
-                if get_healthz(&mut stream).await.is_ok() {
-                    return;
-                }
+            if let Ok(mut stream) = connect(self.address()).await
+                && get_healthz(&mut stream).await.is_ok()
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -266,7 +266,9 @@ async fn sighup_reloads_the_certificate_and_open_connections_stay() {
 
     // The connection opened before the reload is still up and still served.
     assert_eq!(
-        get_healthz(&mut open).await.expect("the open connection survived the reload"),
+        get_healthz(&mut open)
+            .await
+            .expect("the open connection survived the reload"),
         200
     );
     assert_eq!(presented(&open), first.der, "it keeps its own session");

@@ -1,7 +1,7 @@
 """Fixtures for the packaging tests: the built .deb, and a Debian root to install it into.
 
 The tests need, as root: cargo-deb (installed by `cargo xtask deb`), dpkg-deb, lintian,
-debootstrap, systemd-analyze, ip (iproute2), curl, mount/chroot/runuser. A missing tool fails the
+debootstrap, systemd-analyze, ip (iproute2), curl, mount/chroot. A missing tool fails the
 test with its name; nothing is skipped.
 
 Environment:
@@ -55,8 +55,11 @@ def build_deb(out_dir, version=None):
 @pytest.fixture(scope="session")
 def deb(tmp_path_factory):
     if os.environ.get("PARLEY_DEB"):
-        path = Path(os.environ["PARLEY_DEB"])
-        assert path.exists(), f"PARLEY_DEB={path} does not exist"
+        given = Path(os.environ["PARLEY_DEB"])
+        assert given.exists(), f"PARLEY_DEB={given} does not exist"
+        # A copy: building the upgrade package makes cargo-deb clear target/debian.
+        path = tmp_path_factory.mktemp("deb") / given.name
+        shutil.copyfile(given, path)
         return path
     need("dpkg-deb")
     return build_deb(tmp_path_factory.mktemp("deb"))

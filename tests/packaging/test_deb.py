@@ -36,6 +36,8 @@ def test_package_installs_the_expected_files(deb):
     listing = contents(deb)
     expected = {
         "/usr/bin/parley": "-rwxr-xr-x",
+        "/usr/bin/parleyctl": "-rwxr-xr-x",
+        "/usr/share/man/man1/parleyctl.1.gz": "-rw-r--r--",
         "/etc/parley/parley.toml": "-rw-r-----",
         "/usr/share/doc/parley/README.md": "-rw-r--r--",
         "/usr/share/doc/parley/copyright": "-rw-r--r--",
@@ -70,7 +72,7 @@ def test_maintainer_scripts_create_user_and_manage_the_unit(deb, tmp_path):
     assert "useradd --system" in postinst
     assert "deb-systemd-helper" in postinst and "parley.service" in postinst, "enable"
     assert "deb-systemd-invoke" in postinst, "start / restart after upgrade"
-    assert "user add" in postinst, "prints the next step"
+    assert "parleyctl user add" in postinst, "prints the next step"
     prerm = control_file(deb, "prerm", tmp_path)
     assert "deb-systemd-invoke stop" in prerm, prerm
     postrm = control_file(deb, "postrm", tmp_path)

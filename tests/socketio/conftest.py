@@ -13,9 +13,15 @@ import tempfile
 import time
 import uuid
 
+import engineio.payload
 import pytest
 import requests
 import socketio
+
+# python-engineio refuses a long-polling response that batches more than 16 packets ("Too many
+# packets in payload") and drops the connection; the JavaScript client has no such cap, and the
+# server batches whatever is queued, so a burst of signaling to a polling client needs more.
+engineio.payload.Payload.max_decode_packets = 4096
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "debug" / "parley"
@@ -149,7 +155,7 @@ class Device:
         self.events = queue.Queue()
         self.seen = []
         self.connect_errors = []
-        self.sio = socketio.Client(reconnection=False)
+        self.sio = socketio.Client(reconnection=False, engineio_logger=bool(os.environ.get("PARLEY_TEST_EIO_LOG")))
         self.sio.on("*", self._on_event)
         self.sio.on("connect_error", lambda data=None: self.connect_errors.append(data))
         self.session = None

@@ -285,3 +285,9 @@ def test_http_device_required(daemon, clients):
     # A deviceId that is not connected.
     r = alice.http("POST", "/api/v1/calls", json={"to": bob.name, "media": "audio", "deviceId": "ghost"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "DEVICE_REQUIRED"
+
+
+def test_registering_a_taken_username_in_any_case_is_username_taken(daemon):
+    user = daemon.register()
+    r = daemon.http("POST", "/api/v1/auth/register", json={"username": user.name.upper(), "password": "another-password"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "USERNAME_TAKEN"

@@ -22,6 +22,8 @@ def ended_on(device, call_id):
 
 def test_initiate_rings_every_callee_device(daemon, clients, transport):
     alice, bob, a, bs, call = ring(daemon, clients, transport, callee_devices=2, media="video")
+    assert set(a.session) == {"user", "deviceId", "iceServers", "iceTransportPolicy", "ttlSecs", "activeCall"}
+    assert a.session["deviceId"] == a.device_id and isinstance(a.session["iceServers"], list)
     assert call["state"] == "ringing"
     assert call["status"] is None and call["reason"] is None
     assert call["caller"] == {"id": alice.id, "username": alice.name, "displayName": alice.name}
@@ -152,3 +154,20 @@ def test_a_new_call_after_the_previous_one_ended(daemon, clients, transport):
     ack = b.initiate(alice.name)
     assert ack["ok"], ack
     assert a.wait("call:incoming")["call"]["id"] == ack["call"]["id"]
+
+
+def test_events_sent_right_after_connecting_are_handled(daemon, transport):
+    """Clients flush buffered emits the moment the namespace connects, before `session`:
+    those events must be acted upon, not dropped nor refused for an unknown socket."""
+    import socketio
+
+    alice, bob = daemon.register("alice"), daemon.register("bob")
+    for attempt in range(5):
+        sio = socketio.Client(reconnection=False)
+        try:
+            sio.connect(daemon.url, auth={"token": alice.token, "deviceId": f"quick-{attempt}"},
+                        transports=[transport], wait_timeout=5)
+            ack = sio.call("call:initiate", {"to": bob.name, "media": "audio"}, timeout=5)
+            assert ack["ok"] is False and ack["error"]["code"] == "RECIPIENT_OFFLINE", ack
+        finally:
+            sio.disconnect()

@@ -98,3 +98,23 @@ def test_a_huge_websocket_message_closes_only_that_socket(daemon, clients):
     assert a.call("signal:offer", {"callId": call["id"], "sdp": "v=0"})["ok"]
     assert b1.wait("signal:offer")["from"] == alice.id
     assert daemon.http("GET", "/healthz").status_code == 200
+
+
+def test_a_burst_of_signaling_arrives_in_the_order_sent(daemon, clients, transport):
+    """Offer then many candidates, sent without waiting: the peer must see them in order
+    (a candidate before its offer cannot be applied by a browser)."""
+    alice, bob, a, b1, b2, call = active_call(daemon, clients, transport)
+    cid = call["id"]
+    a.emit("signal:offer", {"callId": cid, "sdp": "v=0 first"})
+    for n in range(60):
+        a.emit("signal:ice", {"callId": cid, "candidate": {"candidate": f"candidate:{n}", "sdpMid": "0"}})
+    a.emit("signal:offer", {"callId": cid, "sdp": "v=0 last"})
+    received = []
+    assert b1.wait("signal:offer")["sdp"] == "v=0 first"
+    for _ in range(60):
+        received.append(b1.wait("signal:ice")["candidate"]["candidate"])
+    assert received == [f"candidate:{n}" for n in range(60)]
+    assert b1.wait("signal:offer")["sdp"] == "v=0 last"
+    # Order across event names too: the last offer came after every candidate.
+    names = [e for e, _ in b1.seen]
+    assert "signal:ice" not in names

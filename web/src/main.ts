@@ -508,7 +508,9 @@ function connectSocket(): void {
   socket = sock;
 
   sock.on("connect_error", (error: Error & { data?: { code?: string } }) => {
-    if (error.data?.code === "UNAUTHORIZED") {
+    // The spec puts the code in `data.code`; the server's Socket.IO library can only send it
+    // as the message (docs/api.md). Accept both, so a fixed server needs no client change.
+    if (error.data?.code === "UNAUTHORIZED" || error.message === "UNAUTHORIZED") {
       signOutLocally("Your session has ended. Sign in again.");
       return;
     }
@@ -741,12 +743,40 @@ function showIncomingDialog(incoming: CallSession): void {
     h("h2", { id: "incoming-title" }, `${name} is calling`),
     h("p", { id: "incoming-kind" }, isVideo ? "Incoming video call" : "Incoming audio call"),
     h("div", { class: "row" }, decline, accept),
+    buildQuickReply(),
   );
   // Escape must not silently dismiss a ringing call: the caller would keep ringing.
   dialog.addEventListener("cancel", (event) => event.preventDefault());
   document.body.append(dialog);
   dialog.showModal();
   accept.focus();
+}
+
+/**
+ * Decline with a short message the caller sees (the spec's optional `message`).
+ * No control here may have "Accept" or "Decline" in its name: outside tests find
+ * those two buttons by name.
+ */
+function buildQuickReply(): HTMLElement {
+  const message = h("input", { id: "reply-message", maxlength: 140, list: "reply-suggestions", autocomplete: "off" });
+  const suggestions = h(
+    "datalist",
+    { id: "reply-suggestions" },
+    ...["In a meeting, I'll call you back", "Can't talk now, call you later", "On my way"].map((text) => h("option", { value: text })),
+  );
+  const form = h(
+    "form",
+    {
+      class: "quick-reply",
+      onsubmit: (event: Event) => {
+        event.preventDefault();
+        void declineCall(message.value.trim());
+      },
+    },
+    h("label", { for: "reply-message" }, "Message"),
+    h("div", { class: "reply-row" }, message, suggestions, h("button", { type: "submit" }, "Send")),
+  );
+  return h("details", { class: "reply" }, h("summary", null, "Reply with a message"), form);
 }
 
 function closeIncomingDialog(): void {
@@ -799,11 +829,13 @@ async function acceptCall(): Promise<void> {
   renderScreen();
 }
 
-async function declineCall(): Promise<void> {
+async function declineCall(message = ""): Promise<void> {
   const current = call;
   if (!current) return;
   stopTone();
-  const reply = await emitWithAck<{ call: Call }>("call:decline", { callId: current.id });
+  const payload: Record<string, unknown> = { callId: current.id };
+  if (message) payload.message = message.slice(0, 140);
+  const reply = await emitWithAck<{ call: Call }>("call:decline", payload);
   if (call === current) endCallLocally();
   if (!reply.ok && reply.error.code !== "INVALID_STATE" && reply.error.code !== "CALL_NOT_FOUND") {
     notify(`Could not decline: ${reply.error.message}`);
@@ -1005,9 +1037,7 @@ function updateCallScreen(): void {
     phase.textContent =
       current.phase === "outgoing"
         ? `Calling ${name}… Ringing`
-        : current.peerReconnecting
-          ? `${name} is reconnecting…`
-          : active && current.media === "audio" && !current.peerCameraOn
+        : active && current.media === "audio" && !current.peerCameraOn
             ? "Audio call"
             : active && !current.peerCameraOn
               ? `${name} turned the camera off`
@@ -1023,6 +1053,7 @@ function updateCallScreen(): void {
   }
   if (peerState) {
     const parts = [];
+    if (active && current.peerReconnecting) parts.push(`${name} is reconnecting…`);
     if (active && !current.peerMicOn) parts.push(`${name} is muted`);
     if (active && !current.peerCameraOn && current.media === "video") parts.push(`${name}'s camera is off`);
     peerState.textContent = parts.join(" · ");

@@ -15,7 +15,12 @@ impl TokenBucket {
     /// keyframe's packet train is not cut at low limits.
     pub fn new(bytes_per_sec: u64, now: Instant) -> Self {
         let burst = (bytes_per_sec as f64).max(65536.0);
-        TokenBucket { bytes_per_sec: bytes_per_sec as f64, burst, tokens: burst, last: now }
+        TokenBucket {
+            bytes_per_sec: bytes_per_sec as f64,
+            burst,
+            tokens: burst,
+            last: now,
+        }
     }
 
     /// Takes `bytes` if available.

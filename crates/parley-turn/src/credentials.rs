@@ -20,8 +20,8 @@ pub fn mint(secret: &str, user_id: i64, ttl_secs: u64, now_unix: u64) -> (String
 
 /// The password a shared secret gives to a username.
 pub fn password_for(secret: &str, username: &str) -> String {
-    let mut mac = HmacSha1::new_from_slice(secret.as_bytes())
-        .expect("HMAC accepts keys of any length");
+    let mut mac =
+        HmacSha1::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
     mac.update(username.as_bytes());
     BASE64_STANDARD.encode(mac.finalize().into_bytes())
 }
@@ -124,7 +124,10 @@ mod tests {
     fn password_matches_coturn_rest_api_reference() {
         // Reference value computed independently with:
         //   printf '%s' 1800021600:42 | openssl dgst -binary -sha1 -hmac s3cret | base64
-        assert_eq!(password_for("s3cret", "1800021600:42"), "fxHsIB9BPq++ttUKUcL7M/jX6Ms=");
+        assert_eq!(
+            password_for("s3cret", "1800021600:42"),
+            "fxHsIB9BPq++ttUKUcL7M/jX6Ms="
+        );
     }
 
     #[test]
@@ -137,8 +140,14 @@ mod tests {
 
     #[test]
     fn expired_username_is_refused() {
-        assert_eq!(parse_username("1799999999:7", NOW), Err(UsernameError::Expired));
-        assert_eq!(parse_username("1799999999", NOW), Err(UsernameError::Expired));
+        assert_eq!(
+            parse_username("1799999999:7", NOW),
+            Err(UsernameError::Expired)
+        );
+        assert_eq!(
+            parse_username("1799999999", NOW),
+            Err(UsernameError::Expired)
+        );
     }
 
     #[test]
@@ -148,8 +157,20 @@ mod tests {
 
     #[test]
     fn malformed_usernames_are_refused() {
-        for bad in ["", ":7", "alice", "+1800000100:7", "18000001x0:7", "-1:7", "99999999999999999999999"] {
-            assert_eq!(parse_username(bad, NOW), Err(UsernameError::Malformed), "{bad:?}");
+        for bad in [
+            "",
+            ":7",
+            "alice",
+            "+1800000100:7",
+            "18000001x0:7",
+            "-1:7",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(
+                parse_username(bad, NOW),
+                Err(UsernameError::Malformed),
+                "{bad:?}"
+            );
         }
     }
 

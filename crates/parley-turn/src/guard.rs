@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use stun::agent::TransactionId;
 use stun::attributes::*;
 use stun::error_code::*;
 use stun::integrity::MessageIntegrity;
-use stun::agent::TransactionId;
 use stun::message::*;
 use stun::textattrs::TextAttribute;
 use webrtc_util::Conn;
@@ -66,7 +66,10 @@ pub(crate) struct Shared {
 }
 
 pub(crate) fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Shared {
@@ -100,7 +103,9 @@ impl Shared {
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, GuardState> {
         // A panic while holding the lock is a bug; the state itself stays usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Rate-limits our own per-packet log lines so that a flood cannot flood the journal.
@@ -113,12 +118,17 @@ impl Shared {
     }
 
     /// Called by the server's auth handler for a request the guard has just verified.
-    pub fn take_verified_key(&self, username: &str, realm: &str, source: SocketAddr) -> Option<Vec<u8>> {
+    pub fn take_verified_key(
+        &self,
+        username: &str,
+        realm: &str,
+        source: SocketAddr,
+    ) -> Option<Vec<u8>> {
         let mut state = self.lock();
-        if let Some((verified_user, key)) = state.verified.remove(&source) {
-            if verified_user == username {
-                return Some(key);
-            }
+        if let Some((verified_user, key)) = state.verified.remove(&source)
+            && verified_user == username
+        {
+            return Some(key);
         }
         drop(state);
         // Not verified by a guard (cannot happen for requests that passed one): fall back to
@@ -135,7 +145,9 @@ impl Shared {
         state.quotas.handle_allocation_closed(key);
         state.allocation_credentials.remove(&key);
         state.client_buckets.remove(&key.0);
-        self.metrics.allocations_active.store(state.quotas.active() as u64, Ordering::Relaxed);
+        self.metrics
+            .allocations_active
+            .store(state.quotas.active() as u64, Ordering::Relaxed);
     }
 
     /// A Refresh with LIFETIME 0 that deletes the allocation of `key`, built with the
@@ -168,7 +180,10 @@ impl Shared {
     fn poll_purge(&self) -> Option<Vec<u8>> {
         let now = Instant::now();
         {
-            let mut next = self.next_purge_check.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self
+                .next_purge_check
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if now < *next {
                 return None;
             }
@@ -179,7 +194,10 @@ impl Shared {
         msg.build(&[
             Box::new(TransactionId::new()),
             Box::new(MessageType::new(METHOD_REFRESH, CLASS_REQUEST)),
-            Box::new(TextAttribute::new(ATTR_USERNAME, "0:nonce-purge".to_owned())),
+            Box::new(TextAttribute::new(
+                ATTR_USERNAME,
+                "0:nonce-purge".to_owned(),
+            )),
             Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())),
             Box::new(TextAttribute::new(ATTR_NONCE, nonce)),
             Box::new(MessageIntegrity(vec![0; 16])),
@@ -193,7 +211,12 @@ impl Shared {
 pub(crate) struct GuardAuth(pub Arc<Shared>);
 
 impl turn::auth::AuthHandler for GuardAuth {
-    fn auth_handle(&self, username: &str, realm: &str, src_addr: SocketAddr) -> Result<Vec<u8>, turn::Error> {
+    fn auth_handle(
+        &self,
+        username: &str,
+        realm: &str,
+        src_addr: SocketAddr,
+    ) -> Result<Vec<u8>, turn::Error> {
         self.0
             .take_verified_key(username, realm, src_addr)
             .ok_or_else(|| turn::Error::Other("credentials refused".into()))
@@ -214,7 +237,10 @@ fn classify(data: &[u8]) -> Kind {
     if data.len() >= 20 && data[0] & 0xC0 == 0 {
         let mut typ = MessageType::default();
         typ.read_value(u16::from_be_bytes([data[0], data[1]]));
-        return Kind::Stun { method: typ.method, class: typ.class };
+        return Kind::Stun {
+            method: typ.method,
+            class: typ.class,
+        };
     }
     Kind::Other
 }
@@ -223,7 +249,12 @@ fn classify(data: &[u8]) -> Kind {
 pub(crate) fn xor_peer_addresses(msg: &Message) -> Result<Vec<SocketAddr>, ()> {
     let cookie = MAGIC_COOKIE.to_be_bytes();
     let mut peers = Vec::new();
-    for attr in msg.attributes.0.iter().filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS) {
+    for attr in msg
+        .attributes
+        .0
+        .iter()
+        .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
+    {
         let value = &attr.value;
         if value.len() < 4 {
             return Err(());
@@ -240,7 +271,11 @@ pub(crate) fn xor_peer_addresses(msg: &Message) -> Result<Vec<SocketAddr>, ()> {
             (0x02, 20) => {
                 let mut octets = [0u8; 16];
                 for i in 0..16 {
-                    let mask = if i < 4 { cookie[i] } else { msg.transaction_id.0[i - 4] };
+                    let mask = if i < 4 {
+                        cookie[i]
+                    } else {
+                        msg.transaction_id.0[i - 4]
+                    };
                     octets[i] = value[4 + i] ^ mask;
                 }
                 IpAddr::V6(Ipv6Addr::from(octets))
@@ -270,7 +305,10 @@ fn error_response(
     let mut setters: Vec<Box<dyn Setter>> = vec![
         Box::new(request.transaction_id),
         Box::new(MessageType::new(request.typ.method, CLASS_ERROR_RESPONSE)),
-        Box::new(ErrorCodeAttribute { code, reason: reason.as_bytes().to_vec() }),
+        Box::new(ErrorCodeAttribute {
+            code,
+            reason: reason.as_bytes().to_vec(),
+        }),
     ];
     if let Some(nonce) = nonce {
         setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.to_owned())));
@@ -293,14 +331,26 @@ pub(crate) struct GuardConn {
 }
 
 impl GuardConn {
-    pub fn new(inner: Arc<dyn Conn + Send + Sync>, shared: Arc<Shared>, up: Arc<AtomicBool>) -> std::io::Result<Self> {
+    pub fn new(
+        inner: Arc<dyn Conn + Send + Sync>,
+        shared: Arc<Shared>,
+        up: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
         let local = inner.local_addr().map_err(std::io::Error::other)?;
-        Ok(GuardConn { inner, shared, local, up })
+        Ok(GuardConn {
+            inner,
+            shared,
+            local,
+            up,
+        })
     }
 
     fn inspect_request(&self, data: &[u8], source: SocketAddr, method: Method) -> Decision {
         let shared = &self.shared;
-        let mut msg = Message { raw: data.to_vec(), ..Default::default() };
+        let mut msg = Message {
+            raw: data.to_vec(),
+            ..Default::default()
+        };
         if msg.decode().is_err() {
             return Decision::Forward; // the server rejects it the usual way
         }
@@ -312,8 +362,15 @@ impl GuardConn {
             return match verdict {
                 NonceVerdict::Challenge(nonce) => {
                     Metrics::add(&shared.metrics.challenges_answered, 1);
-                    error_response(&msg, CODE_UNAUTHORIZED, "Unauthorized", Some(&nonce), realm, None)
-                        .map_or(Decision::Drop, Decision::Answer)
+                    error_response(
+                        &msg,
+                        CODE_UNAUTHORIZED,
+                        "Unauthorized",
+                        Some(&nonce),
+                        realm,
+                        None,
+                    )
+                    .map_or(Decision::Drop, Decision::Answer)
                 }
                 _ => Decision::Forward,
             };
@@ -325,11 +382,20 @@ impl GuardConn {
         ) else {
             return Decision::Forward; // the server answers 400 without touching its nonce table
         };
-        let client_realm = TextAttribute::get_from_as(&msg, ATTR_REALM).map(|r| r.text).unwrap_or_default();
+        let client_realm = TextAttribute::get_from_as(&msg, ATTR_REALM)
+            .map(|r| r.text)
+            .unwrap_or_default();
         match shared.lock().nonces.handle_authenticated(&nonce.text, now) {
             NonceVerdict::Stale(fresh) => {
-                return error_response(&msg, CODE_STALE_NONCE, "Stale Nonce", Some(&fresh), realm, None)
-                    .map_or(Decision::Drop, Decision::Answer);
+                return error_response(
+                    &msg,
+                    CODE_STALE_NONCE,
+                    "Stale Nonce",
+                    Some(&fresh),
+                    realm,
+                    None,
+                )
+                .map_or(Decision::Drop, Decision::Answer);
             }
             NonceVerdict::Challenge(_) | NonceVerdict::Forward => {}
         }
@@ -340,50 +406,96 @@ impl GuardConn {
             .candidate_keys(&username.text, &client_realm, unix_now)
             .ok()
             .and_then(|keys| {
-                keys.into_iter().find(|key| MessageIntegrity(key.clone()).check(&mut msg.clone()).is_ok())
+                keys.into_iter().find(|key| {
+                    MessageIntegrity(key.clone())
+                        .check(&mut msg.clone())
+                        .is_ok()
+                })
             });
         let Some(key) = matched_key else {
             Metrics::add(&shared.metrics.auth_failures, 1);
             if shared.may_log() {
-                log::info!("turn: refused credentials from {source} (expired, forged or malformed username {:?})", username.text);
+                log::info!(
+                    "turn: refused credentials from {source} (expired, forged or malformed username {:?})",
+                    username.text
+                );
             }
             let fresh = match shared.lock().nonces.handle_unauthenticated(now) {
                 NonceVerdict::Challenge(fresh) => fresh,
                 _ => nonce.text.clone(),
             };
-            return error_response(&msg, CODE_UNAUTHORIZED, "Unauthorized", Some(&fresh), realm, None)
-                .map_or(Decision::Drop, Decision::Answer);
+            return error_response(
+                &msg,
+                CODE_UNAUTHORIZED,
+                "Unauthorized",
+                Some(&fresh),
+                realm,
+                None,
+            )
+            .map_or(Decision::Drop, Decision::Answer);
         };
 
         if method == METHOD_CREATE_PERMISSION || method == METHOD_CHANNEL_BIND {
             let refused = match xor_peer_addresses(&msg) {
-                Ok(peers) => peers.into_iter().find(|peer| !shared.policy.allows(peer.ip())),
+                Ok(peers) => peers
+                    .into_iter()
+                    .find(|peer| !shared.policy.allows(peer.ip())),
                 Err(()) => return Decision::Forward, // malformed: the server answers 400
             };
             if let Some(peer) = refused {
                 Metrics::add(&shared.metrics.refused_peers, 1);
                 if shared.may_log() {
-                    log::info!("turn: refused peer {peer} for {source}; allow its range with turn.allowed_peer_ranges if this is intended");
+                    log::info!(
+                        "turn: refused peer {peer} for {source}; allow its range with turn.allowed_peer_ranges if this is intended"
+                    );
                 }
-                return error_response(&msg, CODE_FORBIDDEN, "Forbidden IP", None, realm, Some(&key))
-                    .map_or(Decision::Drop, Decision::Answer);
+                return error_response(
+                    &msg,
+                    CODE_FORBIDDEN,
+                    "Forbidden IP",
+                    None,
+                    realm,
+                    Some(&key),
+                )
+                .map_or(Decision::Drop, Decision::Answer);
             }
         }
 
         let mut state = shared.lock();
         if method == METHOD_ALLOCATE {
-            let user = parse_username(&username.text, unix_now).map(|u| u.user.to_owned()).unwrap_or_default();
-            let verdict = state.quotas.handle_allocate_request(msg.transaction_id.0, (source, self.local), &user, now);
-            if matches!(verdict, QuotaVerdict::UserQuotaReached | QuotaVerdict::TotalQuotaReached) {
+            let user = parse_username(&username.text, unix_now)
+                .map(|u| u.user.to_owned())
+                .unwrap_or_default();
+            let verdict = state.quotas.handle_allocate_request(
+                msg.transaction_id.0,
+                (source, self.local),
+                &user,
+                now,
+            );
+            if matches!(
+                verdict,
+                QuotaVerdict::UserQuotaReached | QuotaVerdict::TotalQuotaReached
+            ) {
                 drop(state);
                 Metrics::add(&shared.metrics.quota_refusals, 1);
                 if shared.may_log() {
-                    log::warn!("turn: allocation quota reached ({verdict:?}) for {source}; see turn.max_allocations and turn.max_allocations_per_user");
+                    log::warn!(
+                        "turn: allocation quota reached ({verdict:?}) for {source}; see turn.max_allocations and turn.max_allocations_per_user"
+                    );
                 }
-                return error_response(&msg, CODE_ALLOC_QUOTA_REACHED, "Allocation Quota Reached", None, realm, Some(&key))
-                    .map_or(Decision::Drop, Decision::Answer);
+                return error_response(
+                    &msg,
+                    CODE_ALLOC_QUOTA_REACHED,
+                    "Allocation Quota Reached",
+                    None,
+                    realm,
+                    Some(&key),
+                )
+                .map_or(Decision::Drop, Decision::Answer);
             }
-            state.pending_credentials.insert(msg.transaction_id.0, (username.text.clone(), key.clone()));
+            state
+                .pending_credentials
+                .insert(msg.transaction_id.0, (username.text.clone(), key.clone()));
             if state.pending_credentials.len() > MAX_VERIFIED {
                 state.pending_credentials.clear();
             }
@@ -403,7 +515,10 @@ impl GuardConn {
         }
         let now = Instant::now();
         let mut state = self.shared.lock();
-        let bucket = state.client_buckets.entry(source).or_insert_with(|| TokenBucket::new(rate, now));
+        let bucket = state
+            .client_buckets
+            .entry(source)
+            .or_insert_with(|| TokenBucket::new(rate, now));
         let ok = bucket.take(bytes, now);
         if state.client_buckets.len() > 65536 {
             state.client_buckets.clear(); // a spoofing flood; buckets refill anyway
@@ -416,17 +531,26 @@ impl GuardConn {
     }
 
     /// Watches the server's responses for issued nonces and Allocate outcomes.
-    fn observe_response(&self, data: &[u8], target: SocketAddr, method: Method, class: MessageClass) {
-        let mut msg = Message { raw: data.to_vec(), ..Default::default() };
+    fn observe_response(
+        &self,
+        data: &[u8],
+        target: SocketAddr,
+        method: Method,
+        class: MessageClass,
+    ) {
+        let mut msg = Message {
+            raw: data.to_vec(),
+            ..Default::default()
+        };
         if msg.decode().is_err() {
             return;
         }
         let now = Instant::now();
         let mut state = self.shared.lock();
-        if class == CLASS_ERROR_RESPONSE {
-            if let Ok(nonce) = TextAttribute::get_from_as(&msg, ATTR_NONCE) {
-                state.nonces.handle_issued(&nonce.text, now);
-            }
+        if class == CLASS_ERROR_RESPONSE
+            && let Ok(nonce) = TextAttribute::get_from_as(&msg, ATTR_NONCE)
+        {
+            state.nonces.handle_issued(&nonce.text, now);
         }
         if method == METHOD_ALLOCATE {
             let success = class == CLASS_SUCCESS_RESPONSE;
@@ -435,11 +559,16 @@ impl GuardConn {
             let credentials = state.pending_credentials.remove(&tid);
             if success {
                 if let Some(credentials) = credentials {
-                    state.allocation_credentials.insert((target, self.local), credentials);
+                    state
+                        .allocation_credentials
+                        .insert((target, self.local), credentials);
                 }
                 let active = state.quotas.active() as u64;
                 drop(state);
-                self.shared.metrics.allocations_active.store(active, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .allocations_active
+                    .store(active, Ordering::Relaxed);
                 Metrics::add(&self.shared.metrics.allocations_total, 1);
             }
         }
@@ -458,11 +587,11 @@ impl Conn for GuardConn {
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
-            if let Some(purge) = self.shared.poll_purge() {
-                if purge.len() <= buf.len() {
-                    buf[..purge.len()].copy_from_slice(&purge);
-                    return Ok((purge.len(), PURGE_SOURCE));
-                }
+            if let Some(purge) = self.shared.poll_purge()
+                && purge.len() <= buf.len()
+            {
+                buf[..purge.len()].copy_from_slice(&purge);
+                return Ok((purge.len(), PURGE_SOURCE));
             }
             let (n, source) = match self.inner.recv_from(buf).await {
                 Ok(v) => v,
@@ -473,7 +602,11 @@ impl Conn for GuardConn {
             };
             let decision = match classify(&buf[..n]) {
                 Kind::ChannelData => {
-                    if self.within_bandwidth(source, n) { Decision::Forward } else { Decision::Drop }
+                    if self.within_bandwidth(source, n) {
+                        Decision::Forward
+                    } else {
+                        Decision::Drop
+                    }
                 }
                 Kind::Stun { method, class } if class == CLASS_REQUEST => {
                     if method == METHOD_ALLOCATE
@@ -486,8 +619,14 @@ impl Conn for GuardConn {
                         Decision::Forward
                     }
                 }
-                Kind::Stun { method, class } if class == CLASS_INDICATION && method == METHOD_SEND => {
-                    if self.within_bandwidth(source, n) { Decision::Forward } else { Decision::Drop }
+                Kind::Stun { method, class }
+                    if class == CLASS_INDICATION && method == METHOD_SEND =>
+                {
+                    if self.within_bandwidth(source, n) {
+                        Decision::Forward
+                    } else {
+                        Decision::Drop
+                    }
                 }
                 Kind::Stun { .. } => Decision::Forward,
                 Kind::Other => Decision::Drop, // not TURN: the server would only log an error
@@ -496,10 +635,10 @@ impl Conn for GuardConn {
                 Decision::Forward => return Ok((n, source)),
                 Decision::Drop => continue,
                 Decision::Answer(response) => {
-                    if let Err(err) = self.inner.send_to(&response, source).await {
-                        if self.shared.may_log() {
-                            log::debug!("turn: cannot answer {source}: {err}");
-                        }
+                    if let Err(err) = self.inner.send_to(&response, source).await
+                        && self.shared.may_log()
+                    {
+                        log::debug!("turn: cannot answer {source}: {err}");
                     }
                 }
             }
@@ -511,10 +650,11 @@ impl Conn for GuardConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        if let Kind::Stun { method, class } = classify(buf) {
-            if class == CLASS_ERROR_RESPONSE || (class == CLASS_SUCCESS_RESPONSE && method == METHOD_ALLOCATE) {
-                self.observe_response(buf, target, method, class);
-            }
+        if let Kind::Stun { method, class } = classify(buf)
+            && (class == CLASS_ERROR_RESPONSE
+                || (class == CLASS_SUCCESS_RESPONSE && method == METHOD_ALLOCATE))
+        {
+            self.observe_response(buf, target, method, class);
         }
         if target == PURGE_SOURCE {
             return Ok(buf.len());
@@ -549,9 +689,23 @@ mod tests {
     fn classify_tells_channel_data_from_stun() {
         assert_eq!(classify(&[0x40, 0x00, 0x00, 0x00]), Kind::ChannelData);
         let mut msg = Message::new();
-        msg.build(&[Box::new(TransactionId::new()), Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST))]).unwrap();
-        assert_eq!(classify(&msg.raw), Kind::Stun { method: METHOD_ALLOCATE, class: CLASS_REQUEST });
-        assert_eq!(classify(&[0x80; 24]), Kind::Other, "0b10 and 0b11 lead no TURN packet");
+        msg.build(&[
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        ])
+        .unwrap();
+        assert_eq!(
+            classify(&msg.raw),
+            Kind::Stun {
+                method: METHOD_ALLOCATE,
+                class: CLASS_REQUEST
+            }
+        );
+        assert_eq!(
+            classify(&[0x80; 24]),
+            Kind::Other,
+            "0b10 and 0b11 lead no TURN packet"
+        );
         assert_eq!(classify(&[0xC0; 24]), Kind::Other);
         assert_eq!(classify(&[0x00, 0x01]), Kind::Other);
     }
@@ -569,11 +723,17 @@ mod tests {
             Box::new(MessageType::new(METHOD_CREATE_PERMISSION, CLASS_REQUEST)),
         ];
         for peer in peers {
-            setters.push(Box::new(turn::proto::peeraddr::PeerAddress { ip: peer.ip(), port: peer.port() }));
+            setters.push(Box::new(turn::proto::peeraddr::PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            }));
         }
         let mut msg = Message::new();
         msg.build(&setters).unwrap();
-        let mut decoded = Message { raw: msg.raw.clone(), ..Default::default() };
+        let mut decoded = Message {
+            raw: msg.raw.clone(),
+            ..Default::default()
+        };
         decoded.decode().unwrap();
         assert_eq!(xor_peer_addresses(&decoded).unwrap(), peers);
     }

@@ -38,7 +38,9 @@ pub use server::{ListenerStatus, Relay, RelayOptions, RelaySockets, Transport, p
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
-    #[error("cannot bind the TURN {0} listener on {1}: {2}; check turn.listen / turn.tls_listen and that no other TURN server (coturn?) uses the port")]
+    #[error(
+        "cannot bind the TURN {0} listener on {1}: {2}; check turn.listen / turn.tls_listen and that no other TURN server (coturn?) uses the port"
+    )]
     Bind(&'static str, SocketAddr, #[source] std::io::Error),
     #[error("invalid turn.relay_ports {0:?}: write \"LOW-HIGH\" with 1 <= LOW <= HIGH <= 65535")]
     PortRange(String),

@@ -28,21 +28,85 @@ impl Metrics {
     /// Appends the relay's metrics to a Prometheus text exposition.
     pub fn render(&self, out: &mut String) {
         let rows: [(&str, &str, &str, &AtomicU64); 12] = [
-            ("parley_turn_allocations", "gauge", "TURN allocations currently active", &self.allocations_active),
-            ("parley_turn_allocations_total", "counter", "TURN allocations created", &self.allocations_total),
-            ("parley_turn_relayed_bytes_to_peers_total", "counter", "payload bytes relayed from clients to peers", &self.bytes_to_peers),
-            ("parley_turn_relayed_packets_to_peers_total", "counter", "datagrams relayed from clients to peers", &self.packets_to_peers),
-            ("parley_turn_relayed_bytes_from_peers_total", "counter", "payload bytes received from peers on relay sockets", &self.bytes_from_peers),
-            ("parley_turn_relayed_packets_from_peers_total", "counter", "datagrams received from peers on relay sockets", &self.packets_from_peers),
-            ("parley_turn_auth_failures_total", "counter", "requests refused for expired, forged or malformed credentials", &self.auth_failures),
-            ("parley_turn_refused_peers_total", "counter", "CreatePermission/ChannelBind requests refused by the peer-address policy", &self.refused_peers),
-            ("parley_turn_quota_refusals_total", "counter", "Allocate requests refused with 486 (allocation quota reached)", &self.quota_refusals),
-            ("parley_turn_bandwidth_drops_total", "counter", "datagrams dropped by the per-allocation bandwidth limit", &self.bandwidth_drops),
-            ("parley_turn_challenges_answered_total", "counter", "unauthenticated requests answered without reaching the TURN server", &self.challenges_answered),
-            ("parley_turn_stream_connections", "gauge", "open TURN-over-TCP/TLS connections", &self.stream_connections),
+            (
+                "parley_turn_allocations",
+                "gauge",
+                "TURN allocations currently active",
+                &self.allocations_active,
+            ),
+            (
+                "parley_turn_allocations_total",
+                "counter",
+                "TURN allocations created",
+                &self.allocations_total,
+            ),
+            (
+                "parley_turn_relayed_bytes_to_peers_total",
+                "counter",
+                "payload bytes relayed from clients to peers",
+                &self.bytes_to_peers,
+            ),
+            (
+                "parley_turn_relayed_packets_to_peers_total",
+                "counter",
+                "datagrams relayed from clients to peers",
+                &self.packets_to_peers,
+            ),
+            (
+                "parley_turn_relayed_bytes_from_peers_total",
+                "counter",
+                "payload bytes received from peers on relay sockets",
+                &self.bytes_from_peers,
+            ),
+            (
+                "parley_turn_relayed_packets_from_peers_total",
+                "counter",
+                "datagrams received from peers on relay sockets",
+                &self.packets_from_peers,
+            ),
+            (
+                "parley_turn_auth_failures_total",
+                "counter",
+                "requests refused for expired, forged or malformed credentials",
+                &self.auth_failures,
+            ),
+            (
+                "parley_turn_refused_peers_total",
+                "counter",
+                "CreatePermission/ChannelBind requests refused by the peer-address policy",
+                &self.refused_peers,
+            ),
+            (
+                "parley_turn_quota_refusals_total",
+                "counter",
+                "Allocate requests refused with 486 (allocation quota reached)",
+                &self.quota_refusals,
+            ),
+            (
+                "parley_turn_bandwidth_drops_total",
+                "counter",
+                "datagrams dropped by the per-allocation bandwidth limit",
+                &self.bandwidth_drops,
+            ),
+            (
+                "parley_turn_challenges_answered_total",
+                "counter",
+                "unauthenticated requests answered without reaching the TURN server",
+                &self.challenges_answered,
+            ),
+            (
+                "parley_turn_stream_connections",
+                "gauge",
+                "open TURN-over-TCP/TLS connections",
+                &self.stream_connections,
+            ),
         ];
         for (name, kind, help, value) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Relaxed)
+            );
         }
     }
 }
@@ -57,7 +121,9 @@ mod tests {
         Metrics::add(&metrics.refused_peers, 3);
         let mut out = String::new();
         metrics.render(&mut out);
-        assert!(out.contains("# TYPE parley_turn_refused_peers_total counter\nparley_turn_refused_peers_total 3\n"));
+        assert!(out.contains(
+            "# TYPE parley_turn_refused_peers_total counter\nparley_turn_refused_peers_total 3\n"
+        ));
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.split_once(' ').unwrap();
             assert!(name.starts_with("parley_turn_"), "{line}");

@@ -58,10 +58,10 @@ impl NonceGate {
     /// A request with MESSAGE-INTEGRITY carrying `nonce`.
     pub fn handle_authenticated(&self, nonce: &str, now: Instant) -> NonceVerdict {
         let known = self.issued.iter().find(|(n, _)| n == nonce);
-        if let Some((_, since)) = known {
-            if now.saturating_duration_since(*since) < ACCEPT_FOR {
-                return NonceVerdict::Forward;
-            }
+        if let Some((_, since)) = known
+            && now.saturating_duration_since(*since) < ACCEPT_FOR
+        {
+            return NonceVerdict::Forward;
         }
         match self.current(now) {
             Some(current) => NonceVerdict::Stale(current.to_owned()),
@@ -105,7 +105,10 @@ mod tests {
     #[test]
     fn first_unauthenticated_request_goes_to_the_server() {
         let gate = NonceGate::default();
-        assert_eq!(gate.handle_unauthenticated(Instant::now()), NonceVerdict::Forward);
+        assert_eq!(
+            gate.handle_unauthenticated(Instant::now()),
+            NonceVerdict::Forward
+        );
     }
 
     #[test]
@@ -115,7 +118,10 @@ mod tests {
         gate.handle_issued("n1", now);
         for i in 0..10_000u64 {
             let t = now + Duration::from_millis(i);
-            assert_eq!(gate.handle_unauthenticated(t), NonceVerdict::Challenge("n1".into()));
+            assert_eq!(
+                gate.handle_unauthenticated(t),
+                NonceVerdict::Challenge("n1".into())
+            );
         }
         assert_eq!(gate.len(), 1);
     }
@@ -125,7 +131,10 @@ mod tests {
         let now = Instant::now();
         let mut gate = NonceGate::default();
         gate.handle_issued("n1", now);
-        assert_eq!(gate.handle_unauthenticated(now + ROTATE_AFTER), NonceVerdict::Forward);
+        assert_eq!(
+            gate.handle_unauthenticated(now + ROTATE_AFTER),
+            NonceVerdict::Forward
+        );
     }
 
     #[test]
@@ -133,7 +142,10 @@ mod tests {
         let now = Instant::now();
         let mut gate = NonceGate::default();
         gate.handle_issued("n1", now);
-        assert_eq!(gate.handle_authenticated("forged", now), NonceVerdict::Stale("n1".into()));
+        assert_eq!(
+            gate.handle_authenticated("forged", now),
+            NonceVerdict::Stale("n1".into())
+        );
         assert_eq!(gate.handle_authenticated("n1", now), NonceVerdict::Forward);
     }
 
@@ -143,7 +155,10 @@ mod tests {
         let mut gate = NonceGate::default();
         gate.handle_issued("n1", now);
         gate.handle_issued("n2", now + ACCEPT_FOR - Duration::from_secs(1));
-        assert_eq!(gate.handle_authenticated("n1", now + ACCEPT_FOR), NonceVerdict::Stale("n2".into()));
+        assert_eq!(
+            gate.handle_authenticated("n1", now + ACCEPT_FOR),
+            NonceVerdict::Stale("n2".into())
+        );
     }
 
     #[test]
@@ -180,7 +195,10 @@ mod tests {
                 server_table += 1;
                 gate.handle_issued(&format!("n{serial}"), now);
             }
-            assert!(server_table <= 9, "table grew to {server_table} at tick {tick}");
+            assert!(
+                server_table <= 9,
+                "table grew to {server_table} at tick {tick}"
+            );
         }
         assert_eq!(server_table, gate.len());
     }

@@ -71,9 +71,12 @@ impl Cidr {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_match(u32::from(net) as u128, u32::from(ip) as u128, self.prefix, 32)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(
+                u32::from(net) as u128,
+                u32::from(ip) as u128,
+                self.prefix,
+                32,
+            ),
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 prefix_match(u128::from(net), u128::from(ip), self.prefix, 128)
             }
@@ -102,25 +105,25 @@ const fn v6(segments: [u16; 8], prefix: u8) -> Cidr {
 /// Ranges refused unless explicitly allowed. IPv6 forms that embed an IPv4 address are
 /// unwrapped first (see [`embedded_ipv4`]) and checked against the IPv4 list.
 pub const DENIED_BY_DEFAULT: &[Cidr] = &[
-    v4(0, 0, 0, 0, 8),       // "this network", incl. the unspecified 0.0.0.0
-    v4(10, 0, 0, 0, 8),      // RFC 1918
-    v4(100, 64, 0, 0, 10),   // CGNAT, RFC 6598
-    v4(127, 0, 0, 0, 8),     // loopback
-    v4(169, 254, 0, 0, 16),  // link-local, incl. the cloud metadata service
-    v4(172, 16, 0, 0, 12),   // RFC 1918
-    v4(192, 0, 0, 0, 24),    // IETF protocol assignments
-    v4(192, 168, 0, 0, 16),  // RFC 1918
-    v4(198, 18, 0, 0, 15),   // benchmarking networks
-    v4(224, 0, 0, 0, 4),     // multicast
-    v4(240, 0, 0, 0, 4),     // reserved, incl. broadcast 255.255.255.255
-    v6([0, 0, 0, 0, 0, 0, 0, 0], 128),      // unspecified
-    v6([0, 0, 0, 0, 0, 0, 0, 1], 128),      // loopback
+    v4(0, 0, 0, 0, 8),                 // "this network", incl. the unspecified 0.0.0.0
+    v4(10, 0, 0, 0, 8),                // RFC 1918
+    v4(100, 64, 0, 0, 10),             // CGNAT, RFC 6598
+    v4(127, 0, 0, 0, 8),               // loopback
+    v4(169, 254, 0, 0, 16),            // link-local, incl. the cloud metadata service
+    v4(172, 16, 0, 0, 12),             // RFC 1918
+    v4(192, 0, 0, 0, 24),              // IETF protocol assignments
+    v4(192, 168, 0, 0, 16),            // RFC 1918
+    v4(198, 18, 0, 0, 15),             // benchmarking networks
+    v4(224, 0, 0, 0, 4),               // multicast
+    v4(240, 0, 0, 0, 4),               // reserved, incl. broadcast 255.255.255.255
+    v6([0, 0, 0, 0, 0, 0, 0, 0], 128), // unspecified
+    v6([0, 0, 0, 0, 0, 0, 0, 1], 128), // loopback
     v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), // local-use NAT64, RFC 8215
-    v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64),   // discard-only
-    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),   // unique local
-    v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),  // link-local
-    v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10),  // deprecated site-local
-    v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),   // multicast
+    v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), // discard-only
+    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), // unique local
+    v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), // link-local
+    v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), // deprecated site-local
+    v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), // multicast
 ];
 
 /// The IPv4 address an IPv6 address stands for, if it is IPv4-mapped (`::ffff:a.b.c.d`),
@@ -176,10 +179,15 @@ impl PeerPolicy {
         };
         let candidates = [Some(ip), embedded];
         let candidates = candidates.iter().flatten();
-        if candidates.clone().any(|c| self.allowed.iter().any(|range| range.contains(*c))) {
+        if candidates
+            .clone()
+            .any(|c| self.allowed.iter().any(|range| range.contains(*c)))
+        {
             return true;
         }
-        !candidates.clone().any(|c| DENIED_BY_DEFAULT.iter().any(|range| range.contains(*c)))
+        !candidates
+            .clone()
+            .any(|c| DENIED_BY_DEFAULT.iter().any(|range| range.contains(*c)))
     }
 }
 
@@ -194,7 +202,15 @@ mod tests {
     #[test]
     fn global_addresses_are_allowed() {
         let policy = PeerPolicy::default();
-        for good in ["8.8.8.8", "1.1.1.1", "100.63.255.255", "100.128.0.0", "172.32.0.1", "2001:4860:4860::8888", "::ffff:8.8.8.8"] {
+        for good in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.0",
+            "172.32.0.1",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(policy.allows(ip(good)), "{good}");
         }
     }
@@ -203,12 +219,37 @@ mod tests {
     fn non_global_addresses_are_refused_by_default() {
         let policy = PeerPolicy::default();
         for bad in [
-            "127.0.0.1", "127.255.255.254", "0.0.0.0", "0.1.2.3", "10.1.2.3", "172.16.0.1",
-            "172.31.255.255", "192.168.1.1", "100.64.0.1", "100.127.255.255", "169.254.169.254",
-            "169.254.0.1", "224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1",
-            "::", "::1", "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1", "fec0::1",
-            "::ffff:127.0.0.1", "::ffff:0.0.0.0", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
-            "::ffff:192.168.0.1", "::127.0.0.1", "64:ff9b::7f00:1", "64:ff9b::a00:1",
+            "127.0.0.1",
+            "127.255.255.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.255",
+            "169.254.169.254",
+            "169.254.0.1",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "240.0.0.1",
+            "::",
+            "::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "fec0::1",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:192.168.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
         ] {
             assert!(!policy.allows(ip(bad)), "{bad} must be refused");
         }
@@ -218,9 +259,15 @@ mod tests {
     fn allow_list_opens_a_range_in_both_notations() {
         let policy = PeerPolicy::from_ranges(&["127.0.0.0/8"]).unwrap();
         assert!(policy.allows(ip("127.0.0.1")));
-        assert!(policy.allows(ip("::ffff:127.0.0.1")), "mapped form follows the IPv4 entry");
+        assert!(
+            policy.allows(ip("::ffff:127.0.0.1")),
+            "mapped form follows the IPv4 entry"
+        );
         assert!(!policy.allows(ip("10.0.0.1")), "other ranges stay closed");
-        assert!(!policy.allows(ip("::1")), "IPv6 loopback is a different range");
+        assert!(
+            !policy.allows(ip("::1")),
+            "IPv6 loopback is a different range"
+        );
     }
 
     #[test]
@@ -240,7 +287,16 @@ mod tests {
 
     #[test]
     fn cidr_parsing_rejects_nonsense() {
-        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0/8", "host/8", "10.0.0.0/+8", "10.0.0.0/-1"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "host/8",
+            "10.0.0.0/+8",
+            "10.0.0.0/-1",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
         }
         let error = PeerPolicy::from_ranges(&["10.0.0.0/8", "nope"]).unwrap_err();
@@ -253,7 +309,10 @@ mod tests {
         assert!(net.contains(ip("172.16.0.0")));
         assert!(net.contains(ip("172.31.255.255")));
         assert!(!net.contains(ip("172.32.0.0")));
-        assert!(!net.contains(ip("::ffff:172.16.0.1")), "families never mix inside Cidr");
+        assert!(
+            !net.contains(ip("::ffff:172.16.0.1")),
+            "families never mix inside Cidr"
+        );
         assert_eq!(net.to_string(), "172.16.0.0/12");
     }
 }

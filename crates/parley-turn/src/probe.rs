@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stun::agent::TransactionId;
 use stun::attributes::*;
 use stun::error_code::ErrorCodeAttribute;
 use stun::integrity::MessageIntegrity;
-use stun::agent::TransactionId;
 use stun::message::*;
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
@@ -24,13 +24,26 @@ use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
+/// An attribute written as raw bytes (for those whose types keep their fields private).
+struct RawAttribute(AttrType, Vec<u8>);
+
+impl Setter for RawAttribute {
+    fn add_to(&self, message: &mut Message) -> Result<(), stun::Error> {
+        message.add(self.0, &self.1);
+        Ok(())
+    }
+}
+
 /// How the client reaches the server.
 #[derive(Clone)]
 pub enum ProbeTransport {
     Udp,
     Tcp,
     /// TLS with this server name and client configuration (trust anchors).
-    Tls { server_name: String, config: Arc<rustls::ClientConfig> },
+    Tls {
+        server_name: String,
+        config: Arc<rustls::ClientConfig>,
+    },
 }
 
 /// What went wrong, worded for `parley doctor`'s output.
@@ -83,19 +96,34 @@ pub struct TurnClient {
 
 impl TurnClient {
     /// Connects (for TCP/TLS) or binds a local socket (UDP) for talking to `server`.
-    pub async fn connect(server: SocketAddr, transport: ProbeTransport, timeout: Duration) -> Result<Self, ProbeError> {
+    pub async fn connect(
+        server: SocketAddr,
+        transport: ProbeTransport,
+        timeout: Duration,
+    ) -> Result<Self, ProbeError> {
         let io = match transport {
             ProbeTransport::Udp => {
-                let local: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { "[::]:0".parse().expect("valid literal") };
+                let local: SocketAddr = if server.is_ipv4() {
+                    ([0, 0, 0, 0], 0).into()
+                } else {
+                    "[::]:0".parse().expect("valid literal")
+                };
                 Io::Udp(UdpSocket::bind(local).await?)
             }
             ProbeTransport::Tcp => {
-                let stream = tokio::time::timeout(timeout, TcpStream::connect(server)).await.map_err(|_| ProbeError::Timeout(timeout))??;
+                let stream = tokio::time::timeout(timeout, TcpStream::connect(server))
+                    .await
+                    .map_err(|_| ProbeError::Timeout(timeout))??;
                 stream.set_nodelay(true)?;
                 Io::Stream(Box::new(stream))
             }
-            ProbeTransport::Tls { server_name, config } => {
-                let stream = tokio::time::timeout(timeout, TcpStream::connect(server)).await.map_err(|_| ProbeError::Timeout(timeout))??;
+            ProbeTransport::Tls {
+                server_name,
+                config,
+            } => {
+                let stream = tokio::time::timeout(timeout, TcpStream::connect(server))
+                    .await
+                    .map_err(|_| ProbeError::Timeout(timeout))??;
                 stream.set_nodelay(true)?;
                 let name = rustls::pki_types::ServerName::try_from(server_name)
                     .map_err(|e| ProbeError::Protocol(format!("invalid TLS server name: {e}")))?;
@@ -156,7 +184,11 @@ impl TurnClient {
                     let (total, payload) = match header[0] >> 6 {
                         0 => (20 + length, 20 + length),
                         1 => (4 + length.div_ceil(4) * 4, 4 + length),
-                        _ => return Err(ProbeError::Protocol("the server sent bytes that are not TURN".into())),
+                        _ => {
+                            return Err(ProbeError::Protocol(
+                                "the server sent bytes that are not TURN".into(),
+                            ));
+                        }
                     };
                     let mut frame = vec![0u8; total];
                     frame[..4].copy_from_slice(&header);
@@ -166,7 +198,9 @@ impl TurnClient {
                 }
             }
         };
-        tokio::time::timeout(timeout, receive).await.map_err(|_| ProbeError::Timeout(timeout))?
+        tokio::time::timeout(timeout, receive)
+            .await
+            .map_err(|_| ProbeError::Timeout(timeout))?
     }
 
     /// Sends `request` and waits for the response with its transaction id, retransmitting
@@ -191,10 +225,10 @@ impl TurnClient {
                     Err(ProbeError::Timeout(_)) => break, // retransmit
                     Err(err) => return Err(err),
                 };
-                if let Some(message) = self.dispatch(raw) {
-                    if message.transaction_id == request.transaction_id {
-                        return Ok(message);
-                    }
+                if let Some(message) = self.dispatch(raw)
+                    && message.transaction_id == request.transaction_id
+                {
+                    return Ok(message);
                 }
             }
             interval = (interval * 2).min(Duration::from_secs(2));
@@ -204,21 +238,28 @@ impl TurnClient {
     /// Keeps relayed data, returns STUN responses.
     fn dispatch(&mut self, raw: Vec<u8>) -> Option<Message> {
         if ChannelData::is_channel_data(&raw) {
-            let mut data = ChannelData { raw, ..Default::default() };
-            if data.decode().is_ok() {
-                if let Some((_, peer)) = self.channels.iter().find(|(n, _)| *n == data.number.0) {
-                    self.backlog.push_back((*peer, data.data));
-                }
+            let mut data = ChannelData {
+                raw,
+                ..Default::default()
+            };
+            if data.decode().is_ok()
+                && let Some((_, peer)) = self.channels.iter().find(|(n, _)| *n == data.number.0)
+            {
+                self.backlog.push_back((*peer, data.data));
             }
             return None;
         }
-        let mut message = Message { raw, ..Default::default() };
+        let mut message = Message {
+            raw,
+            ..Default::default()
+        };
         message.decode().ok()?;
         if message.typ == MessageType::new(METHOD_DATA, CLASS_INDICATION) {
             let mut peer = PeerAddress::default();
             let mut data = Data::default();
             if peer.get_from(&message).is_ok() && data.get_from(&message).is_ok() {
-                self.backlog.push_back((SocketAddr::new(peer.ip, peer.port), data.0));
+                self.backlog
+                    .push_back((SocketAddr::new(peer.ip, peer.port), data.0));
             }
             return None;
         }
@@ -228,7 +269,10 @@ impl TurnClient {
     fn error_of(response: &Message) -> ProbeError {
         let mut code = ErrorCodeAttribute::default();
         if code.get_from(response).is_ok() {
-            ProbeError::Refused { code: code.code.0, reason: String::from_utf8_lossy(&code.reason).into_owned() }
+            ProbeError::Refused {
+                code: code.code.0,
+                reason: String::from_utf8_lossy(&code.reason).into_owned(),
+            }
         } else {
             ProbeError::Protocol(format!("{} without ERROR-CODE", response.typ))
         }
@@ -236,19 +280,26 @@ impl TurnClient {
 
     fn build(setters: Vec<Box<dyn Setter>>) -> Result<Message, ProbeError> {
         let mut message = Message::new();
-        message.build(&setters).map_err(|e| ProbeError::Protocol(e.to_string()))?;
+        message
+            .build(&setters)
+            .map_err(|e| ProbeError::Protocol(e.to_string()))?;
         Ok(message)
     }
 
     /// A STUN Binding request: the address the server sees us at.
     pub async fn binding(&mut self) -> Result<SocketAddr, ProbeError> {
-        let request = Self::build(vec![Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)])?;
+        let request = Self::build(vec![
+            Box::new(TransactionId::new()),
+            Box::new(BINDING_REQUEST),
+        ])?;
         let response = self.transact(&request).await?;
         if response.typ.class != CLASS_SUCCESS_RESPONSE {
             return Err(Self::error_of(&response));
         }
         let mut mapped = XorMappedAddress::default();
-        mapped.get_from(&response).map_err(|e| ProbeError::Protocol(e.to_string()))?;
+        mapped
+            .get_from(&response)
+            .map_err(|e| ProbeError::Protocol(e.to_string()))?;
         Ok(SocketAddr::new(mapped.ip, mapped.port))
     }
 
@@ -258,15 +309,19 @@ impl TurnClient {
         let request = Self::build(vec![
             Box::new(TransactionId::new()),
             Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-            Box::new(RequestedTransport { protocol: turn::proto::PROTO_UDP }),
+            Box::new(RequestedTransport {
+                protocol: turn::proto::PROTO_UDP,
+            }),
         ])?;
         let response = self.transact(&request).await?;
         let error = Self::error_of(&response);
         if error.code() != Some(401) {
             return Err(error);
         }
-        let nonce = TextAttribute::get_from_as(&response, ATTR_NONCE).map_err(|e| ProbeError::Protocol(e.to_string()))?;
-        let realm = TextAttribute::get_from_as(&response, ATTR_REALM).map_err(|e| ProbeError::Protocol(e.to_string()))?;
+        let nonce = TextAttribute::get_from_as(&response, ATTR_NONCE)
+            .map_err(|e| ProbeError::Protocol(e.to_string()))?;
+        let realm = TextAttribute::get_from_as(&response, ATTR_REALM)
+            .map_err(|e| ProbeError::Protocol(e.to_string()))?;
         self.nonce = nonce.text.clone();
         self.realm = realm.text;
         Ok(nonce.text)
@@ -282,10 +337,20 @@ impl TurnClient {
         self.nonce = nonce;
     }
 
-    fn authenticated(&self, method: Method, mut attributes: Vec<Box<dyn Setter>>) -> Result<Message, ProbeError> {
-        let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(TransactionId::new()), Box::new(MessageType::new(method, CLASS_REQUEST))];
+    fn authenticated(
+        &self,
+        method: Method,
+        mut attributes: Vec<Box<dyn Setter>>,
+    ) -> Result<Message, ProbeError> {
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+        ];
         setters.append(&mut attributes);
-        setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, self.username.clone())));
+        setters.push(Box::new(TextAttribute::new(
+            ATTR_USERNAME,
+            self.username.clone(),
+        )));
         setters.push(Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())));
         setters.push(Box::new(TextAttribute::new(ATTR_NONCE, self.nonce.clone())));
         setters.push(Box::new(MessageIntegrity(self.key.clone())));
@@ -305,28 +370,44 @@ impl TurnClient {
                 return Ok(response);
             }
             let error = Self::error_of(&response);
-            if error.code() == Some(438) {
-                if let Ok(nonce) = TextAttribute::get_from_as(&response, ATTR_NONCE) {
-                    self.nonce = nonce.text;
-                    continue;
-                }
+            if error.code() == Some(438)
+                && let Ok(nonce) = TextAttribute::get_from_as(&response, ATTR_NONCE)
+            {
+                self.nonce = nonce.text;
+                continue;
             }
             return Err(error);
         }
-        Err(ProbeError::Refused { code: 438, reason: "Stale Nonce twice".into() })
+        Err(ProbeError::Refused {
+            code: 438,
+            reason: "Stale Nonce twice".into(),
+        })
     }
 
     /// Allocates a UDP relay with long-term credentials; returns the relayed address.
-    pub async fn allocate(&mut self, username: &str, password: &str) -> Result<SocketAddr, ProbeError> {
+    pub async fn allocate(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> Result<SocketAddr, ProbeError> {
         self.allocate_with(username, password, false).await
     }
 
     /// Allocates with EVEN-PORT (reserving the next port too), as RTP/RTCP clients do.
-    pub async fn allocate_even_port(&mut self, username: &str, password: &str) -> Result<SocketAddr, ProbeError> {
+    pub async fn allocate_even_port(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> Result<SocketAddr, ProbeError> {
         self.allocate_with(username, password, true).await
     }
 
-    async fn allocate_with(&mut self, username: &str, password: &str, even_port: bool) -> Result<SocketAddr, ProbeError> {
+    async fn allocate_with(
+        &mut self,
+        username: &str,
+        password: &str,
+        even_port: bool,
+    ) -> Result<SocketAddr, ProbeError> {
         if self.nonce.is_empty() {
             self.challenge().await?;
         }
@@ -334,15 +415,19 @@ impl TurnClient {
         self.key = crate::credentials::long_term_key(username, &self.realm, password);
         let response = self
             .authenticated_transact(METHOD_ALLOCATE, || {
-                let mut attributes = vec![Box::new(RequestedTransport { protocol: turn::proto::PROTO_UDP }) as Box<dyn Setter>];
+                let mut attributes = vec![Box::new(RequestedTransport {
+                    protocol: turn::proto::PROTO_UDP,
+                }) as Box<dyn Setter>];
                 if even_port {
-                    attributes.push(Box::new(turn::proto::evenport::EvenPort { reserve_port: true }));
+                    attributes.push(Box::new(RawAttribute(ATTR_EVEN_PORT, vec![0x80]))); // R bit: reserve the next port
                 }
                 attributes
             })
             .await?;
         let mut relayed = RelayedAddress::default();
-        relayed.get_from(&response).map_err(|e| ProbeError::Protocol(e.to_string()))?;
+        relayed
+            .get_from(&response)
+            .map_err(|e| ProbeError::Protocol(e.to_string()))?;
         Ok(SocketAddr::new(relayed.ip, relayed.port))
     }
 
@@ -350,7 +435,15 @@ impl TurnClient {
     pub async fn create_permission(&mut self, peers: &[SocketAddr]) -> Result<(), ProbeError> {
         let peers = peers.to_vec();
         self.authenticated_transact(METHOD_CREATE_PERMISSION, || {
-            peers.iter().map(|p| Box::new(PeerAddress { ip: p.ip(), port: p.port() }) as Box<dyn Setter>).collect()
+            peers
+                .iter()
+                .map(|p| {
+                    Box::new(PeerAddress {
+                        ip: p.ip(),
+                        port: p.port(),
+                    }) as Box<dyn Setter>
+                })
+                .collect()
         })
         .await
         .map(|_| ())
@@ -361,7 +454,10 @@ impl TurnClient {
         self.authenticated_transact(METHOD_CHANNEL_BIND, || {
             vec![
                 Box::new(ChannelNumber(channel)) as Box<dyn Setter>,
-                Box::new(PeerAddress { ip: peer.ip(), port: peer.port() }),
+                Box::new(PeerAddress {
+                    ip: peer.ip(),
+                    port: peer.port(),
+                }),
             ]
         })
         .await?;
@@ -371,17 +467,26 @@ impl TurnClient {
 
     /// Refreshes the allocation; lifetime 0 deletes it.
     pub async fn refresh(&mut self, lifetime: Duration) -> Result<(), ProbeError> {
-        self.authenticated_transact(METHOD_REFRESH, || vec![Box::new(Lifetime(lifetime)) as Box<dyn Setter>])
-            .await
-            .map(|_| ())
+        self.authenticated_transact(METHOD_REFRESH, || {
+            vec![Box::new(Lifetime(lifetime)) as Box<dyn Setter>]
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Relays `data` to `peer` in a Send indication.
-    pub async fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) -> Result<(), ProbeError> {
+    pub async fn send_indication(
+        &mut self,
+        peer: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), ProbeError> {
         let message = Self::build(vec![
             Box::new(TransactionId::new()),
             Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
-            Box::new(PeerAddress { ip: peer.ip(), port: peer.port() }),
+            Box::new(PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            }),
             Box::new(Data(data.to_vec())),
         ])?;
         self.send_raw(&message.raw).await
@@ -389,13 +494,20 @@ impl TurnClient {
 
     /// Relays `data` on a bound channel.
     pub async fn send_channel_data(&mut self, channel: u16, data: &[u8]) -> Result<(), ProbeError> {
-        let mut frame = ChannelData { data: data.to_vec(), number: ChannelNumber(channel), raw: Vec::new() };
+        let mut frame = ChannelData {
+            data: data.to_vec(),
+            number: ChannelNumber(channel),
+            raw: Vec::new(),
+        };
         frame.encode();
         self.send_raw(&frame.raw).await
     }
 
     /// The next datagram a peer sent through the relay.
-    pub async fn recv_from_peer(&mut self, timeout: Duration) -> Result<(SocketAddr, Vec<u8>), ProbeError> {
+    pub async fn recv_from_peer(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(SocketAddr, Vec<u8>), ProbeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(item) = self.backlog.pop_front() {

@@ -46,8 +46,16 @@ impl Quotas {
     /// A limit of 0 means unlimited.
     pub fn new(max_total: usize, max_per_user: usize) -> Self {
         Quotas {
-            max_total: if max_total == 0 { usize::MAX } else { max_total },
-            max_per_user: if max_per_user == 0 { usize::MAX } else { max_per_user },
+            max_total: if max_total == 0 {
+                usize::MAX
+            } else {
+                max_total
+            },
+            max_per_user: if max_per_user == 0 {
+                usize::MAX
+            } else {
+                max_per_user
+            },
             active: HashMap::new(),
             per_user: HashMap::new(),
             pending: HashMap::new(),
@@ -89,7 +97,14 @@ impl Quotas {
         if self.used_by(user) >= self.max_per_user {
             return QuotaVerdict::UserQuotaReached;
         }
-        self.pending.insert(transaction_id, Pending { key, user: user.to_owned(), since: now });
+        self.pending.insert(
+            transaction_id,
+            Pending {
+                key,
+                user: user.to_owned(),
+                since: now,
+            },
+        );
         QuotaVerdict::Reserved
     }
 
@@ -106,12 +121,12 @@ impl Quotas {
 
     /// The allocation ended (expired, refreshed to 0, or the server closed).
     pub fn handle_allocation_closed(&mut self, key: AllocationKey) {
-        if let Some(user) = self.active.remove(&key) {
-            if let Some(count) = self.per_user.get_mut(&user) {
-                *count -= 1;
-                if *count == 0 {
-                    self.per_user.remove(&user);
-                }
+        if let Some(user) = self.active.remove(&key)
+            && let Some(count) = self.per_user.get_mut(&user)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_user.remove(&user);
             }
         }
     }
@@ -127,7 +142,10 @@ mod tests {
     use super::*;
 
     fn key(port: u16) -> AllocationKey {
-        (SocketAddr::from(([192, 0, 2, 1], port)), SocketAddr::from(([127, 0, 0, 1], 3478)))
+        (
+            SocketAddr::from(([192, 0, 2, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], 3478)),
+        )
     }
 
     fn tid(n: u8) -> [u8; 12] {
@@ -138,11 +156,24 @@ mod tests {
     fn per_user_quota_counts_committed_and_pending() {
         let now = Instant::now();
         let mut quotas = Quotas::new(100, 2);
-        assert_eq!(quotas.handle_allocate_request(tid(1), key(1), "7", now), QuotaVerdict::Reserved);
+        assert_eq!(
+            quotas.handle_allocate_request(tid(1), key(1), "7", now),
+            QuotaVerdict::Reserved
+        );
         quotas.handle_allocate_response(tid(1), true);
-        assert_eq!(quotas.handle_allocate_request(tid(2), key(2), "7", now), QuotaVerdict::Reserved);
-        assert_eq!(quotas.handle_allocate_request(tid(3), key(3), "7", now), QuotaVerdict::UserQuotaReached);
-        assert_eq!(quotas.handle_allocate_request(tid(4), key(4), "8", now), QuotaVerdict::Reserved, "other users unaffected");
+        assert_eq!(
+            quotas.handle_allocate_request(tid(2), key(2), "7", now),
+            QuotaVerdict::Reserved
+        );
+        assert_eq!(
+            quotas.handle_allocate_request(tid(3), key(3), "7", now),
+            QuotaVerdict::UserQuotaReached
+        );
+        assert_eq!(
+            quotas.handle_allocate_request(tid(4), key(4), "8", now),
+            QuotaVerdict::Reserved,
+            "other users unaffected"
+        );
     }
 
     #[test]
@@ -150,10 +181,16 @@ mod tests {
         let now = Instant::now();
         let mut quotas = Quotas::new(2, 10);
         for (n, user) in [(1, "a"), (2, "b")] {
-            assert_eq!(quotas.handle_allocate_request(tid(n), key(n.into()), user, now), QuotaVerdict::Reserved);
+            assert_eq!(
+                quotas.handle_allocate_request(tid(n), key(n.into()), user, now),
+                QuotaVerdict::Reserved
+            );
             quotas.handle_allocate_response(tid(n), true);
         }
-        assert_eq!(quotas.handle_allocate_request(tid(3), key(3), "c", now), QuotaVerdict::TotalQuotaReached);
+        assert_eq!(
+            quotas.handle_allocate_request(tid(3), key(3), "c", now),
+            QuotaVerdict::TotalQuotaReached
+        );
         assert_eq!(quotas.active(), 2);
     }
 
@@ -163,7 +200,10 @@ mod tests {
         let mut quotas = Quotas::new(1, 1);
         quotas.handle_allocate_request(tid(1), key(1), "a", now);
         quotas.handle_allocate_response(tid(1), false);
-        assert_eq!(quotas.handle_allocate_request(tid(2), key(2), "a", now), QuotaVerdict::Reserved);
+        assert_eq!(
+            quotas.handle_allocate_request(tid(2), key(2), "a", now),
+            QuotaVerdict::Reserved
+        );
     }
 
     #[test]
@@ -175,7 +215,10 @@ mod tests {
         assert_eq!(quotas.user_of(&key(1)), Some("a"));
         quotas.handle_allocation_closed(key(1));
         assert_eq!(quotas.active(), 0);
-        assert_eq!(quotas.handle_allocate_request(tid(2), key(2), "a", now), QuotaVerdict::Reserved);
+        assert_eq!(
+            quotas.handle_allocate_request(tid(2), key(2), "a", now),
+            QuotaVerdict::Reserved
+        );
     }
 
     #[test]
@@ -183,21 +226,40 @@ mod tests {
         let now = Instant::now();
         let mut quotas = Quotas::new(1, 1);
         quotas.handle_allocate_request(tid(1), key(1), "a", now);
-        assert_eq!(quotas.handle_allocate_request(tid(2), key(2), "a", now), QuotaVerdict::TotalQuotaReached);
+        assert_eq!(
+            quotas.handle_allocate_request(tid(2), key(2), "a", now),
+            QuotaVerdict::TotalQuotaReached
+        );
         let later = now + RESERVATION_TIMEOUT;
-        assert_eq!(quotas.handle_allocate_request(tid(2), key(2), "a", later), QuotaVerdict::Reserved);
+        assert_eq!(
+            quotas.handle_allocate_request(tid(2), key(2), "a", later),
+            QuotaVerdict::Reserved
+        );
     }
 
     #[test]
     fn retransmission_and_existing_allocation_do_not_count_twice() {
         let now = Instant::now();
         let mut quotas = Quotas::new(1, 1);
-        assert_eq!(quotas.handle_allocate_request(tid(1), key(1), "a", now), QuotaVerdict::Reserved);
-        assert_eq!(quotas.handle_allocate_request(tid(1), key(1), "a", now), QuotaVerdict::Reserved);
+        assert_eq!(
+            quotas.handle_allocate_request(tid(1), key(1), "a", now),
+            QuotaVerdict::Reserved
+        );
+        assert_eq!(
+            quotas.handle_allocate_request(tid(1), key(1), "a", now),
+            QuotaVerdict::Reserved
+        );
         quotas.handle_allocate_response(tid(1), true);
-        assert_eq!(quotas.handle_allocate_request(tid(1), key(1), "a", now), QuotaVerdict::Existing);
+        assert_eq!(
+            quotas.handle_allocate_request(tid(1), key(1), "a", now),
+            QuotaVerdict::Existing
+        );
         quotas.handle_allocate_response(tid(1), false); // the server's 437 for the retransmission
-        assert_eq!(quotas.active(), 1, "a late error for a committed transaction changes nothing");
+        assert_eq!(
+            quotas.active(),
+            1,
+            "a late error for a committed transaction changes nothing"
+        );
     }
 
     #[test]
@@ -205,7 +267,10 @@ mod tests {
         let now = Instant::now();
         let mut quotas = Quotas::new(0, 0);
         for n in 0..50u8 {
-            assert_eq!(quotas.handle_allocate_request(tid(n), key(n.into()), "a", now), QuotaVerdict::Reserved);
+            assert_eq!(
+                quotas.handle_allocate_request(tid(n), key(n.into()), "a", now),
+                QuotaVerdict::Reserved
+            );
             quotas.handle_allocate_response(tid(n), true);
         }
     }

@@ -39,12 +39,20 @@ impl PortRangeGenerator {
     /// the range and a busy stretch is skipped quickly; then odd ones.
     fn candidate_ports(&self) -> Vec<u16> {
         let span = u32::from(self.high - self.low) + 1;
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed).wrapping_mul(2654435761) % span;
+        let start = self
+            .cursor
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(2654435761)
+            % span;
         let mut even = Vec::new();
         let mut odd = Vec::new();
         for i in 0..span {
             let port = self.low + ((start + i) % span) as u16;
-            let list = if port % 2 == 0 { &mut even } else { &mut odd };
+            let list = if port.is_multiple_of(2) {
+                &mut even
+            } else {
+                &mut odd
+            };
             if list.len() < MAX_PORT_ATTEMPTS as usize {
                 list.push(port);
             }
@@ -109,13 +117,24 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
             }
             let bucket = (self.shared.bandwidth_bytes_per_sec > 0).then(|| {
                 let rate = self.shared.bandwidth_bytes_per_sec;
-                Mutex::new((TokenBucket::new(rate, Instant::now()), TokenBucket::new(rate, Instant::now())))
+                Mutex::new((
+                    TokenBucket::new(rate, Instant::now()),
+                    TokenBucket::new(rate, Instant::now()),
+                ))
             });
-            let conn = RelayConn { socket, metrics: Arc::clone(&self.shared.metrics), buckets: bucket };
+            let conn = RelayConn {
+                socket,
+                metrics: Arc::clone(&self.shared.metrics),
+                buckets: bucket,
+            };
             return Ok((Arc::new(conn), SocketAddr::new(self.advertised_ip, port)));
         }
         if self.shared.may_log() {
-            log::warn!("turn: no free relay port in {}-{}; widen turn.relay_ports", self.low, self.high);
+            log::warn!(
+                "turn: no free relay port in {}-{}; widen turn.relay_ports",
+                self.low,
+                self.high
+            );
         }
         Err(turn::Error::ErrMaxRetriesExceeded)
     }
@@ -131,9 +150,15 @@ struct RelayConn {
 
 impl RelayConn {
     fn allowed(&self, bytes: usize, to_peer: bool) -> bool {
-        let Some(buckets) = &self.buckets else { return true };
+        let Some(buckets) = &self.buckets else {
+            return true;
+        };
         let mut buckets = buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = if to_peer { &mut buckets.0 } else { &mut buckets.1 };
+        let bucket = if to_peer {
+            &mut buckets.0
+        } else {
+            &mut buckets.1
+        };
         let ok = bucket.take(bytes, Instant::now());
         if !ok {
             Metrics::add(&self.metrics.bandwidth_drops, 1);

@@ -2,13 +2,14 @@
 //! its guards, stream listeners and bookkeeping tasks out.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use webrtc_util::Conn;
 
+use crate::RelayError;
 use crate::credentials::Secrets;
 use crate::guard::{GuardAuth, GuardConn, Shared};
 use crate::metrics::Metrics;
@@ -16,7 +17,6 @@ use crate::policy::PeerPolicy;
 use crate::quota::Quotas;
 use crate::relay_socket::PortRangeGenerator;
 use crate::stream::{StreamMux, accept_loop};
-use crate::RelayError;
 
 /// Everything the relay needs to know, as plain data (the daemon maps its config to this).
 #[derive(Debug, Clone)]
@@ -117,7 +117,12 @@ impl RelaySockets {
     /// Binds UDP (`udp_sockets` sockets sharing the port with SO_REUSEPORT, so the kernel
     /// spreads clients over several server tasks) and TCP on `listen`. With port 0 both get
     /// the same free port.
-    pub fn bind(listen: SocketAddr, udp: bool, udp_sockets: usize, tcp: bool) -> Result<Self, RelayError> {
+    pub fn bind(
+        listen: SocketAddr,
+        udp: bool,
+        udp_sockets: usize,
+        tcp: bool,
+    ) -> Result<Self, RelayError> {
         let attempts = if listen.port() == 0 { 20 } else { 1 };
         let mut last_error = None;
         for _ in 0..attempts {
@@ -129,26 +134,41 @@ impl RelaySockets {
         Err(last_error.expect("at least one attempt was made"))
     }
 
-    fn try_bind(listen: SocketAddr, udp: bool, udp_sockets: usize, tcp: bool) -> Result<Self, RelayError> {
+    fn try_bind(
+        listen: SocketAddr,
+        udp: bool,
+        udp_sockets: usize,
+        tcp: bool,
+    ) -> Result<Self, RelayError> {
         let mut sockets = RelaySockets::default();
         let mut address = listen;
         if udp {
-            let first = udp_socket(address, udp_sockets > 1).map_err(|e| RelayError::Bind("UDP", address, e))?;
-            address = first.local_addr().map_err(|e| RelayError::Bind("UDP", address, e))?;
+            let first = udp_socket(address, udp_sockets > 1)
+                .map_err(|e| RelayError::Bind("UDP", address, e))?;
+            address = first
+                .local_addr()
+                .map_err(|e| RelayError::Bind("UDP", address, e))?;
             sockets.udp.push(first);
             for _ in 1..udp_sockets {
-                sockets.udp.push(udp_socket(address, true).map_err(|e| RelayError::Bind("UDP", address, e))?);
+                sockets.udp.push(
+                    udp_socket(address, true).map_err(|e| RelayError::Bind("UDP", address, e))?,
+                );
             }
         }
         if tcp {
-            let listener = tcp_listener(address).map_err(|e| RelayError::Bind("TCP", address, e))?;
+            let listener =
+                tcp_listener(address).map_err(|e| RelayError::Bind("TCP", address, e))?;
             sockets.tcp = Some(listener);
         }
         Ok(sockets)
     }
 
     /// Binds the TURN-over-TLS listener.
-    pub fn bind_tls(&mut self, listen: SocketAddr, config: Arc<rustls::ServerConfig>) -> Result<(), RelayError> {
+    pub fn bind_tls(
+        &mut self,
+        listen: SocketAddr,
+        config: Arc<rustls::ServerConfig>,
+    ) -> Result<(), RelayError> {
         let listener = tcp_listener(listen).map_err(|e| RelayError::Bind("TLS", listen, e))?;
         self.tls = Some((listener, config));
         Ok(())
@@ -241,10 +261,13 @@ impl Relay {
         let mut stream_tasks = Vec::new();
 
         if let Some(first) = sockets.udp.first() {
-            let address = first.local_addr().map_err(|e| RelayError::Bind("UDP", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
+            let address = first
+                .local_addr()
+                .map_err(|e| RelayError::Bind("UDP", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
             let up = Arc::new(AtomicBool::new(true));
             for socket in sockets.udp {
-                let socket = tokio::net::UdpSocket::from_std(socket).map_err(|e| RelayError::Bind("UDP", address, e))?;
+                let socket = tokio::net::UdpSocket::from_std(socket)
+                    .map_err(|e| RelayError::Bind("UDP", address, e))?;
                 let guard = GuardConn::new(Arc::new(socket), Arc::clone(&shared), Arc::clone(&up))
                     .map_err(|e| RelayError::Bind("UDP", address, e))?;
                 conn_configs.push(turn::server::config::ConnConfig {
@@ -252,18 +275,31 @@ impl Relay {
                     relay_addr_generator: generator(),
                 });
             }
-            listeners.push(Listener { transport: Transport::Udp, address, up });
+            listeners.push(Listener {
+                transport: Transport::Udp,
+                address,
+                up,
+            });
         }
 
         let stream_listeners = [
             sockets.tcp.map(|l| (Transport::Tcp, l, None)),
-            sockets.tls.map(|(l, config)| (Transport::Tls, l, Some(tokio_rustls::TlsAcceptor::from(config)))),
+            sockets.tls.map(|(l, config)| {
+                (
+                    Transport::Tls,
+                    l,
+                    Some(tokio_rustls::TlsAcceptor::from(config)),
+                )
+            }),
         ];
         for (transport, listener, tls) in stream_listeners.into_iter().flatten() {
             let name = transport.as_str();
             let fallback = SocketAddr::from(([0, 0, 0, 0], 0));
-            let address = listener.local_addr().map_err(|e| RelayError::Bind(name, fallback, e))?;
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| RelayError::Bind(name, address, e))?;
+            let address = listener
+                .local_addr()
+                .map_err(|e| RelayError::Bind(name, fallback, e))?;
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| RelayError::Bind(name, address, e))?;
             let up = Arc::new(AtomicBool::new(true));
             let mux = StreamMux::new(address);
             let guard = GuardConn::new(mux.clone(), Arc::clone(&shared), Arc::clone(&up))
@@ -281,7 +317,11 @@ impl Relay {
                 Arc::clone(&up),
                 shutdown_rx.clone(),
             )));
-            listeners.push(Listener { transport, address, up });
+            listeners.push(Listener {
+                transport,
+                address,
+                up,
+            });
         }
 
         if conn_configs.is_empty() {
@@ -295,7 +335,10 @@ impl Relay {
             let shared = Arc::clone(&shared);
             async move {
                 while let Some(info) = close_rx.recv().await {
-                    shared.handle_allocation_closed((info.five_tuple.src_addr, info.five_tuple.dst_addr));
+                    shared.handle_allocation_closed((
+                        info.five_tuple.src_addr,
+                        info.five_tuple.dst_addr,
+                    ));
                 }
             }
         });
@@ -310,14 +353,25 @@ impl Relay {
         .await
         .map_err(RelayError::Server)?;
 
-        Ok(Relay { server, shared, listeners, shutdown_tx, stream_tasks, close_drain })
+        Ok(Relay {
+            server,
+            shared,
+            listeners,
+            shutdown_tx,
+            stream_tasks,
+            close_drain,
+        })
     }
 
     /// Each listener and whether it is still serving.
     pub fn listeners(&self) -> Vec<ListenerStatus> {
         self.listeners
             .iter()
-            .map(|l| ListenerStatus { transport: l.transport, address: l.address, up: l.up.load(Ordering::Relaxed) })
+            .map(|l| ListenerStatus {
+                transport: l.transport,
+                address: l.address,
+                up: l.up.load(Ordering::Relaxed),
+            })
             .collect()
     }
 

@@ -159,7 +159,9 @@ pub(crate) async fn accept_loop(
         };
         if tasks.len() >= max_connections {
             if shared.may_log() {
-                log::warn!("turn: refusing TCP connection from {peer}: {max_connections} connections open");
+                log::warn!(
+                    "turn: refusing TCP connection from {peer}: {max_connections} connections open"
+                );
             }
             continue; // dropping the stream closes it
         }
@@ -174,7 +176,9 @@ pub(crate) async fn accept_loop(
                 let acceptor = acceptor.clone();
                 tasks.spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, peer, mux, shared_for_task).await,
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, peer, mux, shared_for_task).await
+                        }
                         Ok(Err(err)) => {
                             if shared_for_task.may_log() {
                                 log::info!("turn: TLS handshake with {peer} failed: {err}");
@@ -185,17 +189,25 @@ pub(crate) async fn accept_loop(
                 });
             }
         }
-        shared.metrics.stream_connections.store(tasks.len() as u64, Ordering::Relaxed);
+        shared
+            .metrics
+            .stream_connections
+            .store(tasks.len() as u64, Ordering::Relaxed);
     }
     up.store(false, Ordering::Relaxed);
     tasks.shutdown().await;
-    shared.metrics.stream_connections.store(0, Ordering::Relaxed);
+    shared
+        .metrics
+        .stream_connections
+        .store(0, Ordering::Relaxed);
 }
 
 #[async_trait]
 impl Conn for StreamMux {
     async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
-        Err(webrtc_util::Error::Other("a stream listener does not connect".into()))
+        Err(webrtc_util::Error::Other(
+            "a stream listener does not connect".into(),
+        ))
     }
 
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
@@ -217,7 +229,9 @@ impl Conn for StreamMux {
     }
 
     async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
-        Err(webrtc_util::Error::Other("a stream listener needs a destination".into()))
+        Err(webrtc_util::Error::Other(
+            "a stream listener needs a destination".into(),
+        ))
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
@@ -228,7 +242,10 @@ impl Conn for StreamMux {
                 let _ = queue.try_send(buf.to_vec());
                 Ok(buf.len())
             }
-            None => Err(webrtc_util::Error::Other(format!("no TCP connection from {target}"))),
+            // The connection is gone (the answer to the release request sent on its behalf,
+            // or data racing the close): drop silently, as UDP would, instead of an error
+            // that `turn` logs at ERROR.
+            None => Ok(buf.len()),
         }
     }
 
@@ -269,6 +286,10 @@ mod tests {
     fn other_bytes_are_not_frames() {
         assert_eq!(frame_length([0xC0, 0, 0, 0]), None);
         assert_eq!(frame_length([0x80, 0, 0, 0]), None);
-        assert_eq!(frame_length([0x16, 0x03, 0x01, 0x00]), Some((276, 276)), "a TLS hello looks like STUN; the server rejects it");
+        assert_eq!(
+            frame_length([0x16, 0x03, 0x01, 0x00]),
+            Some((276, 276)),
+            "a TLS hello looks like STUN; the server rejects it"
+        );
     }
 }

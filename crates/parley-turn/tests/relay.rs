@@ -14,7 +14,10 @@ const SECRET: &str = "test-secret";
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn loopback() -> IpAddr {
@@ -42,21 +45,39 @@ fn tls_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cert = rcgen::generate_simple_self_signed(vec!["turn.test".to_owned()]).unwrap();
     let cert_der = cert.cert.der().clone();
-    let key_der = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let server = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert_der.clone()], key_der).unwrap();
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key_der)
+        .unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert_der).unwrap();
-    let client = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     (Arc::new(server), Arc::new(client))
 }
 
 async fn start(options: RelayOptions) -> TestRelay {
     let mut sockets = RelaySockets::bind("127.0.0.1:0".parse().unwrap(), true, 2, true).unwrap();
     let (server_tls, client_tls) = tls_configs();
-    sockets.bind_tls("127.0.0.1:0".parse().unwrap(), server_tls).unwrap();
-    let (udp, tcp, tls) = (sockets.udp_addr().unwrap(), sockets.tcp_addr().unwrap(), sockets.tls_addr().unwrap());
+    sockets
+        .bind_tls("127.0.0.1:0".parse().unwrap(), server_tls)
+        .unwrap();
+    let (udp, tcp, tls) = (
+        sockets.udp_addr().unwrap(),
+        sockets.tcp_addr().unwrap(),
+        sockets.tls_addr().unwrap(),
+    );
     let relay = Relay::start(options, sockets).await.unwrap();
-    TestRelay { relay, udp, tcp, tls, client_tls }
+    TestRelay {
+        relay,
+        udp,
+        tcp,
+        tls,
+        client_tls,
+    }
 }
 
 impl TestRelay {
@@ -64,17 +85,28 @@ impl TestRelay {
         let (address, transport) = match transport {
             "udp" => (self.udp, ProbeTransport::Udp),
             "tcp" => (self.tcp, ProbeTransport::Tcp),
-            "tls" => (self.tls, ProbeTransport::Tls { server_name: "turn.test".into(), config: self.client_tls.clone() }),
+            "tls" => (
+                self.tls,
+                ProbeTransport::Tls {
+                    server_name: "turn.test".into(),
+                    config: self.client_tls.clone(),
+                },
+            ),
             other => panic!("unknown transport {other}"),
         };
-        TurnClient::connect(address, transport, TIMEOUT).await.unwrap()
+        TurnClient::connect(address, transport, TIMEOUT)
+            .await
+            .unwrap()
     }
 
     fn metric(&self, name: &str) -> u64 {
         let mut text = String::new();
         self.relay.render_metrics(&mut text);
         text.lines()
-            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .unwrap_or_else(|| panic!("metric {name} missing"))
             .parse()
             .unwrap()
@@ -100,19 +132,32 @@ async fn relay_roundtrip(relay: &TestRelay, transport: &str) {
     let (username, password) = mint(SECRET, 7, 600, now_unix());
     let relayed = client.allocate(&username, &password).await.unwrap();
     assert_eq!(relayed.ip(), loopback());
-    assert!((40000..=40999).contains(&relayed.port()), "relay port {relayed} outside turn.relay_ports");
+    assert!(
+        (40000..=40999).contains(&relayed.port()),
+        "relay port {relayed} outside turn.relay_ports"
+    );
 
     client.create_permission(&[peer]).await.unwrap();
-    client.send_indication(peer, b"via send indication").await.unwrap();
+    client
+        .send_indication(peer, b"via send indication")
+        .await
+        .unwrap();
     let (from, data) = client.recv_from_peer(TIMEOUT).await.unwrap();
-    assert_eq!((from, data.as_slice()), (peer, b"via send indication".as_slice()));
+    assert_eq!(
+        (from, data.as_slice()),
+        (peer, b"via send indication".as_slice())
+    );
 
     client.channel_bind(0x4001, peer).await.unwrap();
     for size in [1usize, 3, 4, 5, 1000] {
         let payload = vec![size as u8; size];
         client.send_channel_data(0x4001, &payload).await.unwrap();
         let (from, data) = client.recv_from_peer(TIMEOUT).await.unwrap();
-        assert_eq!((from, data), (peer, payload), "{transport} channel data of {size} bytes");
+        assert_eq!(
+            (from, data),
+            (peer, payload),
+            "{transport} channel data of {size} bytes"
+        );
     }
     client.refresh(Duration::ZERO).await.unwrap();
 }
@@ -173,7 +218,10 @@ async fn forged_credential_is_refused_with_401() {
         // A valid password for a different username is just as forged.
         let mut client = relay.client(transport).await;
         let (_, other_password) = mint(SECRET, 8, 600, now_unix());
-        let error = client.allocate(&username, &other_password).await.unwrap_err();
+        let error = client
+            .allocate(&username, &other_password)
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), Some(401), "{transport}: {error}");
     }
     relay.relay.shutdown().await;
@@ -186,13 +234,19 @@ async fn previous_secret_and_bare_expiry_username_are_accepted() {
     let relay = start(opts).await;
     let mut client = relay.client("udp").await;
     let (username, password) = mint(SECRET, 7, 600, now_unix());
-    client.allocate(&username, &password).await.expect("previous secret still accepted");
+    client
+        .allocate(&username, &password)
+        .await
+        .expect("previous secret still accepted");
 
     // turnutils_uclient -W sends the bare expiry as the username.
     let mut client = relay.client("udp").await;
     let bare = (now_unix() + 600).to_string();
     let password = parley_turn::credentials::password_for("rotated-in", &bare);
-    client.allocate(&bare, &password).await.expect("bare expiry username accepted");
+    client
+        .allocate(&bare, &password)
+        .await
+        .expect("bare expiry username accepted");
     relay.relay.shutdown().await;
 }
 
@@ -202,9 +256,21 @@ async fn denied_peers_are_refused_with_403_and_never_reached() {
     let (peer, _echo) = echo_peer().await;
     let port = peer.port();
     let denied: Vec<SocketAddr> = [
-        "127.0.0.1", "::ffff:127.0.0.1", "0.0.0.0", "10.0.0.1", "172.16.0.1", "192.168.1.1",
-        "100.64.0.1", "169.254.169.254", "224.0.0.1", "255.255.255.255", "::1", "fd00::1",
-        "fe80::1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
+        "127.0.0.1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "fd00::1",
+        "fe80::1",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
     ]
     .iter()
     .map(|ip| SocketAddr::new(ip.parse().unwrap(), port))
@@ -215,23 +281,51 @@ async fn denied_peers_are_refused_with_403_and_never_reached() {
     client.allocate(&username, &password).await.unwrap();
     for (n, address) in denied.iter().enumerate() {
         let error = client.create_permission(&[*address]).await.unwrap_err();
-        assert_eq!(error.code(), Some(403), "CreatePermission {address}: {error}");
-        let error = client.channel_bind(0x4000 + n as u16, *address).await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(403),
+            "CreatePermission {address}: {error}"
+        );
+        let error = client
+            .channel_bind(0x4000 + n as u16, *address)
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), Some(403), "ChannelBind {address}: {error}");
     }
     // Every address of a CreatePermission counts, not only the first.
-    let error = client.create_permission(&["8.8.8.8:53".parse().unwrap(), peer]).await.unwrap_err();
+    let error = client
+        .create_permission(&["8.8.8.8:53".parse().unwrap(), peer])
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Some(403));
 
     // Nothing reaches the loopback peer, whatever the client sends.
-    client.send_indication(peer, b"must not arrive").await.unwrap();
-    client.send_channel_data(0x4000, b"must not arrive").await.unwrap();
-    assert!(matches!(client.recv_from_peer(Duration::from_millis(500)).await, Err(ProbeError::Timeout(_))));
-    assert_eq!(relay.metric("parley_turn_relayed_packets_to_peers_total"), 0);
-    assert_eq!(relay.metric("parley_turn_refused_peers_total"), 2 * denied.len() as u64 + 1);
+    client
+        .send_indication(peer, b"must not arrive")
+        .await
+        .unwrap();
+    client
+        .send_channel_data(0x4000, b"must not arrive")
+        .await
+        .unwrap();
+    assert!(matches!(
+        client.recv_from_peer(Duration::from_millis(500)).await,
+        Err(ProbeError::Timeout(_))
+    ));
+    assert_eq!(
+        relay.metric("parley_turn_relayed_packets_to_peers_total"),
+        0
+    );
+    assert_eq!(
+        relay.metric("parley_turn_refused_peers_total"),
+        2 * denied.len() as u64 + 1
+    );
 
     // A global address is still allowed.
-    client.create_permission(&["8.8.8.8:53".parse().unwrap()]).await.unwrap();
+    client
+        .create_permission(&["8.8.8.8:53".parse().unwrap()])
+        .await
+        .unwrap();
     relay.relay.shutdown().await;
 }
 
@@ -255,7 +349,10 @@ async fn allocation_quota_per_user_and_in_total() {
 
     let mut other_user = relay.client("tcp").await;
     let (username, password) = mint(SECRET, 2, 600, now_unix());
-    other_user.allocate(&username, &password).await.expect("another user still has room");
+    other_user
+        .allocate(&username, &password)
+        .await
+        .expect("another user still has room");
 
     let mut fourth = relay.client("udp").await;
     let (username, password) = mint(SECRET, 3, 600, now_unix());
@@ -268,7 +365,10 @@ async fn allocation_quota_per_user_and_in_total() {
     let mut again = relay.client("udp").await;
     let (username, password) = mint(SECRET, 1, 600, now_unix());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    again.allocate(&username, &password).await.expect("slot freed by refresh 0");
+    again
+        .allocate(&username, &password)
+        .await
+        .expect("slot freed by refresh 0");
     relay.relay.shutdown().await;
 }
 
@@ -332,7 +432,11 @@ async fn unauthenticated_flood_keeps_the_nonce_table_bounded() {
     for _ in 0..500 {
         nonces.insert(tcp.challenge().await.unwrap());
     }
-    assert!(nonces.len() <= 2, "the server minted {} nonces", nonces.len());
+    assert!(
+        nonces.len() <= 2,
+        "the server minted {} nonces",
+        nonces.len()
+    );
     assert!(relay.relay.nonce_table_len() <= 2);
     assert!(relay.metric("parley_turn_challenges_answered_total") >= 2499);
     relay.relay.shutdown().await;
@@ -354,7 +458,10 @@ async fn bandwidth_limit_drops_excess() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let relayed = relay.metric("parley_turn_relayed_packets_to_peers_total");
-    assert!(relayed < 100, "{relayed} of 200 packets passed a 10 kB/s limit");
+    assert!(
+        relayed < 100,
+        "{relayed} of 200 packets passed a 10 kB/s limit"
+    );
     assert!(relayed >= 50, "the burst allowance passed only {relayed}");
     assert!(relay.metric("parley_turn_bandwidth_drops_total") > 0);
     relay.relay.shutdown().await;
@@ -383,12 +490,18 @@ async fn even_port_requests_end_when_no_even_port_is_free() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut client = relay.client("udp").await;
-        let relayed = client.allocate_even_port(&username, &password).await.unwrap();
+        let relayed = client
+            .allocate_even_port(&username, &password)
+            .await
+            .unwrap();
         assert_eq!(relayed.port() % 2, 0, "{relayed}");
         held.push(client);
     }
     let mut client = relay.client("udp").await;
-    let error = client.allocate_even_port(&username, &password).await.unwrap_err();
+    let error = client
+        .allocate_even_port(&username, &password)
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Some(508), "{error}");
     // Odd ports still serve ordinary allocations, and the server still answers.
     let mut client = relay.client("udp").await;

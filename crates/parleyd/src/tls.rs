@@ -619,8 +619,9 @@ fn host_of_url(url: &str) -> Option<String> {
 }
 
 fn machine_hostname() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    let name = name.trim();
+    // gethostname(2), not /proc/sys/kernel/hostname: the unit's ProcSubset=pid hides /proc/sys.
+    let name = nix::unistd::gethostname().ok()?;
+    let name = name.to_str()?.trim();
     // A bare IP or an empty/"(none)" hostname makes no useful DNS name.
     (!name.is_empty() && name != "(none)" && name.parse::<IpAddr>().is_err())
         .then(|| name.to_owned())

@@ -1,5 +1,5 @@
 //! `cargo xtask deb [--no-build] [--deb-version VERSION] [--output DIR]`: builds the release
-//! binary and the Debian package with cargo-deb, and prints the path of the .deb.
+//! binary and the Debian package with cargo-deb, and returns the path of the .deb (main prints it).
 //!
 //! The metadata (assets, maintainer scripts, systemd unit) is `[package.metadata.deb]` in
 //! crates/parleyd/Cargo.toml; the files it names live in packaging/ and systemd/.
@@ -120,7 +120,6 @@ pub fn build(args: &[String]) -> anyhow::Result<PathBuf> {
         .find(|line| line.trim_end().ends_with(".deb"))
         .map(|line| PathBuf::from(line.trim()))
         .context("cargo deb succeeded but printed no .deb path")?;
-    println!("{}", path.display());
     Ok(path)
 }
 

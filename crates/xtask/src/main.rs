@@ -7,6 +7,7 @@
 //!
 //! Plain `std::process::Command`: the tasks are sequences of commands and need no more.
 
+mod bench;
 mod deb;
 
 use std::path::{Path, PathBuf};
@@ -40,13 +41,16 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(&args[1..]),
         Some("deb") => deb::build(&args[1..]).map(|path| println!("{}", path.display())),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
                  ci [STAGE...]   install test dependencies, build, run every test suite\n                  \
                  (stages: deps build cargo socketio e2e packaging)\n  \
-                 deb             build target/debian/parley_*.deb"
+                 deb             build target/debian/parley_*.deb\n  \
+                 bench [SCENARIO...] [--users N ...]\n                  \
+                 release benchmarks (startup idle burst calls relay; see docs/benchmarks.md)"
             );
             std::process::exit(2);
         }

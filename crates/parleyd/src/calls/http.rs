@@ -2,8 +2,6 @@
 //! log, and map the answer; they decide nothing themselves.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -12,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use parley_call::{CallRecord, CallView, Origin, Reply, TokenBucket, UserInfo};
+use parley_call::{CallRecord, CallView, Origin, Reply, UserInfo};
 use parley_store::calls::{CallRow, HideOutcome, HistoryFilter, HistoryQuery};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -99,29 +97,13 @@ fn call_body(reply: Reply) -> Json<Value> {
     }
 }
 
-/// Per-user limit on HTTP call initiations (sockets have their per-socket limit).
-fn initiation_allowed(state: &AppState, user: i64) -> bool {
-    static BUCKETS: Mutex<Option<HashMap<i64, TokenBucket>>> = Mutex::new(None);
-    let now = Instant::now();
-    let per_second = state.config.calls.events_per_second.max(1);
-    let burst = state.config.calls.events_burst.max(1);
-    let Ok(mut buckets) = BUCKETS.lock() else {
-        return false;
-    };
-    buckets
-        .get_or_insert_with(HashMap::new)
-        .entry(user)
-        .or_insert_with(|| TokenBucket::new(per_second, burst, now))
-        .try_take(now)
-}
-
 async fn initiate(
     State(state): State<AppState>,
     me: AuthUser,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request = payload::initiate(&body_json(body)?)?;
-    if !initiation_allowed(&state, me.id) {
+    if !state.calls.http_initiation_allowed(me.id) {
         return Err(ApiError::new(
             Code::RateLimited,
             "too many call attempts; slow down",
@@ -358,7 +340,7 @@ fn history_entry(row: &CallRow, user: i64) -> Result<Value, ApiError> {
         "status": view.status,
         "reason": view.reason,
         "missed": missed,
-        "seen": !(missed && !row.callee_seen),
+        "seen": !missed || row.callee_seen,
         "message": record.message,
         "createdAt": view.created_at,
         "answeredAt": view.answered_at,
@@ -410,5 +392,77 @@ pub async fn render_metrics(state: &AppState, out: &mut String) {
             "# HELP parley_calls_live Calls ringing or active.\n# TYPE parley_calls_live gauge\nparley_calls_live {calls}\n\
              # HELP parley_sockets_connected Authenticated realtime connections.\n# TYPE parley_sockets_connected gauge\nparley_sockets_connected {sockets}\n"
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parley_store::calls::CallParty;
+
+    fn row(status: Option<&str>) -> CallRow {
+        let party = |id: i64, name: &str| CallParty {
+            id,
+            username: name.into(),
+            display_name: name.into(),
+        };
+        CallRow {
+            seq: 7,
+            id: "c1".into(),
+            caller: party(1, "alice"),
+            callee: party(2, "bob"),
+            media: "audio".into(),
+            state: "ended".into(),
+            status: status.map(str::to_owned),
+            reason: Some("no_answer".into()),
+            ended_by: None,
+            message: None,
+            created_at: 1_000,
+            answered_at: None,
+            ended_at: Some(31_000),
+            callee_seen: false,
+        }
+    }
+
+    #[test]
+    fn a_missed_call_is_missed_and_unseen_for_the_callee_only() {
+        let incoming = history_entry(&row(Some("missed")), 2).expect("valid row");
+        assert_eq!(incoming["direction"], "incoming");
+        assert_eq!(incoming["peer"]["username"], "alice");
+        assert_eq!(
+            (incoming["missed"].as_bool(), incoming["seen"].as_bool()),
+            (Some(true), Some(false))
+        );
+        let outgoing = history_entry(&row(Some("missed")), 1).expect("valid row");
+        assert_eq!(outgoing["direction"], "outgoing");
+        assert_eq!(outgoing["peer"]["username"], "bob");
+        assert_eq!(
+            (outgoing["missed"].as_bool(), outgoing["seen"].as_bool()),
+            (Some(false), Some(true))
+        );
+    }
+
+    #[test]
+    fn an_unreadable_log_row_is_internal_not_a_client_error() {
+        let error = history_entry(&row(Some("exploded")), 2).expect_err("unknown status");
+        assert_eq!(error.code, Code::Internal);
+    }
+
+    #[test]
+    fn history_query_defaults_and_refusals_name_the_parameter() {
+        let query = history_query(&HashMap::new()).expect("defaults are valid");
+        assert_eq!((query.limit, query.before, query.filter), (50, None, None));
+        for (key, value) in [
+            ("limit", "0"),
+            ("limit", "201"),
+            ("before", "-3"),
+            ("media", "fax"),
+            ("filter", "x"),
+        ] {
+            let params = HashMap::from([(key.to_owned(), value.to_owned())]);
+            let error = history_query(&params).expect_err("refused");
+            assert_eq!(error.code, Code::InvalidPayload);
+            assert!(error.message.starts_with(key), "{}", error.message);
+        }
     }
 }

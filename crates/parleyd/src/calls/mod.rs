@@ -16,11 +16,13 @@ pub mod openapi;
 mod payload;
 mod socket;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use parley_call::{
     CallId, ConnId, Error as CallError, Media, Now, Origin, Reply, SignalKind, SignalPayload,
-    UserInfo,
+    TokenBucket, UserInfo,
 };
 use parley_config::Config;
 use parley_store::Store;
@@ -91,6 +93,10 @@ pub(crate) enum Action {
 #[derive(Clone)]
 pub struct Handle {
     commands: mpsc::UnboundedSender<Command>,
+    /// Per-user limits on HTTP call initiations (sockets carry their own bucket).
+    http_initiations: Arc<Mutex<HashMap<i64, TokenBucket>>>,
+    events_per_second: u32,
+    events_burst: u32,
 }
 
 impl Handle {
@@ -127,6 +133,19 @@ impl Handle {
         wait.await.map_err(|_| driver_gone())
     }
 
+    /// Takes one HTTP initiation token for `user` (`calls.events_per_second` / `events_burst`).
+    pub(crate) fn http_initiation_allowed(&self, user: i64) -> bool {
+        let now = Instant::now();
+        let Ok(mut buckets) = self.http_initiations.lock() else {
+            // Poisoned by a panic elsewhere: refusing is safer than no limit.
+            return false;
+        };
+        buckets
+            .entry(user)
+            .or_insert_with(|| TokenBucket::new(self.events_per_second, self.events_burst, now))
+            .try_take(now)
+    }
+
     /// Sends a command built around a reply channel and waits for the answer.
     pub(crate) async fn request(
         &self,
@@ -159,10 +178,13 @@ pub fn driver(config: &Config, store: Store) -> (Handle, Driver) {
         reconnect_grace: Duration::from_secs(config.calls.reconnect_grace_secs),
         ..parley_call::Config::default()
     };
-    (
-        Handle { commands },
-        Driver::new(board_config, store, receiver),
-    )
+    let handle = Handle {
+        commands,
+        http_initiations: Arc::new(Mutex::new(HashMap::new())),
+        events_per_second: config.calls.events_per_second,
+        events_burst: config.calls.events_burst,
+    };
+    (handle, Driver::new(board_config, store, receiver))
 }
 
 /// Start-up after a crash: closes every call the log still shows live, with `server_restart`.

@@ -4,9 +4,9 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parley_call::{ConnId, Origin, Reply, SignalKind, TokenBucket, UserInfo};
 use serde_json::{Value, json};
@@ -17,9 +17,7 @@ use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Socket;
 
-use super::{
-    Action, Command, call_error, payload, refine_not_found, run_action, run_initiate, user_info,
-};
+use super::{Action, Command, call_error, payload, refine_not_found, run_initiate, user_info};
 use crate::http::error::{ApiError, Code};
 use crate::state::AppState;
 
@@ -50,6 +48,12 @@ struct SocketAuth {
     device_id: String,
     /// `calls.events_per_second` / `calls.events_burst` for this socket.
     bucket: Arc<Mutex<TokenBucket>>,
+    /// The driver, reachable from the synchronous extractor.
+    calls: super::Handle,
+    /// Set once the driver has been told about this socket (`ensure_registered`).
+    registered: Arc<AtomicBool>,
+    /// `iceServers`, `iceTransportPolicy`, `ttlSecs` for the `session` event.
+    ice: Arc<Value>,
 }
 
 /// The handshake refusal. socketioxide sends only `{ message }` in `connect_error`, so the code
@@ -87,6 +91,10 @@ pub fn socket_layer(state: AppState) -> (SocketIoLayer, SocketIo) {
         .ws_max_message_size(MAX_MESSAGE_BYTES)
         .ws_max_frame_size(MAX_MESSAGE_BYTES)
         .max_payload(MAX_MESSAGE_BYTES as u64)
+        // A vanished client (no close, e.g. a laptop lid) is noticed within about 20 s instead of
+        // socketioxide's 45 s, so its peer hears `call:peer-reconnecting` while it still matters.
+        .ping_interval(Duration::from_secs(10))
+        .ping_timeout(Duration::from_secs(10))
         .with_state(state)
         .build_layer();
     io.ns("/", on_connect.with(authenticate));
@@ -118,45 +126,59 @@ async fn authenticate(
         _ => format!("socket-{}", socket.id),
     };
     let calls = &state.config.calls;
+    let ice = serde_json::to_value(crate::relay::ice_servers(&state, user.id))
+        .unwrap_or_else(|_| json!({}));
     socket.extensions.insert(SocketAuth {
+        registered: Arc::new(AtomicBool::new(false)),
+        ice: Arc::new(ice),
         conn: ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed)),
         session_id: session.id,
         user: user_info(&user),
         device_id,
+        calls: state.calls.clone(),
         bucket: Arc::new(Mutex::new(TokenBucket::new(
             calls.events_per_second,
             calls.events_burst,
             Instant::now(),
         ))),
     });
-    Ok(())
-}
-
-async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
-    let Some(auth) = socket.extensions.get::<SocketAuth>() else {
-        // The middleware always sets it; without it the socket cannot act for anyone.
-        let _ = socket.disconnect();
-        return;
-    };
-    let ice = serde_json::to_value(crate::relay::ice_servers(&state, auth.user.id))
-        .unwrap_or_else(|_| json!({}));
+    // Handlers go in before the CONNECT packet is sent: socketioxide drops events that arrive
+    // before a handler exists, and clients flush buffered emits the moment they connect.
     for event in CLIENT_EVENTS {
         socket.on(event, on_event);
     }
     socket.on_fallback(on_unknown_event);
     socket.on_disconnect(on_disconnect);
-    // Queued without an await after the handlers are registered, so the connect reaches the
-    // driver before any event this socket sends.
+    Ok(())
+}
+
+/// Hands the socket to the driver, once: from the connect handler, or from the first event if
+/// that comes first (handlers run as separate tasks), so the driver always sees the socket
+/// before anything it sends.
+fn ensure_registered(socket: SocketRef, auth: &SocketAuth) {
+    if auth.registered.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let (reply, _ignored) = tokio::sync::oneshot::channel();
-    state.calls.send(Command::Connect {
+    auth.calls.send(Command::Connect {
         conn: auth.conn,
-        socket: socket.clone(),
+        socket,
         session_id: auth.session_id,
         user: auth.user.clone(),
         device_id: auth.device_id.clone(),
-        ice,
+        ice: (*auth.ice).clone(),
         reply,
     });
+}
+
+async fn on_connect(socket: SocketRef) {
+    match socket.extensions.get::<SocketAuth>() {
+        Some(auth) => ensure_registered(socket.clone(), &auth),
+        // The middleware always sets it; without it the socket cannot act for anyone.
+        None => {
+            let _ = socket.disconnect();
+        }
+    }
 }
 
 async fn on_disconnect(socket: SocketRef, State(state): State<AppState>) {
@@ -180,20 +202,24 @@ async fn on_unknown_event(
 
 async fn on_event(
     socket: SocketRef,
-    Event(name): Event,
     HasAck(has_ack): HasAck,
     ack: AckSender,
     State(state): State<AppState>,
-    TryData(data): TryData<Value>,
+    queued: Queued,
 ) {
-    let Some(auth) = socket.extensions.get::<SocketAuth>() else {
+    let Queued {
+        event,
+        auth,
+        outcome,
+    } = queued;
+    let Some(auth) = auth else {
         return;
     };
-    let result = match data {
-        Ok(data) => handle_event(&state, &auth, &name, &data).await,
-        Err(e) => Err(ApiError::new(Code::InvalidPayload, format!("payload: {e}"))),
+    let result = match outcome {
+        Ok(pending) => finish(&state, &auth, pending).await,
+        Err(error) => Err(error),
     };
-    answer(&socket, &name, ack, has_ack, result);
+    answer(&socket, &event, ack, has_ack, result);
 }
 
 /// Acknowledges, or reports a failure as `call:error` when the client gave no callback.
@@ -262,14 +288,63 @@ fn parse(name: &str, data: &Value) -> Result<Request, ApiError> {
     })
 }
 
-async fn handle_event(
-    state: &AppState,
-    auth: &SocketAuth,
-    name: &str,
-    data: &Value,
-) -> Result<Value, ApiError> {
-    // The spec's order: payload shape, then the rate limit, then the lifecycle checks.
-    let request = parse(name, data)?;
+/// An event checked, rate-limited and (for everything but initiate) already handed to the
+/// driver. socketioxide runs extractors in the socket's receive loop, in arrival order, but runs
+/// each handler as its own task; doing the hand-over here keeps a socket's events in order, so
+/// an offer is never overtaken by the ICE candidates sent after it.
+struct Queued {
+    event: String,
+    auth: Option<SocketAuth>,
+    outcome: Result<Pending, ApiError>,
+}
+
+enum Pending {
+    /// Needs a database lookup (the callee) before it can be queued.
+    Initiate(payload::Initiate),
+    Queued {
+        call_id: parley_call::CallId,
+        reply: tokio::sync::oneshot::Receiver<Result<Reply, parley_call::Error>>,
+    },
+}
+
+impl FromMessageParts<LocalAdapter> for Queued {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        socket: &Arc<Socket<LocalAdapter>>,
+        value: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Queued, Infallible> {
+        let event = match Event::from_message_parts(socket, value, ack_id) {
+            Ok(Event(name)) => name,
+            Err(_) => String::new(),
+        };
+        let auth = socket.extensions.get::<SocketAuth>();
+        if let Some(auth) = &auth {
+            ensure_registered(SocketRef::from(socket.clone()), auth);
+        }
+        let outcome = match (
+            &auth,
+            TryData::<Value>::from_message_parts(socket, value, ack_id),
+        ) {
+            (None, _) => Err(ApiError::unauthorized()),
+            (Some(_), Ok(TryData(Err(e)))) => {
+                Err(ApiError::new(Code::InvalidPayload, format!("payload: {e}")))
+            }
+            (Some(auth), Ok(TryData(Ok(data)))) => queue(auth, &event, &data),
+            (Some(_), Err(never)) => match never {},
+        };
+        Ok(Queued {
+            event,
+            auth,
+            outcome,
+        })
+    }
+}
+
+/// Checks in the spec's order (payload shape, then the rate limit), then queues the command.
+fn queue(auth: &SocketAuth, event: &str, data: &Value) -> Result<Pending, ApiError> {
+    let request = parse(event, data)?;
     let allowed = auth
         .bucket
         .lock()
@@ -283,8 +358,45 @@ async fn handle_event(
         ));
     }
     let origin = Origin::Socket(auth.conn);
-    let reply = match request {
-        Request::Initiate(initiate) => {
+    let (reply, wait) = tokio::sync::oneshot::channel();
+    let (call_id, command) = match request {
+        Request::Initiate(initiate) => return Ok(Pending::Initiate(initiate)),
+        Request::Action(call_id, action) => {
+            let command = Command::Action {
+                action,
+                origin,
+                call_id: call_id.clone(),
+                reply,
+            };
+            (call_id, command)
+        }
+        Request::Signal(call_id, kind, payload) => {
+            let command = Command::Signal {
+                conn: auth.conn,
+                call_id: call_id.clone(),
+                kind,
+                payload,
+                reply,
+            };
+            (call_id, command)
+        }
+    };
+    if !auth.calls.send(command) {
+        return Err(ApiError::internal(
+            "the call driver has stopped (shutting down?)",
+        ));
+    }
+    Ok(Pending::Queued {
+        call_id,
+        reply: wait,
+    })
+}
+
+/// Waits for the driver's answer and shapes the ack.
+async fn finish(state: &AppState, auth: &SocketAuth, pending: Pending) -> Result<Value, ApiError> {
+    let reply = match pending {
+        Pending::Initiate(initiate) => {
+            let origin = Origin::Socket(auth.conn);
             run_initiate(
                 &state.calls,
                 &state.store,
@@ -294,30 +406,10 @@ async fn handle_event(
             )
             .await?
         }
-        Request::Action(call_id, action) => {
-            run_action(
-                &state.calls,
-                &state.store,
-                auth.user.id,
-                origin,
-                call_id,
-                action,
-            )
-            .await?
-        }
-        Request::Signal(call_id, kind, signal) => {
-            let conn = auth.conn;
-            let id = call_id.clone();
-            let answer = state
-                .calls
-                .request(|reply| Command::Signal {
-                    conn,
-                    call_id: id,
-                    kind,
-                    payload: signal,
-                    reply,
-                })
-                .await?;
+        Pending::Queued { call_id, reply } => {
+            let answer = reply
+                .await
+                .map_err(|_| ApiError::internal("the call driver dropped a request"))?;
             match answer {
                 Ok(reply) => reply,
                 Err(parley_call::Error::CallNotFound) => {
