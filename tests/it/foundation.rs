@@ -427,3 +427,46 @@ fn readiness_is_notified_only_once_every_listener_is_bound() {
     assert!(stopping, "STOPPING=1 at shutdown; got {messages:?}");
     assert!(ready_after < Duration::from_secs(30));
 }
+
+#[test]
+fn user_commands_run_by_root_leave_the_database_owned_by_the_daemons_user() {
+    use std::os::unix::fs::MetadataExt;
+    // `nobody` stands in for the packaged `parley` system user.
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a nobody user");
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test checks what root's `parley user` does; the suite runs as root"
+    );
+    let daemon = Daemon::configure("");
+    let data = daemon.data_dir();
+    std::fs::create_dir_all(&data).unwrap();
+    // The temp dir is root's 0700: let the daemon's user through, as /var/lib is.
+    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    nix::unistd::chown(&data, Some(nobody.uid), Some(nobody.gid)).unwrap();
+
+    let added = parley(
+        Some(&daemon.config_path),
+        &["user", "add", "alice", "--password-stdin"],
+        Some("password-1\n"),
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(
+            entry.metadata().unwrap().uid(),
+            nobody.uid.as_raw(),
+            "{} is not owned by the data directory's owner",
+            entry.path().display()
+        );
+    }
+    let daemon = daemon.spawn(&[]);
+    let (status, _) = daemon.request(
+        "POST",
+        "/api/v1/auth/login",
+        Some(r#"{"username":"alice","password":"password-1"}"#),
+        None,
+    );
+    assert_eq!(status, 200);
+}

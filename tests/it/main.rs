@@ -1,5 +1,5 @@
 mod daemon;
 mod foundation;
-mod tls;
-mod relay;
 mod loadgen;
+mod relay;
+mod tls;

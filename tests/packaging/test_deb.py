@@ -72,7 +72,7 @@ def test_maintainer_scripts_create_user_and_manage_the_unit(deb, tmp_path):
     assert "useradd --system" in postinst
     assert "deb-systemd-helper" in postinst and "parley.service" in postinst, "enable"
     assert "deb-systemd-invoke" in postinst, "start / restart after upgrade"
-    assert "parleyctl user add" in postinst, "prints the next step"
+    assert "parley user add NAME" in postinst, "prints the next step"
     prerm = control_file(deb, "prerm", tmp_path)
     assert "deb-systemd-invoke stop" in prerm, prerm
     postrm = control_file(deb, "postrm", tmp_path)

@@ -202,9 +202,9 @@ def test_2_first_start_serves_https_with_a_generated_certificate(debian_root, ne
 
 def test_3_first_account_is_created_with_the_documented_command(debian_root, state):
     # Exactly the command postinst and the README tell the admin to run, as root.
-    assert "parleyctl user add NAME" in state["install_output"]
+    assert "parley user add NAME" in state["install_output"]
     proc = subprocess.run(
-        ["chroot", str(debian_root.path), "parleyctl", "user", "add", "alice",
+        ["chroot", str(debian_root.path), "parley", "user", "add", "alice",
          "--password-stdin"],
         input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},

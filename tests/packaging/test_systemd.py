@@ -3,7 +3,7 @@
 This proves what a chroot cannot: that systemd accepts the hardened unit and the daemon works
 inside it (system-call filter, ProtectSystem, ProcSubset, no capabilities but
 CAP_NET_BIND_SERVICE on port 443), that Type=notify reaches "active" and the watchdog is fed,
-and that `systemctl reload` (SIGHUP) keeps it running.
+that `systemctl reload` (SIGHUP) keeps it running, and that `apt remove` stops it.
 
 The container has its own network namespace with only `lo` (--private-network) and stops by
 itself: a oneshot check unit runs after parley.service, writes its findings, and powers off.
@@ -52,8 +52,14 @@ echo "active-after-reload: $(systemctl is-active parley)"
 echo "healthz-after-reload: $(curl -sk --max-time 5 -o /dev/null -w '%{http_code}' https://127.0.0.1/healthz)"
 echo "cert-unchanged: $([ "$before" = "$(sha256sum /var/lib/parley/tls/cert.pem | cut -c1-64)" ] && echo yes)"
 echo "turn-secret: $(stat -c '%U %a' /var/lib/parley/turn_secret)"
+echo "hostname: $(hostname)"
 echo "--- journal"
 journalctl -u parley --no-pager -o cat
+echo "--- remove"
+DEBIAN_FRONTEND=noninteractive apt-get remove -y -q -o Dpkg::Use-Pty=0 parley >/dev/null 2>&1 \
+    && echo "removed: yes"
+echo "active-after-remove: $(systemctl is-active parley)"
+echo "database-kept: $([ -e /var/lib/parley/parley.db ] && echo yes)"
 """
 
 
@@ -136,6 +142,13 @@ def test_unit_starts_as_notify_service_and_serves_https(booted):
     assert field(booted, "served-matches-file") == "200", booted
     assert field(booted, "turn-secret") == "parley 600", booted
     assert "browsers will show a security warning" in booted
+    # The machine's name is among the certificate's names although ProcSubset=pid hides
+    # /proc/sys/kernel/hostname from the service.
+    generated = [line for line in booted.splitlines()
+                 if line.startswith("generated a self-signed certificate for ")]
+    assert generated, booted
+    names = generated[0].removeprefix("generated a self-signed certificate for ").split(" at ")[0]
+    assert field(booted, "hostname") in names.split(", "), generated[0]
 
 
 def test_systemctl_reload_keeps_the_service_running(booted):
@@ -144,3 +157,9 @@ def test_systemctl_reload_keeps_the_service_running(booted):
     assert field(booted, "healthz-after-reload") == "200", booted
     assert field(booted, "cert-unchanged") == "yes", booted
     assert "SIGHUP: reloading certificates" in booted, booted
+
+
+def test_apt_remove_stops_the_service_and_keeps_the_data(booted):
+    assert field(booted, "removed") == "yes", booted
+    assert field(booted, "active-after-remove") in ("inactive", "unknown"), booted
+    assert field(booted, "database-kept") == "yes", booted

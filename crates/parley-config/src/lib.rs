@@ -180,10 +180,12 @@ pub struct TurnConfig {
     pub tls_cert: PathBuf,
     /// Key for TURN over TLS, PEM. Default `""`: the HTTPS one.
     pub tls_key: PathBuf,
-    /// Host name or IP put in the ICE server URLs. Default `""`: the IP of `turn.listen`.
+    /// Host name or IP put in the ICE server URLs. Default `""`: the IP of `turn.listen`, or the
+    /// relay address when `turn.listen` is `0.0.0.0`.
     pub public_host: String,
     /// IP that relayed candidates carry (the public IP behind 1:1 NAT). Default `""`: the IP of
-    /// `turn.listen`.
+    /// `turn.listen`, or, when that is `0.0.0.0`, the address of the first global (else private)
+    /// IPv4 interface, detected at start.
     pub relay_address: String,
     /// UDP port range for relayed allocations, `LOW-HIGH`. Default `49152-65535`.
     pub relay_ports: String,
@@ -247,16 +249,21 @@ impl TurnConfig {
         )
     }
 
-    /// The host put in ICE server URLs.
+    /// The host put in ICE server URLs: `turn.public_host`, else the listener's IP. A wildcard
+    /// listener (`0.0.0.0`) is no address a browser can use, so then the relay address stands
+    /// in (which the daemon detects at start when `turn.relay_address` is not set).
     pub fn effective_public_host(&self) -> String {
-        if self.public_host.is_empty() {
-            self.listen.ip().to_string()
-        } else {
+        if !self.public_host.is_empty() {
             self.public_host.clone()
+        } else if self.listen.ip().is_unspecified() && !self.relay_address.is_empty() {
+            self.relay_address.clone()
+        } else {
+            self.listen.ip().to_string()
         }
     }
 
-    /// The IP relayed candidates carry; validated by [`Config::load`].
+    /// The IP relayed candidates carry: `turn.relay_address`, else the listener's IP. For a
+    /// wildcard listener the daemon fills `relay_address` in before anything reads this.
     pub fn effective_relay_address(&self) -> IpAddr {
         if self.relay_address.is_empty() {
             self.listen.ip()
@@ -465,19 +472,6 @@ impl Config {
                 format!(
                     "expected an IP address, found {:?}",
                     self.turn.relay_address
-                ),
-            );
-        }
-        if self.turn.listen.ip().is_unspecified()
-            && self.turn.relay_address.is_empty()
-            && self.turn.enabled
-        {
-            bad(
-                "turn.relay_address",
-                format!(
-                    "turn.listen is {} (all interfaces), so the relay cannot tell which address \
-                     to advertise: set turn.relay_address to the server's public IP",
-                    self.turn.listen
                 ),
             );
         }

@@ -265,12 +265,18 @@ fn semantic_errors_are_all_reported_at_once() {
 }
 
 #[test]
-fn turn_on_all_interfaces_needs_a_relay_address() {
-    Jail::expect_with(|jail| {
-        let message = load_err(jail, "p.toml", "[turn]\nlisten = \"0.0.0.0:3478\"\n");
-        assert!(message.contains("turn.relay_address"), "{message}");
-        Ok(())
-    });
+fn public_host_on_all_interfaces_falls_back_to_the_relay_address() {
+    let mut config = Config::default();
+    assert_eq!(config.turn.effective_public_host(), "127.0.0.1");
+    config.turn.listen = "0.0.0.0:3478".parse().unwrap();
+    config.turn.relay_address = "203.0.113.7".into();
+    assert_eq!(config.turn.effective_public_host(), "203.0.113.7");
+    assert_eq!(
+        config.turn.effective_relay_address().to_string(),
+        "203.0.113.7"
+    );
+    config.turn.public_host = "turn.example.org".into();
+    assert_eq!(config.turn.effective_public_host(), "turn.example.org");
 }
 
 #[test]

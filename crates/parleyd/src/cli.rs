@@ -14,8 +14,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "parley", version, disable_version_flag = false)]
 pub struct Cli {
-    /// The TOML config file. Without it, the embedded defaults apply (localhost only, data in
-    /// ./data). Every key can also be set as PARLEY_<SECTION>__<KEY>.
+    /// The TOML config file. Without it, /etc/parley/parley.toml when that exists, else the
+    /// embedded defaults (localhost only, data in ./data). Every key can also be set as
+    /// PARLEY_<SECTION>__<KEY>.
     #[arg(
         long,
         short = 'c',

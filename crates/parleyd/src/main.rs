@@ -3,6 +3,7 @@
 mod calls;
 mod cli;
 mod doctor;
+mod hostaddr;
 mod http;
 mod logging;
 mod notify;
@@ -14,12 +15,16 @@ mod users;
 mod web;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use parley_config::Config;
 
 use crate::cli::{Cli, Command};
+
+/// The packaged config, used when no `--config` is given and it exists.
+const SYSTEM_CONFIG: &str = "/etc/parley/parley.toml";
 
 /// Exit status for a run-time failure (the message says what to fix).
 const EXIT_FAILURE: u8 = 1;
@@ -34,7 +39,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let (config, report) = match Config::load(cli.config.as_deref()) {
+    // On a server with the package installed, `parley user add` must act on the installed
+    // daemon's data, not on ./data of wherever the admin stands.
+    let config_path = cli
+        .config
+        .clone()
+        .or_else(|| Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.exists()));
+    let (mut config, report) = match Config::load(config_path.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("parley: invalid configuration:\n{e}");
@@ -50,8 +61,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     if let Command::CheckConfig = command {
-        let source = cli
-            .config
+        let source = config_path
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "embedded defaults".into());
@@ -60,6 +70,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    if matches!(command, Command::Serve | Command::Doctor) {
+        if let Err(e) = hostaddr::resolve_relay_address(&mut config) {
+            eprintln!("parley: {e:#}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    if let Command::User(_) = command {
+        if let Err(e) = become_data_owner(&config.storage.data_dir) {
+            eprintln!("parley: {e:#}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
     raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,4 +139,31 @@ fn raise_open_files_limit() {
         Ok(_) => {}
         Err(e) => log::warn!("cannot read the open files limit: {e}"),
     }
+}
+
+/// `parley user ...` run as root on a data directory owned by the daemon's user: switch to
+/// that user first, so that the database files it creates (WAL, shared memory) stay writable
+/// by the daemon. Must run before the async runtime starts threads.
+fn become_data_owner(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+
+    use anyhow::Context;
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+
+    let Ok(metadata) = std::fs::metadata(data_dir) else {
+        return Ok(());
+    };
+    if !Uid::effective().is_root() || metadata.uid() == 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (Uid::from_raw(metadata.uid()), Gid::from_raw(metadata.gid()));
+    setgroups(&[gid])
+        .and_then(|()| setgid(gid))
+        .and_then(|()| setuid(uid))
+        .with_context(|| {
+            format!(
+                "cannot switch to uid {uid}, the owner of {} (storage.data_dir)",
+                data_dir.display()
+            )
+        })
 }

@@ -23,6 +23,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("lintian", "lintian"),
     ("debootstrap", "debootstrap"),
     ("systemd", "systemd-analyze"),
+    ("systemd-container", "systemd-nspawn"),
     ("iproute2", "ip"),
     ("curl", "curl"),
     ("libnss3-tools", "certutil"),
@@ -115,7 +116,10 @@ fn ci(only: &[String]) -> anyhow::Result<()> {
         let result = match stage {
             "deps" => deps(),
             "build" => build(),
-            "cargo" => run("cargo", &["test", "--workspace", "--locked"]),
+            "cargo" => run(
+                "cargo",
+                &["test", "--workspace", "--locked", "--no-fail-fast"],
+            ),
             "socketio" => pytest("tests/socketio"),
             "e2e" => e2e(),
             "packaging" => pytest("tests/packaging"),
