@@ -50,4 +50,8 @@ pub enum RelayError {
     NoListeners,
     #[error("the TURN server refused its configuration: {0}")]
     Server(#[source] turn::Error),
+    #[error("cannot start the relay thread: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("the relay thread ended while starting; see the log")]
+    ThreadDied,
 }

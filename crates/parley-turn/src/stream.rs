@@ -22,8 +22,13 @@ use webrtc_util::Conn;
 
 use crate::guard::Shared;
 
-/// Frames queued per connection before further ones are dropped (as UDP would drop them).
-const WRITE_QUEUE: usize = 256;
+/// Relayed data (ChannelData, Data indications) queued per connection before further frames
+/// are dropped, as a congested UDP path would drop them.
+const DATA_QUEUE: usize = 256;
+/// STUN responses queued per connection. They are never dropped: a TCP client does not
+/// retransmit, so a lost response stalls it. A client that stops reading while it keeps
+/// sending requests is disconnected instead.
+const CONTROL_QUEUE: usize = 256;
 /// Frames from all connections waiting for the server.
 const READ_QUEUE: usize = 1024;
 /// A TLS handshake must finish in this time.
@@ -32,11 +37,28 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// few minutes and permissions every 5; browsers send media or keepalives continuously).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// The two queues of one connection's writer task.
+#[derive(Clone)]
+struct Writer {
+    data: mpsc::Sender<Vec<u8>>,
+    control: mpsc::Sender<Vec<u8>>,
+}
+
+/// Relayed data, as opposed to STUN control messages.
+fn is_relayed_data(frame: &[u8]) -> bool {
+    match frame.first() {
+        Some(byte) if byte >> 6 == 1 => true, // ChannelData
+        // A STUN indication (class bits 0b01 in the type): Data indications.
+        Some(_) if frame.len() >= 2 => frame[1] & 0x10 != 0 && frame[0] & 0x01 == 0,
+        _ => false,
+    }
+}
+
 pub(crate) struct StreamMux {
     local: SocketAddr,
     frames_tx: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     frames_rx: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
-    writers: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    writers: Mutex<HashMap<SocketAddr, Writer>>,
 }
 
 impl StreamMux {
@@ -50,7 +72,7 @@ impl StreamMux {
         })
     }
 
-    fn writers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>> {
+    fn writers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Writer>> {
         self.writers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -93,8 +115,20 @@ async fn read_frames<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, mut queue: mpsc::Receiver<Vec<u8>>) {
-    while let Some(mut frame) = queue.recv().await {
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut control: mpsc::Receiver<Vec<u8>>,
+    mut data: mpsc::Receiver<Vec<u8>>,
+) {
+    loop {
+        // Responses first: a client waiting for one should not wait behind media.
+        let frame = tokio::select! {
+            biased;
+            Some(frame) = control.recv() => frame,
+            Some(frame) = data.recv() => frame,
+            else => break,
+        };
+        let mut frame = frame;
         // ChannelData is padded to a multiple of 4 on streams; `turn` already pads, but a
         // short frame from elsewhere must not desynchronise the client.
         if frame.len() >= 4 && frame[0] >> 6 == 1 {
@@ -113,9 +147,16 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(stream);
-    let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE);
-    mux.writers().insert(peer, queue_tx);
-    let writer_task = tokio::spawn(write_frames(writer, queue_rx));
+    let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    mux.writers().insert(
+        peer,
+        Writer {
+            data: data_tx,
+            control: control_tx,
+        },
+    );
+    let writer_task = tokio::spawn(write_frames(writer, control_rx, data_rx));
     read_frames(reader, peer, &mux.frames_tx).await;
     mux.writers().remove(&peer);
     writer_task.abort();
@@ -235,11 +276,19 @@ impl Conn for StreamMux {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        let queue = self.writers().get(&target).cloned();
-        match queue {
-            // A full queue drops the frame, as a congested UDP path would.
-            Some(queue) => {
-                let _ = queue.try_send(buf.to_vec());
+        let writer = self.writers().get(&target).cloned();
+        match writer {
+            // A full data queue drops the frame, as a congested UDP path would.
+            Some(writer) if is_relayed_data(buf) => {
+                let _ = writer.data.try_send(buf.to_vec());
+                Ok(buf.len())
+            }
+            Some(writer) => {
+                if writer.control.try_send(buf.to_vec()).is_err() {
+                    // Not reading its responses: dropping the queues ends the writer task,
+                    // which closes our side of the connection.
+                    self.writers().remove(&target);
+                }
                 Ok(buf.len())
             }
             // The connection is gone (the answer to the release request sent on its behalf,
@@ -280,6 +329,17 @@ mod tests {
         assert_eq!(frame_length([0x40, 0x00, 0x00, 0x05]), Some((12, 9)));
         assert_eq!(frame_length([0x7f, 0xff, 0x00, 0x04]), Some((8, 8)));
         assert_eq!(frame_length([0x40, 0x00, 0x00, 0x00]), Some((4, 4)));
+    }
+
+    #[test]
+    fn relayed_data_is_told_from_responses() {
+        assert!(is_relayed_data(&[0x40, 0x01, 0x00, 0x00]));
+        assert!(is_relayed_data(&[0x00, 0x17, 0x00, 0x00])); // Data indication (0x0017)
+        assert!(is_relayed_data(&[0x00, 0x16, 0x00, 0x00])); // Send indication (0x0016)
+        assert!(!is_relayed_data(&[0x01, 0x03, 0x00, 0x00])); // Allocate success (0x0103)
+        assert!(!is_relayed_data(&[0x01, 0x13, 0x00, 0x00])); // Allocate error (0x0113)
+        assert!(!is_relayed_data(&[0x01, 0x09, 0x00, 0x00])); // ChannelBind success (0x0109)
+        assert!(!is_relayed_data(&[0x01, 0x01, 0x00, 0x00])); // Binding success
     }
 
     #[test]
