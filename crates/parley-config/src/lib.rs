@@ -199,9 +199,9 @@ pub struct TurnConfig {
     /// Peer address ranges (CIDR) the relay may send to although they are private, loopback or
     /// otherwise refused by default, e.g. `["10.0.0.0/8"]` on a LAN. Default `[]`.
     pub allowed_peer_ranges: Vec<String>,
-    /// Allocations in total. Default 1000.
+    /// Allocations in total; 0 means no limit. Default 1000.
     pub max_allocations: u32,
-    /// Allocations per user. Default 10.
+    /// Allocations per user; 0 means no limit. Default 10.
     pub max_allocations_per_user: u32,
     /// Bandwidth cap per allocation in kbit/s; 0 means none. Default 0.
     pub bandwidth_limit_kbps: u32,

@@ -128,13 +128,9 @@ pub async fn start(
         return Ok(None);
     }
     let options = relay_options(config, secret)?;
-    // Several UDP sockets on one port (SO_REUSEPORT): the kernel spreads clients over them,
-    // so the server reads the listener on as many tasks as there are cores.
-    let udp_sockets = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(4);
-    let mut sockets = RelaySockets::bind(turn.listen, turn.udp, udp_sockets, turn.tcp)?;
+    // One UDP socket: the relay runs on one thread (see `parley_turn::Relay`), where more
+    // sockets on the port would only add tasks.
+    let mut sockets = RelaySockets::bind(turn.listen, turn.udp, 1, turn.tcp)?;
     if let (Some(address), Some(tls)) = (turn.tls_listen_addr(), tls) {
         sockets.bind_tls(address, tls)?;
     }

@@ -62,7 +62,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let app = http::router(state.clone());
     // hook: socket.io layer and calls driver
     let (socket_layer, _socket_io) = crate::calls::socket_layer(state.clone());
-    let app = app.layer(socket_layer);
+    let app = app
+        .layer(socket_layer)
+        .layer(axum::middleware::map_request(own_request_bytes));
     let calls_task = calls_driver.spawn();
 
     let http_task = spawn_http(app, http_listener, tls.http.clone(), shutdown.clone())?;
@@ -198,8 +200,43 @@ pub fn bind_http(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
         };
         anyhow::anyhow!("cannot listen on {address} (http.listen): {e}; {hint}")
     })?;
+    // Signaling is many small frames; with Nagle's algorithm each waits for the peer's delayed
+    // ACK (up to 40 ms: measured 43 ms p50 offer relay without this, 0.14 ms with it). Linux
+    // copies the option to every accepted socket, TLS ones included.
+    socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// hyper parses header values and the URI as slices of the connection's 16 KiB read buffer,
+/// and engineioxide keeps a socket's request parts for the socket's whole life: that pins the
+/// buffer, 160 MB at 10,000 connections (heaptrack). Copying the few bytes into their own
+/// allocations lets it go. Delete when engineioxide stops keeping the parts.
+async fn own_request_bytes(mut request: axum::extract::Request) -> axum::extract::Request {
+    let headers = std::mem::take(request.headers_mut());
+    let mut owned = axum::http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers.iter() {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_str().as_bytes()),
+            axum::http::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            owned.append(name, value);
+        }
+    }
+    *request.headers_mut() = owned;
+    if let Ok(uri) = request.uri().to_string().parse::<axum::http::Uri>() {
+        // axum's Router keeps its own copy of the URI (OriginalUri) before any layer runs.
+        if let Some(original) = request
+            .extensions_mut()
+            .get_mut::<axum::extract::OriginalUri>()
+        {
+            if let Ok(copy) = original.0.to_string().parse() {
+                original.0 = copy;
+            }
+        }
+        *request.uri_mut() = uri;
+    }
+    request
 }
 
 type HttpTask = tokio::task::JoinHandle<std::io::Result<()>>;

@@ -191,8 +191,22 @@ impl Driver {
                     }
                 }
                 Output::Broadcast { event } => {
-                    for socket in self.sockets.values() {
-                        let _ = socket.emit(event.name(), &event);
+                    // A burst of thousands of presence changes becomes events of at most 64, so
+                    // no socket has to buffer one huge frame (the spec lets the server split or
+                    // coalesce presence as it likes).
+                    let events: Vec<parley_call::Event> = match &event {
+                        parley_call::Event::Presence { changes } if changes.len() > 64 => changes
+                            .chunks(64)
+                            .map(|chunk| parley_call::Event::Presence {
+                                changes: chunk.to_vec(),
+                            })
+                            .collect(),
+                        _ => vec![event],
+                    };
+                    for event in &events {
+                        for socket in self.sockets.values() {
+                            let _ = socket.emit(event.name(), event);
+                        }
                     }
                 }
                 Output::Persist(record) => self.persist(&record).await,
