@@ -30,7 +30,8 @@ def test_connect_without_a_valid_token_fails_with_unauthorized(daemon, transport
     with pytest.raises(socketio.exceptions.ConnectionError):
         device.connect(auth=auth)
     assert device.connect_errors, "no connect_error received"
-    # socketioxide sends `{ message }` only, so the code travels as the message.
+    # The spec: `connect_error` data `{ code: "UNAUTHORIZED" }` (socket.io-client's `err.data`).
+    assert device.connect_errors[0]["data"] == {"code": "UNAUTHORIZED"}
     assert device.connect_errors[0]["message"] == "UNAUTHORIZED"
 
 

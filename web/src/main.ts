@@ -508,8 +508,7 @@ function connectSocket(): void {
   socket = sock;
 
   sock.on("connect_error", (error: Error & { data?: { code?: string } }) => {
-    // The spec puts the code in `data.code`; the server's Socket.IO library can only send it
-    // as the message (docs/api.md). Accept both, so a fixed server needs no client change.
+    // The spec puts the code in `data.code`; the message carries the same word.
     if (error.data?.code === "UNAUTHORIZED" || error.message === "UNAUTHORIZED") {
       signOutLocally("Your session has ended. Sign in again.");
       return;

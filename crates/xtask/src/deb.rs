@@ -42,15 +42,6 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     Ok(options)
 }
 
-/// The workspace root: xtask lives in crates/xtask.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("crates/xtask has two ancestors")
-        .to_path_buf()
-}
-
 /// Installs the pinned cargo-deb unless it is already there.
 pub fn ensure_cargo_deb() -> anyhow::Result<()> {
     let installed = Command::new("cargo")
@@ -88,7 +79,7 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 /// Builds the package and returns its path.
 pub fn build(args: &[String]) -> anyhow::Result<PathBuf> {
     let options = parse(args)?;
-    let root = workspace_root();
+    let root = crate::root();
     ensure_cargo_deb()?;
     let output = options
         .output
@@ -142,6 +133,6 @@ mod tests {
 
     #[test]
     fn workspace_root_holds_the_workspace_manifest() {
-        assert!(workspace_root().join("crates/parleyd/Cargo.toml").exists());
+        assert!(crate::root().join("crates/parleyd/Cargo.toml").exists());
     }
 }

@@ -56,15 +56,15 @@ struct SocketAuth {
     ice: Arc<Value>,
 }
 
-/// The handshake refusal. socketioxide sends only `{ message }` in `connect_error`, so the code
-/// is the message; clients read it from `err.message` (and `err.data?.code` stays for servers
-/// that can send data).
+/// The handshake refusal: `connect_error` with `{ message, data: { code } }` as the spec says.
+/// socketioxide sends the error's Display as the message; the vendored parser patch
+/// (vendor/README.md) sends a JSON object with a `message` key as the whole packet data.
 #[derive(Debug)]
 struct Unauthorized;
 
 impl fmt::Display for Unauthorized {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("UNAUTHORIZED")
+        f.write_str(r#"{"message":"UNAUTHORIZED","data":{"code":"UNAUTHORIZED"}}"#)
     }
 }
 
