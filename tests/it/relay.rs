@@ -4,30 +4,17 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parley_turn::probe::{ProbeTransport, TurnClient};
+
+use crate::daemon::{free_port, parley_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 const SECRET: &str = "it-relay-secret";
-
-fn parley_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary knows its path");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps")
-        .join("parley");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it first with `cargo build -p parleyd`",
-        binary.display()
-    );
-    binary
-}
 
 fn coturn_tool(name: &str) -> PathBuf {
     let path = PathBuf::from("/usr/bin").join(name);
@@ -43,18 +30,6 @@ fn now_unix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// A port free for TCP and UDP at the moment.
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP on 127.0.0.1");
 }
 
 struct Daemon {

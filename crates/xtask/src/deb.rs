@@ -4,7 +4,7 @@
 //! The metadata (assets, maintainer scripts, systemd unit) is `[package.metadata.deb]` in
 //! crates/parleyd/Cargo.toml; the files it names live in packaging/ and systemd/.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
