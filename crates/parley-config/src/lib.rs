@@ -397,10 +397,10 @@ impl Config {
         let known = known_keys();
         let mut report = LoadReport::default();
         for (name, _) in std::env::vars() {
-            if let Some(key) = env_key(&name) {
-                if !known.contains(&key) {
-                    report.unknown_env.push(name);
-                }
+            if let Some(key) = env_key(&name)
+                && !known.contains(&key)
+            {
+                report.unknown_env.push(name);
             }
         }
         let env = Env::prefixed(ENV_PREFIX)

@@ -70,17 +70,17 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    if matches!(command, Command::Serve | Command::Doctor) {
-        if let Err(e) = hostaddr::resolve_relay_address(&mut config) {
-            eprintln!("parley: {e:#}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+    if matches!(command, Command::Serve | Command::Doctor)
+        && let Err(e) = hostaddr::resolve_relay_address(&mut config)
+    {
+        eprintln!("parley: {e:#}");
+        return ExitCode::from(EXIT_FAILURE);
     }
-    if let Command::User(_) = command {
-        if let Err(e) = become_data_owner(&config.storage.data_dir) {
-            eprintln!("parley: {e:#}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+    if let Command::User(_) = command
+        && let Err(e) = become_data_owner(&config.storage.data_dir)
+    {
+        eprintln!("parley: {e:#}");
+        return ExitCode::from(EXIT_FAILURE);
     }
     raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -229,10 +229,9 @@ async fn own_request_bytes(mut request: axum::extract::Request) -> axum::extract
         if let Some(original) = request
             .extensions_mut()
             .get_mut::<axum::extract::OriginalUri>()
+            && let Ok(copy) = original.0.to_string().parse()
         {
-            if let Ok(copy) = original.0.to_string().parse() {
-                original.0 = copy;
-            }
+            original.0 = copy;
         }
         *request.uri_mut() = uri;
     }
