@@ -7,6 +7,7 @@
 // and `npm ci` in tests/e2e for playwright-core. A missing tool fails loudly.
 
 import { spawn } from "node:child_process";
+import { after, before } from "node:test";
 import { createSocket } from "node:dgram";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -292,4 +293,36 @@ export async function eventually(what, check, ms = 15_000) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
     await new Promise((resolveWait) => setTimeout(resolveWait, 150));
   }
+}
+
+/**
+ * The usual test file's fixture: one daemon and one browser for the file (started in
+ * `before`, stopped in `after`, with every tab it opened), and `person(displayName)`, which
+ * registers a new user and returns a signed-in tab. Read `scene.daemon` after `before` ran.
+ */
+export function scene(config = {}) {
+  const state = { daemon: undefined, browser: undefined, tabs: [] };
+  before(async () => {
+    state.daemon = await startDaemon(config);
+    state.browser = await launchBrowser();
+  });
+  after(async () => {
+    for (const tab of state.tabs) await tab.context.close().catch(() => {});
+    await state.browser?.close();
+    await state.daemon?.stop();
+  });
+  return {
+    get daemon() {
+      return state.daemon;
+    },
+    async person(displayName) {
+      const username = uniqueName(displayName.toLowerCase());
+      await registerUser(state.daemon, username, "correct horse battery", displayName);
+      const tab = await newPerson(state.browser, state.daemon);
+      state.tabs.push(tab);
+      tab.username = username;
+      await signIn(tab.page, username, "correct horse battery");
+      return tab;
+    },
+  };
 }

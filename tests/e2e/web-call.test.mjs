@@ -2,32 +2,11 @@
 // (webrtc.ice_transport_policy = "relay"), driven only through the web client.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { eventually, launchBrowser, newPerson, personItem, registerUser, signIn, startDaemon, uniqueName } from "./harness.mjs";
+import { test } from "node:test";
+import { eventually, personItem, scene } from "./harness.mjs";
 
-let daemon;
-let browser;
-const people = [];
-
-before(async () => {
-  daemon = await startDaemon();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  for (const person of people) await person.context.close().catch(() => {});
-  await browser?.close();
-  await daemon?.stop();
-});
-
-async function person(displayName) {
-  const username = uniqueName(displayName.toLowerCase());
-  await registerUser(daemon, username, "correct horse battery", displayName);
-  const tab = await newPerson(browser, daemon);
-  people.push(tab);
-  await signIn(tab.page, username, "correct horse battery");
-  return tab;
-}
+const fixture = scene();
+const person = (displayName) => fixture.person(displayName);
 
 /** The remote <video> has frames and its playback position advances. */
 async function remoteVideoMoving(page) {

@@ -2,32 +2,11 @@
 // period and the call resumes with media flowing again, whichever side reloads.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { eventually, launchBrowser, newPerson, personItem, registerUser, signIn, startDaemon, uniqueName } from "./harness.mjs";
+import { test } from "node:test";
+import { eventually, personItem, scene } from "./harness.mjs";
 
-let daemon;
-let browser;
-const tabs = [];
-
-before(async () => {
-  daemon = await startDaemon();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  for (const tab of tabs) await tab.context.close().catch(() => {});
-  await browser?.close();
-  await daemon?.stop();
-});
-
-async function person(displayName) {
-  const username = uniqueName(displayName.toLowerCase());
-  await registerUser(daemon, username, "correct horse battery", displayName);
-  const tab = await newPerson(browser, daemon);
-  tabs.push(tab);
-  await signIn(tab.page, username, "correct horse battery");
-  return tab;
-}
+const fixture = scene();
+const person = (displayName) => fixture.person(displayName);
 
 async function framesDecoded(page) {
   return page.evaluate(async () => {
