@@ -27,6 +27,15 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("curl", "curl"),
     ("libnss3-tools", "certutil"),
+    // The disk-failure tests swap a device-mapper `error` target under a loop-mounted ext4.
+    ("dmsetup", "dmsetup"),
+    ("e2fsprogs", "mkfs.ext4"),
+    // The network tests build their own namespaces and firewalls.
+    ("nftables", "nft"),
+    // A real ACME server for the certificate tests.
+    ("pebble", "pebble"),
+    // CPU load for `cargo xtask ci --under-load` (the suite must not flake on a busy machine).
+    ("stress-ng", "stress-ng"),
 ];
 
 /// Python packages for the protocol and packaging tests (installed into `.venv`).
@@ -47,8 +56,10 @@ fn main() {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
-                 ci [STAGE...]   install test dependencies, build, run every test suite\n                  \
-                 (stages: deps build cargo socketio e2e packaging)\n  \
+                 ci [STAGE...] [--under-load]\n                  \
+                 install test dependencies, build, run every test suite\n                  \
+                 (stages: deps build cargo socketio e2e packaging);\n                  \
+                 --under-load keeps every core busy with stress-ng meanwhile\n  \
                  deb             build target/debian/parley_*.deb\n  \
                  bench [SCENARIO...] [--users N ...]\n                  \
                  release benchmarks (startup idle burst calls relay; see docs/benchmarks.md)"
@@ -97,11 +108,20 @@ fn have(command: &str) -> bool {
 
 const STAGES: &[&str] = &["deps", "build", "cargo", "socketio", "e2e", "packaging"];
 
-fn ci(only: &[String]) -> anyhow::Result<()> {
+fn ci(args: &[String]) -> anyhow::Result<()> {
+    // `--under-load`: a CPU hog on every core for the whole run, as a busy CI machine has, to
+    // prove that no test depends on an idle machine's timing.
+    let under_load = args.iter().any(|a| a == "--under-load");
+    let only: Vec<String> = args.iter().filter(|a| *a != "--under-load").cloned().collect();
+    let _load = if under_load {
+        Some(CpuHog::start()?)
+    } else {
+        None
+    };
     let selected: Vec<&str> = if only.is_empty() {
         STAGES.to_vec()
     } else {
-        for stage in only {
+        for stage in &only {
             if !STAGES.contains(&stage.as_str()) {
                 bail!("unknown stage {stage:?}; stages: {}", STAGES.join(" "));
             }
@@ -150,6 +170,27 @@ fn ci(only: &[String]) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("{} stage(s) failed", failed.len())
+    }
+}
+
+/// `stress-ng --cpu 0` (one busy worker per core) until dropped.
+struct CpuHog(std::process::Child);
+
+impl CpuHog {
+    fn start() -> anyhow::Result<Self> {
+        let child = Command::new("stress-ng")
+            .args(["--cpu", "0", "--timeout", "3h", "--quiet"])
+            .spawn()
+            .context("cannot run stress-ng (run `cargo xtask ci deps` first)")?;
+        eprintln!("ci: running under load (stress-ng --cpu 0, pid {})", child.id());
+        Ok(CpuHog(child))
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
