@@ -196,11 +196,13 @@ class Device:
                 return data
             self.seen.append((event, data))
 
-    def assert_none(self, name, within=0.5):
+    def assert_none(self, name, within=0.5, where=None):
+        """No `name` event (matching `where`: tests share a daemon, so an assertion about
+        broadcasts names the test's own users) arrives within `within` seconds."""
         time.sleep(within)
         while not self.events.empty():
             self.seen.append(self.events.get())
-        hits = [d for e, d in self.seen if e == name]
+        hits = [d for e, d in self.seen if e == name and (where is None or where(d))]
         assert not hits, f"unexpected {name}: {hits}"
 
     def call(self, event, data, timeout=10):
@@ -253,5 +255,50 @@ def clients():
     for d in devices:
         try:
             d.disconnect()
+        except Exception:
+            pass
+
+
+class PreparedSocket:
+    """A raw Socket.IO client whose Engine.IO transport (a WebSocket) is opened ahead of time,
+    so that its Socket.IO CONNECT can be sent at a moment the test chooses and reach the server
+    within a millisecond, however loaded the machine is: python-socketio's `connect` does the
+    Engine.IO handshake and the CONNECT in one step, which can take longer than the presence
+    window on a busy CI machine."""
+
+    def __init__(self, user, device_id):
+        import websocket  # websocket-client, also python-engineio's WebSocket transport
+
+        self.user = user
+        self.device_id = device_id
+        url = user.daemon.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        self.ws = websocket.create_connection(url, timeout=5)
+        opened = self.ws.recv()
+        assert opened.startswith("0{"), opened
+
+    def send_connect(self):
+        import json
+
+        self.ws.send("40" + json.dumps({"token": self.user.token, "deviceId": self.device_id}))
+
+    def wait_connected(self, timeout=5):
+        """Reads frames until the namespace CONNECT reply and the `session` event arrived."""
+        deadline = time.monotonic() + timeout
+        connected = session = False
+        while not (connected and session):
+            self.ws.settimeout(max(0.01, deadline - time.monotonic()))
+            frame = self.ws.recv()
+            if frame == "2":
+                self.ws.send("3")
+            elif frame.startswith("40"):
+                connected = True
+            elif frame.startswith('42["session"'):
+                session = True
+            elif frame.startswith("44"):
+                raise AssertionError(f"connect refused: {frame}")
+
+    def close(self):
+        try:
+            self.ws.close()
         except Exception:
             pass
