@@ -1,19 +1,5 @@
 //! `parley`: the daemon and its admin commands. See ARCHITECTURE.md for the map.
 
-mod calls;
-mod cli;
-mod doctor;
-mod hostaddr;
-mod http;
-mod logging;
-mod notify;
-mod relay;
-mod serve;
-mod state;
-mod tls;
-mod users;
-mod web;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use parley_config::Config;
 
-use crate::cli::{Cli, Command};
+use parleyd::cli::{Cli, Command};
+use parleyd::{doctor, hostaddr, logging, serve, users};
 
 /// The packaged config, used when no `--config` is given and it exists.
 const SYSTEM_CONFIG: &str = "/etc/parley/parley.toml";
