@@ -288,7 +288,7 @@ pub(crate) fn xor_peer_addresses(msg: &Message) -> Result<Vec<SocketAddr>, ()> {
 }
 
 /// What the guard does with one received request.
-enum Decision {
+pub(crate) enum Decision {
     Forward,
     Answer(Vec<u8>),
     Drop,
@@ -344,9 +344,54 @@ impl GuardConn {
             up,
         })
     }
+}
 
-    fn inspect_request(&self, data: &[u8], source: SocketAddr, method: Method) -> Decision {
-        let shared = &self.shared;
+/// Decides what to do with one datagram or frame received from `source` on `local`.
+pub(crate) fn decide(
+    shared: &Shared,
+    local: SocketAddr,
+    data: &[u8],
+    source: SocketAddr,
+) -> Decision {
+    match classify(data) {
+        Kind::ChannelData => {
+            if within_bandwidth(shared, source, data.len()) {
+                Decision::Forward
+            } else {
+                Decision::Drop
+            }
+        }
+        Kind::Stun { method, class } if class == CLASS_REQUEST => {
+            if method == METHOD_ALLOCATE
+                || method == METHOD_REFRESH
+                || method == METHOD_CREATE_PERMISSION
+                || method == METHOD_CHANNEL_BIND
+            {
+                inspect_request(shared, local, data, source, method)
+            } else {
+                Decision::Forward
+            }
+        }
+        Kind::Stun { method, class } if class == CLASS_INDICATION && method == METHOD_SEND => {
+            if within_bandwidth(shared, source, data.len()) {
+                Decision::Forward
+            } else {
+                Decision::Drop
+            }
+        }
+        Kind::Stun { .. } => Decision::Forward,
+        Kind::Other => Decision::Drop, // not TURN: the server would only log an error
+    }
+}
+
+fn inspect_request(
+    shared: &Shared,
+    local: SocketAddr,
+    data: &[u8],
+    source: SocketAddr,
+    method: Method,
+) -> Decision {
+    {
         let mut msg = Message {
             raw: data.to_vec(),
             ..Default::default()
@@ -468,7 +513,7 @@ impl GuardConn {
                 .unwrap_or_default();
             let verdict = state.quotas.handle_allocate_request(
                 msg.transaction_id.0,
-                (source, self.local),
+                (source, local),
                 &user,
                 now,
             );
@@ -506,15 +551,17 @@ impl GuardConn {
         state.verified.insert(source, (username.text, key));
         Decision::Forward
     }
+}
 
-    /// Bandwidth cap for client-to-peer traffic, per allocation (= per client address here).
-    fn within_bandwidth(&self, source: SocketAddr, bytes: usize) -> bool {
-        let rate = self.shared.bandwidth_bytes_per_sec;
+/// Bandwidth cap for client-to-peer traffic, per allocation (= per client address here).
+fn within_bandwidth(shared: &Shared, source: SocketAddr, bytes: usize) -> bool {
+    {
+        let rate = shared.bandwidth_bytes_per_sec;
         if rate == 0 {
             return true;
         }
         let now = Instant::now();
-        let mut state = self.shared.lock();
+        let mut state = shared.lock();
         let bucket = state
             .client_buckets
             .entry(source)
@@ -525,11 +572,13 @@ impl GuardConn {
         }
         drop(state);
         if !ok {
-            Metrics::add(&self.shared.metrics.bandwidth_drops, 1);
+            Metrics::add(&shared.metrics.bandwidth_drops, 1);
         }
         ok
     }
+}
 
+impl GuardConn {
     /// Watches the server's responses for issued nonces and Allocate outcomes.
     fn observe_response(
         &self,
@@ -600,37 +649,7 @@ impl Conn for GuardConn {
                     return Err(err);
                 }
             };
-            let decision = match classify(&buf[..n]) {
-                Kind::ChannelData => {
-                    if self.within_bandwidth(source, n) {
-                        Decision::Forward
-                    } else {
-                        Decision::Drop
-                    }
-                }
-                Kind::Stun { method, class } if class == CLASS_REQUEST => {
-                    if method == METHOD_ALLOCATE
-                        || method == METHOD_REFRESH
-                        || method == METHOD_CREATE_PERMISSION
-                        || method == METHOD_CHANNEL_BIND
-                    {
-                        self.inspect_request(&buf[..n], source, method)
-                    } else {
-                        Decision::Forward
-                    }
-                }
-                Kind::Stun { method, class }
-                    if class == CLASS_INDICATION && method == METHOD_SEND =>
-                {
-                    if self.within_bandwidth(source, n) {
-                        Decision::Forward
-                    } else {
-                        Decision::Drop
-                    }
-                }
-                Kind::Stun { .. } => Decision::Forward,
-                Kind::Other => Decision::Drop, // not TURN: the server would only log an error
-            };
+            let decision = decide(&self.shared, self.local, &buf[..n], source);
             match decision {
                 Decision::Forward => return Ok((n, source)),
                 Decision::Drop => continue,

@@ -10,13 +10,15 @@
 //! - `stream`: TURN over TCP and TLS, multiplexed into one `Conn` per listener;
 //! - `relay_socket`: relay sockets in the configured port range, advertised at the
 //!   configured relay address;
-//! - [`probe`]: a small TURN client for `parley doctor` and the tests.
+//! - [`probe`]: a small TURN client for `parley doctor` and the tests;
+//! - [`fuzzing`]: entry points for the fuzz targets in `fuzz/`.
 //!
 //! Architecture invariant: no configuration parsing and no HTTP here; the daemon maps its
 //! config to [`RelayOptions`] and binds [`RelaySockets`] before it reports readiness.
 
 pub mod bandwidth;
 pub mod credentials;
+pub mod fuzzing;
 mod guard;
 pub mod metrics;
 pub mod nonce;

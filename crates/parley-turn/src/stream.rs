@@ -89,28 +89,64 @@ pub(crate) fn frame_length(header: [u8; 4]) -> Option<(usize, usize)> {
     }
 }
 
+/// The stream does not carry STUN or ChannelData: the client is out of sync and is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OutOfSync;
+
+/// Splits a byte stream into frames, without I/O: bytes in with [`FrameBuffer::push`], whole
+/// frames out with [`FrameBuffer::next_frame`].
+#[derive(Debug, Default)]
+pub(crate) struct FrameBuffer {
+    buffered: Vec<u8>,
+}
+
+impl FrameBuffer {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffered.extend_from_slice(bytes);
+    }
+
+    /// Whether part of a frame has arrived and the rest has not.
+    pub fn has_partial_frame(&self) -> bool {
+        !self.buffered.is_empty()
+    }
+
+    /// The next complete frame (as handed to the server: ChannelData without its padding).
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, OutOfSync> {
+        let Some(header) = self.buffered.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let (total, payload) = frame_length(*header).ok_or(OutOfSync)?;
+        if self.buffered.len() < total {
+            return Ok(None);
+        }
+        let mut frame: Vec<u8> = self.buffered.drain(..total).collect();
+        frame.truncate(payload);
+        Ok(Some(frame))
+    }
+}
+
 async fn read_frames<R: AsyncRead + Unpin>(
     mut reader: R,
     peer: SocketAddr,
     frames: &mpsc::Sender<(Vec<u8>, SocketAddr)>,
 ) {
+    let mut buffer = FrameBuffer::default();
+    let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        let mut header = [0u8; 4];
-        match tokio::time::timeout(IDLE_TIMEOUT, reader.read_exact(&mut header)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+        loop {
+            match buffer.next_frame() {
+                Ok(Some(frame)) => {
+                    if frames.send((frame, peer)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(OutOfSync) => return,
+            }
         }
-        let Some((total, payload)) = frame_length(header) else {
-            return; // not STUN or ChannelData: the stream is out of sync, drop the client
-        };
-        let mut frame = vec![0u8; total];
-        frame[..4].copy_from_slice(&header);
-        if reader.read_exact(&mut frame[4..]).await.is_err() {
-            return;
-        }
-        frame.truncate(payload);
-        if frames.send((frame, peer)).await.is_err() {
-            return;
+        match tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => buffer.push(&chunk[..n]),
         }
     }
 }

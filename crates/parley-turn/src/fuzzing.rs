@@ -1,0 +1,140 @@
+//! Entry points for the fuzz targets in `fuzz/`: each feeds arbitrary bytes through one of
+//! the relay's input paths, without sockets, and must never panic. Their signatures are
+//! stable; what runs underneath follows the relay's code.
+//!
+//! - [`request`]: one datagram through the decision path in front of the `turn` server (the
+//!   gate), with a fixed secret, realm, peer policy and quotas. So that the paths behind the
+//!   credential check are reachable, a STUN message that carries MESSAGE-INTEGRITY and whose
+//!   transaction id starts with an even byte is re-signed first with valid credentials and a
+//!   nonce the gate knows; every other attribute is kept as fuzzed.
+//! - [`channel_data`]: one ChannelData message through the same path.
+//! - [`stream_framing`]: bytes through the TCP/TLS stream framer, in chunks whose sizes come
+//!   from the first byte.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use stun::attributes::*;
+use stun::integrity::MessageIntegrity;
+use stun::message::*;
+
+use crate::credentials::{Secrets, long_term_key, password_for};
+use crate::guard::{Shared, decide};
+use crate::metrics::Metrics;
+use crate::policy::PeerPolicy;
+use crate::quota::Quotas;
+use crate::stream::FrameBuffer;
+
+const SECRET: &str = "fuzz-secret";
+const REALM: &str = "parley";
+const NONCE: &str = "fuzz-nonce";
+/// Expires in 2100: valid whenever the fuzzer runs.
+const USERNAME: &str = "4102444800:1";
+const CLIENT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+const LISTENER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3478);
+
+fn fresh_shared() -> Shared {
+    let shared = Shared::new(
+        REALM.to_owned(),
+        Secrets::new(SECRET.to_owned(), Vec::new()),
+        PeerPolicy::default(),
+        Quotas::new(10, 2),
+        1000,
+        Arc::new(Metrics::default()),
+    );
+    shared.lock().nonces.handle_issued(NONCE, Instant::now());
+    shared
+}
+
+/// `data` with valid credentials if it asks for them (see the module documentation).
+fn maybe_resign(data: &[u8]) -> Vec<u8> {
+    let mut msg = Message {
+        raw: data.to_vec(),
+        ..Default::default()
+    };
+    if msg.decode().is_err()
+        || !msg.contains(ATTR_MESSAGE_INTEGRITY)
+        || msg.transaction_id.0[0] % 2 == 1
+    {
+        return data.to_vec();
+    }
+    let mut signed = Message::new();
+    signed.set_type(msg.typ);
+    signed.transaction_id = msg.transaction_id;
+    signed.write_transaction_id();
+    for attr in &msg.attributes.0 {
+        if attr.typ == ATTR_MESSAGE_INTEGRITY || attr.typ == ATTR_FINGERPRINT {
+            break;
+        }
+        if attr.typ != ATTR_USERNAME && attr.typ != ATTR_REALM && attr.typ != ATTR_NONCE {
+            signed.add(attr.typ, &attr.value);
+        }
+    }
+    signed.add(ATTR_USERNAME, USERNAME.as_bytes());
+    signed.add(ATTR_REALM, REALM.as_bytes());
+    signed.add(ATTR_NONCE, NONCE.as_bytes());
+    let key = long_term_key(USERNAME, REALM, &password_for(SECRET, USERNAME));
+    if MessageIntegrity(key).add_to(&mut signed).is_err() {
+        return data.to_vec();
+    }
+    signed.raw
+}
+
+/// One datagram through the relay's request decisions.
+pub fn request(data: &[u8]) {
+    let shared = fresh_shared();
+    let datagram = maybe_resign(data);
+    let _ = decide(&shared, LISTENER, &datagram, CLIENT);
+}
+
+/// One ChannelData message (the first two bits are forced to 0b01) through the same path.
+pub fn channel_data(data: &[u8]) {
+    let shared = fresh_shared();
+    let mut datagram = data.to_vec();
+    if let Some(first) = datagram.first_mut() {
+        *first = (*first & 0x3F) | 0x40;
+    }
+    let _ = decide(&shared, LISTENER, &datagram, CLIENT);
+}
+
+/// Bytes through the stream framer, in chunks of `1 + data[0] % 64` bytes.
+pub fn stream_framing(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let chunk = 1 + usize::from(first % 64);
+    let mut buffer = FrameBuffer::default();
+    for piece in rest.chunks(chunk) {
+        buffer.push(piece);
+        loop {
+            match buffer.next_frame() {
+                Ok(Some(frame)) => assert!(frame.len() >= 4),
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_points_survive_odd_input() {
+        for input in [
+            &b""[..],
+            &[0],
+            &[0x40, 0, 0xff, 0xff],
+            &[0; 20],
+            &[0xff; 64],
+        ] {
+            request(input);
+            channel_data(input);
+            stream_framing(input);
+        }
+    }
+}
