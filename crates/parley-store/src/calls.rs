@@ -125,29 +125,43 @@ fn call_from(row: SqliteRow) -> Result<CallRow> {
 impl Store {
     /// Inserts the call, or updates everything that can change about it.
     pub async fn save_call(&self, call: &CallWrite<'_>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO calls (id, caller_id, callee_id, media, state, status, reason, ended_by,
-                                message, created_at, answered_at, ended_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT(id) DO UPDATE SET
-                state = excluded.state, status = excluded.status, reason = excluded.reason,
-                ended_by = excluded.ended_by, message = excluded.message,
-                answered_at = excluded.answered_at, ended_at = excluded.ended_at",
-        )
-        .bind(call.id)
-        .bind(call.caller_id)
-        .bind(call.callee_id)
-        .bind(call.media)
-        .bind(call.state)
-        .bind(call.status)
-        .bind(call.reason)
-        .bind(call.ended_by)
-        .bind(call.message)
-        .bind(call.created_at)
-        .bind(call.answered_at)
-        .bind(call.ended_at)
-        .execute(self.pool())
-        .await?;
+        self.save_calls(std::slice::from_ref(call)).await
+    }
+
+    /// Writes several snapshots in one statement: all or none, and one commit (one fsync) for
+    /// the lot. The daemon's call-log writer batches what queued up while the last commit ran,
+    /// which is what keeps `synchronous=FULL` affordable under load. One autocommit statement,
+    /// not a transaction around several: when a write fails (disk full), SQLite rolls the
+    /// statement back itself, whereas a failed explicit transaction left a connection in the
+    /// pool holding the write lock until its next use, and every other writer waited on it.
+    pub async fn save_calls(&self, calls: &[CallWrite<'_>]) -> Result<()> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let mut sql = String::from(UPSERT_HEAD);
+        for i in 0..calls.len() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        }
+        sql.push_str(UPSERT_TAIL);
+        // Built from constants and placeholders only; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for call in calls {
+            query = query
+                .bind(call.id)
+                .bind(call.caller_id)
+                .bind(call.callee_id)
+                .bind(call.media)
+                .bind(call.state)
+                .bind(call.status)
+                .bind(call.reason)
+                .bind(call.ended_by)
+                .bind(call.message)
+                .bind(call.created_at)
+                .bind(call.answered_at)
+                .bind(call.ended_at);
+        }
+        query.execute(self.pool()).await?;
         Ok(())
     }
 
@@ -282,3 +296,13 @@ impl Store {
         Ok(HideOutcome::Hidden)
     }
 }
+
+const UPSERT_HEAD: &str =
+    "INSERT INTO calls (id, caller_id, callee_id, media, state, status, reason,
+                                ended_by, message, created_at, answered_at, ended_at)
+                 VALUES ";
+const UPSERT_TAIL: &str = "
+                 ON CONFLICT(id) DO UPDATE SET
+                    state = excluded.state, status = excluded.status, reason = excluded.reason,
+                    ended_by = excluded.ended_by, message = excluded.message,
+                    answered_at = excluded.answered_at, ended_at = excluded.ended_at";

@@ -34,16 +34,20 @@ impl Store {
         let token = URL_SAFE_NO_PAD.encode(bytes);
         let now = unix_millis_now();
         let expires_at = now.saturating_add((ttl_secs as i64).saturating_mul(1000));
-        let (id,): (i64,) = sqlx::query_as(
+        // Not `INSERT ... RETURNING` with `fetch_one`: SQLite yields the returned row before the
+        // statement commits, and a commit that then fails (disk full) went unreported, handing
+        // out a token whose session was never stored (issue 10). `execute` runs to completion.
+        let id = sqlx::query(
             "INSERT INTO sessions (user_id, token_hash, created_at, expires_at)
-             VALUES (?, ?, ?, ?) RETURNING id",
+             VALUES (?, ?, ?, ?)",
         )
         .bind(user_id)
         .bind(token_hash(&token))
         .bind(now)
         .bind(expires_at)
-        .fetch_one(self.pool())
-        .await?;
+        .execute(self.pool())
+        .await?
+        .last_insert_rowid();
         Ok(NewSession {
             session: Session {
                 id,
