@@ -23,7 +23,7 @@ export class Api {
   /** Called when the server says our token is no longer valid. */
   onUnauthorized: () => void = () => {};
 
-  private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  private async request<T>(method: string, path: string, body?: unknown, keepalive = false): Promise<T> {
     const headers: Record<string, string> = {};
     if (this.token) headers["Authorization"] = `Bearer ${this.token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -33,6 +33,7 @@ export class Api {
         method,
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),
+        keepalive,
       });
     } catch {
       throw new ApiError(0, "NETWORK", "Cannot reach the server. Check your connection.");
@@ -86,9 +87,10 @@ export class Api {
     return this.request("GET", "/ice-servers");
   }
 
-  history(before: string | null, limit = 20): Promise<{ items: HistoryEntry[]; nextCursor: string | null }> {
+  history(before: string | null, limit = 20, filter: "missed" | null = null): Promise<{ items: HistoryEntry[]; nextCursor: string | null }> {
     const query = new URLSearchParams({ limit: String(limit) });
     if (before) query.set("before", before);
+    if (filter) query.set("filter", filter);
     return this.request("GET", `/calls?${query}`);
   }
 
@@ -100,7 +102,8 @@ export class Api {
     return this.request("POST", "/calls/missed/seen");
   }
 
-  deleteEntry(id: Id): Promise<void> {
-    return this.request("DELETE", `/calls/${encodeURIComponent(String(id))}`);
+  /** `keepalive`: the request outlives the page (a deletion committed as the tab closes). */
+  deleteEntry(id: Id, keepalive = false): Promise<void> {
+    return this.request("DELETE", `/calls/${encodeURIComponent(String(id))}`, undefined, keepalive);
   }
 }

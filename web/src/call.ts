@@ -3,7 +3,8 @@
 
 import { sameId, type Call, type Id, type IceServer, type Media, type User } from "./types";
 
-export type Phase = "outgoing" | "incoming" | "active" | "ended";
+/** `starting`: the caller clicked and the camera is opening; the server knows nothing yet. */
+export type Phase = "starting" | "outgoing" | "incoming" | "active" | "ended";
 export type Link = "connecting" | "connected" | "poor" | "reconnecting";
 
 export interface CallEnvironment {
@@ -19,6 +20,8 @@ export interface CallEnvironment {
 export interface DevicePreference {
   audioInput: string;
   videoInput: string;
+  /** Speaker (setSinkId); "" is the system default. */
+  audioOutput: string;
 }
 
 /** A getUserMedia failure turned into words for the user. */
@@ -66,7 +69,11 @@ export async function openMedia(wantVideo: boolean, devices: DevicePreference): 
   }
 }
 
+let sessions = 0;
+
 export class CallSession {
+  /** Unique per session on this page (a starting call has no server id yet). */
+  readonly key = ++sessions;
   readonly role: "caller" | "callee";
   readonly peer: User;
   phase: Phase;
@@ -77,6 +84,9 @@ export class CallSession {
 
   micOn = true;
   cameraOn = false;
+  /** The outgoing video is the shared screen (the camera, if on, waits underneath). */
+  sharing = false;
+  private screenTrack: MediaStreamTrack | null = null;
   peerMicOn = true;
   peerCameraOn: boolean;
   link: Link = "connecting";
@@ -177,13 +187,17 @@ export class CallSession {
     };
     pc.onconnectionstatechange = () => this.onConnectionState(pc);
 
-    if (this.local) {
-      for (const track of this.local.getTracks()) pc.addTrack(track, this.local);
+    const stream = this.local ?? new MediaStream();
+    for (const track of stream.getTracks()) {
+      // While sharing, the screen goes out in the camera's place (also after a resume).
+      if (track.kind === "video" && this.screenTrack) continue;
+      pc.addTrack(track, stream);
     }
+    if (this.screenTrack) pc.addTrack(this.screenTrack, stream);
     // The caller of an audio call still offers a video slot, so that either side
     // can turn its camera on later (the upgrade to video) by filling that slot.
     // The callee adds nothing of its own: the slots come from the caller's offer.
-    if (this.role === "caller" && !this.local?.getVideoTracks().length) {
+    if (this.role === "caller" && !this.local?.getVideoTracks().length && !this.screenTrack) {
       pc.addTransceiver("video", { direction: "sendrecv" });
     }
 
@@ -314,7 +328,7 @@ export class CallSession {
         track.stop();
         this.local?.removeTrack(track);
       }
-      await this.videoSender()?.replaceTrack(null);
+      if (!this.sharing) await this.videoSender()?.replaceTrack(null);
       this.cameraOn = false;
     } else {
       const stream = await openMedia(true, devices).catch((error: unknown) => {
@@ -330,20 +344,72 @@ export class CallSession {
       }
       this.local ??= new MediaStream();
       this.local.addTrack(track);
-      const sender = this.videoSender();
-      if (sender) {
-        await sender.replaceTrack(track);
-        const transceiver = this.pc?.getTransceivers().find((t) => t.sender === sender);
-        // A slot created by the caller's offer starts receive-only; sending needs a renegotiation.
-        if (transceiver && transceiver.direction !== "sendrecv") transceiver.direction = "sendrecv";
-      } else if (this.pc) {
-        this.pc.addTrack(track, this.local);
-      }
+      // A slot created by the caller's offer starts receive-only; sending needs a renegotiation.
+      if (!this.sharing) await this.sendVideo(track);
       this.cameraOn = true;
       this.media = "video";
     }
     this.sendMediaState();
     this.env.changed();
+  }
+
+  /**
+   * Shares the screen in place of the camera: the display track replaces the
+   * outgoing video (filling the video slot of an audio call), so the other side's
+   * video simply becomes the screen. Ends by `stopSharing` or the browser's own
+   * "Stop sharing" bar.
+   */
+  async startSharing(): Promise<void> {
+    if (this.sharing || this.phase !== "active") return;
+    if (!navigator.mediaDevices?.getDisplayMedia) throw new MediaError("This browser cannot share the screen.");
+    let stream: MediaStream;
+    try {
+      stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    } catch (error) {
+      const name = error instanceof DOMException ? error.name : "";
+      if (error instanceof Error && /permissions policy/i.test(error.message)) {
+        throw new MediaError("Screen sharing is turned off for this site by the server's Permissions-Policy.");
+      }
+      if (name === "NotAllowedError" || name === "AbortError") return; // the person chose not to share
+      throw new MediaError("Could not share the screen.");
+    }
+    const track = stream.getVideoTracks()[0];
+    if (!track || this.phase !== "active") {
+      for (const t of stream.getTracks()) t.stop();
+      return;
+    }
+    track.contentHint = "detail";
+    track.addEventListener("ended", () => void this.stopSharing());
+    this.screenTrack = track;
+    this.sharing = true;
+    await this.sendVideo(track);
+    this.sendMediaState();
+    this.env.changed();
+  }
+
+  async stopSharing(): Promise<void> {
+    const track = this.screenTrack;
+    if (!track) return;
+    this.screenTrack = null;
+    this.sharing = false;
+    track.stop();
+    if (this.phase === "active") {
+      await this.sendVideo(this.local?.getVideoTracks()[0] ?? null);
+      this.sendMediaState();
+    }
+    this.env.changed();
+  }
+
+  /** Puts `track` on the video sender (or clears it), renegotiating only when a slot must start sending. */
+  private async sendVideo(track: MediaStreamTrack | null): Promise<void> {
+    const sender = this.videoSender();
+    if (sender) {
+      await sender.replaceTrack(track);
+      const transceiver = this.pc?.getTransceivers().find((t) => t.sender === sender);
+      if (track && transceiver && transceiver.direction !== "sendrecv") transceiver.direction = "sendrecv";
+    } else if (track && this.pc) {
+      this.pc.addTrack(track, this.local ?? new MediaStream([track]));
+    }
   }
 
   /** Switches the microphone or camera during a call without renegotiating. */
@@ -363,6 +429,7 @@ export class CallSession {
     }
     if (kind === "audio") track.enabled = this.micOn;
     this.local.addTrack(track);
+    if (kind === "video" && this.sharing) return this.env.changed(); // the screen stays on the sender
     const sender = kind === "video" ? this.videoSender() : this.pc?.getSenders().find((s) => s.track?.kind === "audio");
     await sender?.replaceTrack(track);
     this.env.changed();
@@ -378,7 +445,7 @@ export class CallSession {
 
   sendMediaState(): void {
     if (this.phase !== "active") return;
-    this.env.send("media:state", { callId: this.id, audio: this.micOn, video: this.cameraOn });
+    this.env.send("media:state", { callId: this.id, audio: this.micOn, video: this.cameraOn || this.sharing });
   }
 
   /** Reads the selected candidate pair and loss so the UI can say how the call is doing. */
@@ -457,5 +524,8 @@ export class CallSession {
     this.closePeerConnection();
     for (const track of this.local?.getTracks() ?? []) track.stop();
     this.local = null;
+    this.screenTrack?.stop();
+    this.screenTrack = null;
+    this.sharing = false;
   }
 }

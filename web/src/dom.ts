@@ -39,16 +39,6 @@ export function clear(element: Element): void {
   while (element.firstChild) element.firstChild.remove();
 }
 
-export function formatDuration(totalSecs: number): string {
-  const secs = Math.max(0, Math.floor(totalSecs));
-  const hours = Math.floor(secs / 3600);
-  const minutes = Math.floor((secs % 3600) / 60);
-  const seconds = secs % 60;
-  const mm = String(minutes).padStart(2, "0");
-  const ss = String(seconds).padStart(2, "0");
-  return hours > 0 ? `${hours}:${mm}:${ss}` : `${mm}:${ss}`;
-}
-
 export function formatTime(iso: string): string {
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return "";
