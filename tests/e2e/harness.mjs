@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import { after, before } from "node:test";
 import { createSocket } from "node:dgram";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -107,21 +107,35 @@ export async function startDaemon(config = {}) {
   await writeFile(configPath, text);
 
   const output = [];
-  const child = spawn(binary, ["serve"], {
-    env: { ...process.env, PARLEY_CONFIG: configPath, RUST_BACKTRACE: "1" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  child.stdout.on("data", (chunk) => output.push(chunk.toString()));
-  child.stderr.on("data", (chunk) => output.push(chunk.toString()));
+  let child;
   let exited = null;
-  const exit = new Promise((resolveExit) =>
-    child.on("exit", (code, signal) => {
-      exited = { code, signal };
-      resolveExit(exited);
-    }),
-  );
+  let exit;
+  const launch = () => {
+    exited = null;
+    child = spawn(binary, ["serve"], {
+      env: { ...process.env, PARLEY_CONFIG: configPath, RUST_BACKTRACE: "1" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    child.stdout.on("data", (chunk) => output.push(chunk.toString()));
+    child.stderr.on("data", (chunk) => output.push(chunk.toString()));
+    exit = new Promise((resolveExit) =>
+      child.on("exit", (code, signal) => {
+        exited = { code, signal };
+        resolveExit(exited);
+      }),
+    );
+  };
+  launch();
 
   const url = `http://127.0.0.1:${httpPort}`;
+  const halt = async () => {
+    if (!exited) {
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+      await exit;
+      clearTimeout(timer);
+    }
+  };
   const daemon = {
     url,
     httpPort,
@@ -129,34 +143,50 @@ export async function startDaemon(config = {}) {
     dir,
     configPath,
     logs: () => output.join(""),
+    /** Stops the process (SIGTERM), keeping its data, so a test can see clients without a server. */
+    halt,
+    /** Starts it again on the same ports and data after `halt`. */
+    async resume() {
+      launch();
+      await waitReady();
+    },
     async stop() {
-      if (!exited) {
-        child.kill("SIGTERM");
-        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-        await exit;
-        clearTimeout(timer);
-      }
+      await halt();
       await rm(dir, { recursive: true, force: true });
     },
   };
 
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (exited) {
-      await rm(dir, { recursive: true, force: true });
-      throw new Error(`the daemon exited during start-up (${JSON.stringify(exited)}):\n${daemon.logs()}`);
+  const waitReady = async () => {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      if (exited) {
+        await rm(dir, { recursive: true, force: true });
+        throw new Error(`the daemon exited during start-up (${JSON.stringify(exited)}):\n${daemon.logs()}`);
+      }
+      try {
+        const response = await fetch(`${url}/readyz`);
+        if (response.ok) break;
+      } catch {
+        // Not listening yet.
+      }
+      if (Date.now() > deadline) {
+        await daemon.stop();
+        throw new Error(`the daemon was not ready within 30 s:\n${daemon.logs()}`);
+      }
+      await new Promise((resolveWait) => setTimeout(resolveWait, 100));
     }
-    try {
-      const response = await fetch(`${url}/readyz`);
-      if (response.ok) break;
-    } catch {
-      // Not listening yet.
-    }
-    if (Date.now() > deadline) {
-      await daemon.stop();
-      throw new Error(`the daemon was not ready within 30 s:\n${daemon.logs()}`);
-    }
-    await new Promise((resolveWait) => setTimeout(resolveWait, 100));
+  };
+  await waitReady();
+  if (process.env.PARLEY_E2E_CLIENT) {
+    // Working on the client: serve that build in front of the daemon (devproxy.mjs).
+    const { startClientProxy } = await import("./devproxy.mjs");
+    const proxy = await startClientProxy(process.env.PARLEY_E2E_CLIENT, httpPort);
+    daemon.url = `http://127.0.0.1:${proxy.port}`;
+    const stop = daemon.stop;
+    daemon.stop = async () => {
+      await proxy.close();
+      await stop();
+    };
   }
   return daemon;
 }
@@ -198,9 +228,12 @@ export async function launchBrowser(options = {}) {
  * captured streams, ring-tone oscillators and notifications, so tests can
  * assert on what the browser really did without hooks in the client.
  */
-export function instrumentation({ hidden = false } = {}) {
+export function instrumentation({ hidden = false, notifications } = {}) {
+  // A hidden tab gets notifications by default (the old tests' set-up); `notifications:
+  // "default"` starts with the question not yet asked, as for a new user.
+  const permission = notifications ?? (hidden ? "granted" : null);
   return `(() => {
-    const probe = (window.__probe = { pcs: [], streams: [], oscillators: 0, notifications: [] });
+    const probe = (window.__probe = { pcs: [], streams: [], displays: [], oscillators: 0, notifications: [], permissionRequests: 0, hidden: ${hidden}, badges: [] });
     const NativePC = window.RTCPeerConnection;
     window.RTCPeerConnection = class extends NativePC {
       constructor(...args) { super(...args); probe.pcs.push(this); }
@@ -213,14 +246,28 @@ export function instrumentation({ hidden = false } = {}) {
         return stream;
       };
     }
+    if (navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia) {
+      const gdm = navigator.mediaDevices.getDisplayMedia.bind(navigator.mediaDevices);
+      navigator.mediaDevices.getDisplayMedia = async (constraints) => {
+        const stream = await gdm(constraints);
+        probe.displays.push(stream);
+        return stream;
+      };
+    }
+    if ("setAppBadge" in navigator) {
+      navigator.setAppBadge = (count) => { probe.badges.push(count ?? 0); return Promise.resolve(); };
+      navigator.clearAppBadge = () => { probe.badges.push(0); return Promise.resolve(); };
+    }
     const createOscillator = AudioContext.prototype.createOscillator;
     AudioContext.prototype.createOscillator = function () { probe.oscillators++; return createOscillator.call(this); };
-    if (${hidden}) {
-      Object.defineProperty(Document.prototype, "hidden", { get: () => true });
-      Object.defineProperty(Document.prototype, "visibilityState", { get: () => "hidden" });
+    // Visibility the test controls (setHidden): headless pages are always visible.
+    Object.defineProperty(Document.prototype, "hidden", { get: () => probe.hidden });
+    Object.defineProperty(Document.prototype, "visibilityState", { get: () => (probe.hidden ? "hidden" : "visible") });
+    if (${JSON.stringify(permission)} !== null) {
+      let permission = ${JSON.stringify(permission)};
       window.Notification = class {
-        static permission = "granted";
-        static requestPermission() { return Promise.resolve("granted"); }
+        static get permission() { return permission; }
+        static requestPermission() { probe.permissionRequests++; permission = "granted"; return Promise.resolve(permission); }
         constructor(title, options) { probe.notifications.push({ title, body: options && options.body, closed: false }); this.index = probe.notifications.length - 1; }
         close() { probe.notifications[this.index].closed = true; }
       };
@@ -228,10 +275,18 @@ export function instrumentation({ hidden = false } = {}) {
   })();`;
 }
 
+/** Hides or shows the tab as far as the page can tell (visibilitychange included). */
+export async function setHidden(page, hidden) {
+  await page.evaluate((value) => {
+    window.__probe.hidden = value;
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, hidden);
+}
+
 /** A browser context for one person, instrumented, with its console kept for failure reports. */
-export async function newPerson(browser, daemon, { hidden = false, viewport } = {}) {
-  const context = await browser.newContext({ viewport: viewport ?? { width: 1000, height: 760 } });
-  await context.addInitScript(instrumentation({ hidden }));
+export async function newPerson(browser, daemon, { hidden = false, notifications, viewport, colorScheme } = {}) {
+  const context = await browser.newContext({ viewport: viewport ?? { width: 1000, height: 760 }, colorScheme: colorScheme ?? "light" });
+  await context.addInitScript(instrumentation({ hidden, notifications }));
   const page = await context.newPage();
   const consoleLines = [];
   page.on("console", (message) => consoleLines.push(`[${message.type()}] ${message.text()}`));
@@ -315,14 +370,39 @@ export function scene(config = {}) {
     get daemon() {
       return state.daemon;
     },
-    async person(displayName) {
-      const username = uniqueName(displayName.toLowerCase());
+    get browser() {
+      return state.browser;
+    },
+    /** `options` as for newPerson (hidden, notifications, viewport, colorScheme). */
+    async person(displayName, options = {}) {
+      const username = uniqueName(displayName.replace(/\W/g, "").toLowerCase());
       await registerUser(state.daemon, username, "correct horse battery", displayName);
-      const tab = await newPerson(state.browser, state.daemon);
+      const tab = await newPerson(state.browser, state.daemon, options);
       state.tabs.push(tab);
       tab.username = username;
       await signIn(tab.page, username, "correct horse battery");
       return tab;
     },
   };
+}
+
+let axeSource;
+
+/**
+ * Runs axe-core on the page as it is now and returns the serious and critical
+ * violations, each as "rule: target (summary)". The script is evaluated through
+ * the DevTools protocol, so the page's CSP (no inline script) does not block it.
+ */
+export async function axeViolations(page, { include } = {}) {
+  axeSource ??= await readFile(join(here, "node_modules/axe-core/axe.min.js"), "utf8");
+  if (!(await page.evaluate(() => typeof window.axe !== "undefined"))) await page.evaluate(axeSource);
+  const results = await page.evaluate(
+    (context) => window.axe.run(context ?? document, { resultTypes: ["violations"] }),
+    include ?? null,
+  );
+  return results.violations
+    .filter((violation) => violation.impact === "serious" || violation.impact === "critical")
+    .flatMap((violation) =>
+      violation.nodes.map((node) => `${violation.id}: ${node.target.join(" ")} (${node.failureSummary?.split("\n").slice(1).join(" ").trim()})`),
+    );
 }

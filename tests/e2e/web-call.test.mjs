@@ -46,7 +46,7 @@ async function allTracksStopped(page) {
 }
 
 async function firstHistoryEntry(page) {
-  await page.getByRole("button", { name: /History/ }).click();
+  await page.getByRole("tab", { name: /History/ }).click();
   const list = page.getByRole("list", { name: "Call history" });
   await list.getByRole("listitem").first().waitFor();
   return list.getByRole("listitem").first();
@@ -66,7 +66,7 @@ test("a video call connects through the relay with moving video and audio both w
   assert.match(await dialog.innerText(), /Alice is calling/);
   assert.match(await dialog.innerText(), /video call/i);
   await eventually("the ring tone", () => bob.page.evaluate(() => window.__probe.oscillators > 0));
-  await dialog.getByRole("button", { name: "Accept" }).click();
+  await dialog.getByRole("button", { name: "Accept", exact: true }).click();
   await dialog.waitFor({ state: "detached" });
 
   await remoteVideoMoving(alice.page);
@@ -88,25 +88,29 @@ test("a video call connects through the relay with moving video and audio both w
   await eventually("the timer to tick", async () => (await timer.innerText()) !== firstTick, 3000);
 
   // Mute reaches the other side, and the microphone track really goes silent.
-  await alice.page.getByRole("button", { name: "Mute", exact: true }).click();
-  await alice.page.getByRole("button", { name: "Unmute" }).waitFor();
+  const mute = alice.page.getByRole("button", { name: "Mute", exact: true });
+  await mute.click();
+  await eventually("Mute pressed", async () => (await mute.getAttribute("aria-pressed")) === "true");
   await bob.page.getByText("Alice is muted").waitFor();
   assert.equal(
     await alice.page.evaluate(() => window.__probe.streams.flatMap((s) => s.getAudioTracks()).some((t) => t.readyState === "live" && t.enabled)),
     false,
   );
-  await alice.page.getByRole("button", { name: "Unmute" }).click();
+  await mute.click();
   await bob.page.getByText("Alice is muted").waitFor({ state: "detached" });
 
   // Camera off releases the camera and reaches the other side; camera on brings video back.
-  await alice.page.getByRole("button", { name: "Camera off" }).click();
+  const camera = alice.page.getByRole("button", { name: "Camera", exact: true });
+  assert.equal(await camera.getAttribute("aria-pressed"), "true");
+  await camera.click();
   await bob.page.getByText("Alice's camera is off").first().waitFor();
   await eventually("Alice's camera released", () =>
     alice.page.evaluate(() => window.__probe.streams.flatMap((s) => s.getVideoTracks()).every((t) => t.readyState === "ended")),
   );
   const framesBefore = (await callStats(bob.page)).videoFrames;
-  await alice.page.getByRole("button", { name: "Camera on" }).click();
-  await alice.page.getByRole("button", { name: "Camera off" }).waitFor();
+  assert.equal(await camera.getAttribute("aria-pressed"), "false");
+  await camera.click();
+  await eventually("Camera pressed", async () => (await camera.getAttribute("aria-pressed")) === "true");
   await eventually("Alice's video back at Bob", async () => (await callStats(bob.page)).videoFrames > framesBefore + 10);
   await remoteVideoMoving(bob.page);
 
@@ -140,7 +144,7 @@ test("an audio call upgrades to video when one side turns the camera on", async 
   const dialog = dave.page.getByRole("dialog");
   await dialog.waitFor();
   assert.match(await dialog.innerText(), /audio call/i);
-  await dialog.getByRole("button", { name: "Accept" }).click();
+  await dialog.getByRole("button", { name: "Accept", exact: true }).click();
 
   for (const side of [carol, dave]) {
     await eventually("audio through the relay", async () => {
@@ -150,12 +154,13 @@ test("an audio call upgrades to video when one side turns the camera on", async 
     // An audio call opens no camera.
     assert.equal(await side.page.evaluate(() => window.__probe.streams.flatMap((s) => s.getVideoTracks()).length), 0);
   }
-  await carol.page.getByRole("button", { name: "Camera on" }).click();
-  await carol.page.getByRole("button", { name: "Camera off" }).waitFor();
+  const carolCamera = carol.page.getByRole("button", { name: "Camera", exact: true });
+  await carolCamera.click();
+  await eventually("Carol's camera on", async () => (await carolCamera.getAttribute("aria-pressed")) === "true");
   await remoteVideoMoving(dave.page);
 
   // The other side can turn its camera on too.
-  await dave.page.getByRole("button", { name: "Camera on" }).click();
+  await dave.page.getByRole("button", { name: "Camera", exact: true }).click();
   await remoteVideoMoving(carol.page);
 
   // Switching the microphone mid-call: the new device goes out on the same connection.

@@ -28,7 +28,7 @@ async function connectedCall(caller, calleeName, callee) {
   const button = personItem(caller.page, calleeName).getByRole("button", { name: "Video call" });
   await eventually(`${calleeName} online`, () => button.isEnabled());
   await button.click();
-  await callee.page.getByRole("dialog").getByRole("button", { name: "Accept" }).click();
+  await callee.page.getByRole("dialog").getByRole("button", { name: "Accept", exact: true }).click();
   await mediaFlowing(caller.page);
   await mediaFlowing(callee.page);
 }
@@ -49,7 +49,7 @@ for (const reloading of ["callee", "caller"]) {
     await other.page.getByRole("button", { name: "Hang up" }).click();
     await reloader.page.getByRole("list", { name: "People" }).waitFor();
     // One call in the history, completed: the reload did not end it.
-    await reloader.page.getByRole("button", { name: /History/ }).click();
+    await reloader.page.getByRole("tab", { name: /History/ }).click();
     const entries = reloader.page.getByRole("list", { name: "Call history" }).getByRole("listitem");
     await entries.first().waitFor();
     assert.equal(await entries.count(), 1);
