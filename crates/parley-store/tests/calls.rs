@@ -325,3 +325,38 @@ async fn hiding_a_call_leaves_the_other_party_history_untouched() {
         HideOutcome::Live
     );
 }
+
+#[tokio::test]
+async fn a_batch_is_written_whole_or_not_at_all() {
+    let f = fixture().await;
+    let first = ended("b1", f.alice, f.bob, "completed", "hangup", 1);
+    let mut later = ended("b1", f.alice, f.bob, "completed", "hangup", 2);
+    later.message = Some("second snapshot wins");
+    f.store
+        .save_calls(&[
+            first,
+            later,
+            ended("b2", f.bob, f.carol, "missed", "no_answer", 3),
+        ])
+        .await
+        .unwrap();
+    let row = f.store.call_by_id("b1").await.unwrap().expect("stored");
+    assert_eq!(row.message.as_deref(), Some("second snapshot wins"));
+    assert!(f.store.call_by_id("b2").await.unwrap().is_some());
+
+    // An unknown caller breaks the foreign key: the good record in the batch is not written.
+    let refused = f
+        .store
+        .save_calls(&[
+            ended("b3", f.alice, f.bob, "completed", "hangup", 4),
+            ended("b4", 9_999, f.bob, "completed", "hangup", 5),
+        ])
+        .await;
+    assert!(refused.is_err());
+    assert!(f.store.call_by_id("b3").await.unwrap().is_none());
+    // And the failure left no lock behind: the next write goes through at once.
+    f.store
+        .save_call(&ended("b5", f.alice, f.bob, "completed", "hangup", 6))
+        .await
+        .unwrap();
+}
