@@ -9,6 +9,7 @@
 
 mod bench;
 mod deb;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,15 +53,18 @@ fn main() {
         Some("ci") => ci(&args[1..]),
         Some("deb") => deb::build(&args[1..]).map(|path| println!("{}", path.display())),
         Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
                  ci [STAGE...] [--under-load]\n                  \
                  install test dependencies, build, run every test suite\n                  \
-                 (stages: deps build cargo socketio e2e packaging);\n                  \
+                 (stages: deps build cargo fuzz socketio e2e packaging);\n                  \
                  --under-load keeps every core busy with stress-ng meanwhile\n  \
                  deb             build target/debian/parley_*.deb\n  \
+                 fuzz [TARGET...] [--secs N] [--runs N]\n                  \
+                 build the fuzz targets, run each N s (default 20; docs/security.md)\n  \
                  bench [SCENARIO...] [--users N ...]\n                  \
                  release benchmarks (startup idle burst calls relay; see docs/benchmarks.md)"
             );
@@ -106,7 +110,15 @@ fn have(command: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-const STAGES: &[&str] = &["deps", "build", "cargo", "socketio", "e2e", "packaging"];
+const STAGES: &[&str] = &[
+    "deps",
+    "build",
+    "cargo",
+    "fuzz",
+    "socketio",
+    "e2e",
+    "packaging",
+];
 
 fn ci(args: &[String]) -> anyhow::Result<()> {
     // `--under-load`: a CPU hog on every core for the whole run, as a busy CI machine has, to
@@ -140,6 +152,8 @@ fn ci(args: &[String]) -> anyhow::Result<()> {
                 "cargo",
                 &["test", "--workspace", "--locked", "--no-fail-fast"],
             ),
+            // Every fuzz target for a few seconds: a parser that now crashes fails CI.
+            "fuzz" => fuzz::run(&[]),
             "socketio" => pytest("tests/socketio"),
             "e2e" => e2e(),
             "packaging" => pytest("tests/packaging"),
@@ -235,6 +249,7 @@ fn deps() -> anyhow::Result<()> {
             run_in(&root().join(dir), "npm", &["ci", "--no-audit", "--no-fund"])?;
         }
     }
+    fuzz::install_cargo_fuzz()?;
     Ok(())
 }
 

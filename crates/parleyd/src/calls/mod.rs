@@ -13,7 +13,7 @@
 mod driver;
 pub mod http;
 pub mod openapi;
-mod payload;
+pub mod payload;
 mod socket;
 
 use std::collections::HashMap;
