@@ -1,6 +1,12 @@
 //! Accounts: create, look up, verify passwords, disable, remove.
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+use rand::RngCore;
 use serde::Serialize;
 
 use crate::{Result, Store, StoreError, unix_millis_now};
@@ -66,8 +72,19 @@ pub fn validate_password(password: &str) -> Result<()> {
 }
 
 pub fn validate_display_name(display_name: &str) -> Result<()> {
+    if let Some(c) = display_name.chars().find(|c| is_hidden_or_control(*c)) {
+        return Err(StoreError::Invalid {
+            field: "displayName",
+            reason: format!(
+                "contains U+{:04X}, a control or invisible formatting character (such as a \
+                 right-to-left override, which makes a name display as something else); use \
+                 1 to 64 visible characters",
+                c as u32
+            ),
+        });
+    }
     let count = display_name.trim().chars().count();
-    if (1..=64).contains(&count) && !display_name.chars().any(char::is_control) {
+    if (1..=64).contains(&count) {
         Ok(())
     } else {
         Err(StoreError::Invalid {
@@ -77,17 +94,161 @@ pub fn validate_display_name(display_name: &str) -> Result<()> {
     }
 }
 
-/// argon2id is deliberately slow (tens of milliseconds): run it off the async threads.
+/// Characters refused in display names: controls (Cc), line and paragraph separators, and the
+/// format characters (Cf) of Unicode 16, which are invisible and can reorder or hide what a
+/// name shows: bidi overrides, isolates and marks, zero-width spaces, soft hyphens, tags
+/// (issue 10: a right-to-left override made one user's name read as another's). Zero-width
+/// joiner and non-joiner stay allowed: Persian and Indic names and emoji sequences need them,
+/// and they move nothing. Written out because std has no general-category lookup.
+fn is_hidden_or_control(c: char) -> bool {
+    const FORMAT: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200B),
+        (0x200E, 0x200F),
+        (0x2028, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let code = c as u32;
+    c.is_control()
+        || FORMAT
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&code))
+}
+
+/// argon2id's working memory (19 MiB with the default parameters), mapped for one hash and
+/// unmapped as soon as it is done.
+///
+/// Through malloc the freed blocks stay in the process: glibc raises its mmap threshold to the
+/// size of the first freed block, so later ones come from per-thread arenas that are never
+/// trimmed, and every blocking thread that ever hashed kept its 19 MiB (a login flood left
+/// 1.3 GiB resident, issue 10). A private anonymous mapping goes back to the kernel at `munmap`.
+struct HashMemory {
+    blocks: NonNull<Block>,
+    len: usize,
+}
+
+impl HashMemory {
+    fn map(len: usize) -> Result<HashMemory> {
+        let bytes = len
+            .checked_mul(Block::SIZE)
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| StoreError::Hash(format!("bad argon2 memory size: {len} blocks")))?;
+        // SAFETY: a new private anonymous mapping at an address the kernel picks aliases
+        // nothing; it is unmapped only in `drop`.
+        let pointer = unsafe {
+            mmap_anonymous(
+                None,
+                bytes,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
+            )
+        }
+        .map_err(|e| StoreError::Hash(format!("cannot map {bytes} bytes for argon2: {e}")))?;
+        Ok(HashMemory {
+            blocks: pointer.cast(),
+            len,
+        })
+    }
+}
+
+impl AsMut<[Block]> for HashMemory {
+    fn as_mut(&mut self) -> &mut [Block] {
+        // SAFETY: the mapping holds `len` blocks, is page-aligned (a block needs 64 bytes),
+        // starts zero-filled (any bits are a valid block), and only `self` points into it.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for HashMemory {
+    fn drop(&mut self) {
+        // SAFETY: exactly the region `map` created; nothing borrows it once `self` is dropped.
+        if let Err(e) = unsafe { munmap(self.blocks.cast(), self.len * Block::SIZE) } {
+            log::error!("cannot unmap argon2 memory: {e}");
+        }
+    }
+}
+
+fn hash_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Hash(e.to_string())
+}
+
+/// A new argon2id hash (default parameters, random 16-byte salt) as a PHC string, exactly what
+/// `Argon2::default().hash_password` makes, computed in [`HashMemory`]. Blocking: tens of ms.
+pub fn hash_password_blocking(password: &str) -> Result<String> {
+    let params = Params::default();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let memory = HashMemory::map(params.block_count())?;
+    argon2
+        .hash_password_into_with_memory(password.as_bytes(), &salt, &mut output, memory)
+        .map_err(hash_error)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(hash_error)?,
+        salt: Some(Salt::new(&salt).map_err(hash_error)?),
+        hash: Some(Output::new(&output).map_err(hash_error)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches the PHC string `hash` (any argon2 variant and parameters),
+/// computed in [`HashMemory`] and compared in constant time. Blocking: tens of ms.
+pub fn password_matches_blocking(password: &str, hash: &str) -> bool {
+    let Ok(phc) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&phc.salt, &phc.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(phc.algorithm.as_str()) else {
+        return false;
+    };
+    let Ok(version) = phc
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+    else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&phc) else {
+        return false;
+    };
+    let Ok(memory) = HashMemory::map(params.block_count()) else {
+        return false;
+    };
+    let mut output = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut output, memory)
+        .is_ok()
+        && Output::new(&output).is_ok_and(|computed| computed == *expected)
+}
+
+/// argon2id is deliberately slow (tens of milliseconds): run it off the async threads. How
+/// many run at once is the caller's to bound (the daemon's login gate).
 async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_owned();
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|hash| hash.to_string())
-            .map_err(|e| StoreError::Hash(e.to_string()))
-    })
-    .await
-    .map_err(|e| StoreError::Hash(e.to_string()))?
+    tokio::task::spawn_blocking(move || hash_password_blocking(&password))
+        .await
+        .map_err(hash_error)?
 }
 
 async fn password_matches(password: &str, hash: &str) -> bool {
@@ -95,13 +256,9 @@ async fn password_matches(password: &str, hash: &str) -> bool {
         return false;
     }
     let (password, hash) = (password.to_owned(), hash.to_owned());
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok()
-    })
-    .await
-    .unwrap_or(false)
+    tokio::task::spawn_blocking(move || password_matches_blocking(&password, &hash))
+        .await
+        .unwrap_or(false)
 }
 
 impl Store {
@@ -264,4 +421,66 @@ async fn dummy_hash() -> &'static str {
                 .unwrap_or_default()
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use argon2::{PasswordHasher, PasswordVerifier};
+
+    use super::*;
+
+    #[test]
+    fn hashes_made_in_mapped_memory_match_argon2s_own_both_ways() {
+        let ours = hash_password_blocking("correct horse").expect("hash");
+        assert!(
+            ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{ours}"
+        );
+        Argon2::default()
+            .verify_password(b"correct horse", ours.as_str())
+            .expect("argon2 accepts our hash");
+        let theirs = Argon2::default()
+            .hash_password(b"correct horse")
+            .expect("hash")
+            .to_string();
+        assert!(password_matches_blocking("correct horse", &theirs));
+        assert!(!password_matches_blocking("wrong horse", &theirs));
+        assert!(!password_matches_blocking(
+            "correct horse",
+            "not a phc string"
+        ));
+        assert!(!password_matches_blocking("correct horse", ""));
+    }
+
+    #[test]
+    fn display_names_refuse_bidi_controls_and_invisible_characters_issue_10() {
+        for bad in [
+            "\u{202E}evil",
+            "a\u{2066}b\u{2069}",
+            "a\u{200F}b",
+            "zero\u{200B}width",
+            "soft\u{AD}hyphen",
+            "line\u{2028}break",
+            "tab\tname",
+            "\u{FEFF}bom",
+            "tag\u{E0041}",
+        ] {
+            let error = validate_display_name(bad).expect_err(bad);
+            assert!(
+                matches!(&error, StoreError::Invalid { field: "displayName", reason } if reason.contains("U+")),
+                "{bad:?}: {error}"
+            );
+        }
+        for good in [
+            "Zoë Ångström",
+            "محمد علی",
+            "王小明",
+            "می\u{200C}خواهم",
+            "👩\u{200D}💻 Ada",
+        ] {
+            validate_display_name(good).expect(good);
+        }
+        assert!(validate_display_name("   ").is_err());
+        assert!(validate_display_name(&"x".repeat(65)).is_err());
+    }
 }
