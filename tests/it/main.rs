@@ -1,5 +1,6 @@
 mod daemon;
 mod foundation;
+mod hostile_relay;
 mod loadgen;
 mod relay;
 mod tls;

@@ -165,6 +165,10 @@ pub enum Error {
     DeviceRequired(&'static str),
     #[error("unknown {kind} value {value:?}; the call log may come from a newer version")]
     UnknownValue { kind: &'static str, value: String },
+    /// The call log could not record the change (the shell refuses it: never acknowledged
+    /// unrecorded). The client sees `INTERNAL`; the server log has the database error.
+    #[error("the server could not record this change; try again later")]
+    NotRecorded,
 }
 
 impl Error {
@@ -179,7 +183,7 @@ impl Error {
             Error::Forbidden(_) => "FORBIDDEN",
             Error::InvalidState(_) => "INVALID_STATE",
             Error::DeviceRequired(_) => "DEVICE_REQUIRED",
-            Error::UnknownValue { .. } => "INTERNAL",
+            Error::UnknownValue { .. } | Error::NotRecorded => "INTERNAL",
         }
     }
 }

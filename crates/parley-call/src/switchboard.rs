@@ -826,6 +826,53 @@ impl Switchboard {
         }
     }
 
+    /// The shell could not write a record of `call_id` (disk full, failing device): the change
+    /// it carried is refused, and the call cannot go on unrecorded. `last_recorded` is the call
+    /// as the log last stored it, `None` if never. The shell withholds a change's events until
+    /// its record is written, so a call the log never stored was announced to nobody: it
+    /// vanishes. Any other live call ends as the server's doing, from its recorded state:
+    /// `completed` if recorded answered, else `missed`, reason `connection_lost`; every device of
+    /// both parties hears it (a withheld `call:answered-elsewhere` left other devices ringing).
+    pub fn handle_write_failed(
+        &mut self,
+        call_id: &CallId,
+        last_recorded: Option<&CallRecord>,
+        now: Now,
+    ) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            // Already ended: its ending is what failed, and the shell keeps retrying that.
+            return;
+        };
+        let parties = [call.record.caller.id, call.record.callee.id];
+        let Some(recorded) = last_recorded else {
+            log::debug!("call {call_id}: dropped, its first record could not be written");
+            self.calls.remove(call_id);
+            for user in parties {
+                if self.live_by_user.get(&user) == Some(call_id) {
+                    self.live_by_user.remove(&user);
+                }
+                self.mark_presence(user, now);
+            }
+            return;
+        };
+        call.record.answered_at_ms = recorded.answered_at_ms;
+        for user in parties {
+            if let Some(devices) = self.devices.get(&user) {
+                call.ringing.extend(devices.values().copied());
+            }
+        }
+        let status = if recorded.answered_at_ms.is_some() {
+            Status::Completed
+        } else {
+            Status::Missed
+        };
+        self.end_call(
+            call_id,
+            Ending::by_server(status, Reason::ConnectionLost),
+            now,
+        );
+    }
+
     // ----- internals -------------------------------------------------------------------------
 
     fn reply(&mut self, request: RequestId, result: Result<Reply, Error>) {

@@ -605,3 +605,54 @@ fn no_sequence_of_inputs_panics_or_breaks_invariants() {
         }
     }
 }
+
+// ----- a record the shell could not write (issue 10) ----------------------------------------
+
+fn first_record(outputs: &[Output]) -> parley_call::CallRecord {
+    outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Persist(record) => Some(record.clone()),
+            _ => None,
+        })
+        .expect("a record to persist")
+}
+
+#[test]
+fn a_call_whose_first_record_failed_vanishes_without_a_word() {
+    let mut h = connected(&[A1, B1]);
+    h.initiate(A1, BOB);
+    h.board.handle_write_failed(&call_id(), None, h.now);
+    let out = h.drain();
+    assert_eq!(render(&h, &out), "live=none");
+    assert_eq!(h.board.user_status(ALICE), PresenceStatus::Online);
+    assert_eq!(h.board.user_status(BOB), PresenceStatus::Online);
+}
+
+#[test]
+fn a_refused_accept_ends_the_recorded_ringing_call_as_missed_by_the_server() {
+    let mut h = connected(&[A1, B1, B2]);
+    let ringing = first_record(&h.initiate(A1, BOB));
+    h.advance(Duration::from_secs(3));
+    h.accept(B1);
+    h.board
+        .handle_write_failed(&call_id(), Some(&ringing), h.now);
+    let out = h.drain();
+    // B2 never heard "answered elsewhere" (withheld with the refused accept): it hears the end.
+    assert_eq!(
+        render(&h, &out),
+        "log=ended:missed/connection_lost:server A1<ended(missed) B1<ended(missed) B2<ended(missed) live=none"
+    );
+    assert_eq!(first_record(&out).answered_at_ms, None);
+}
+
+#[test]
+fn a_failed_write_of_an_ended_call_changes_nothing_more() {
+    let mut h = connected(&[A1, B1]);
+    let ringing = first_record(&h.initiate(A1, BOB));
+    h.cancel(A1);
+    h.board
+        .handle_write_failed(&call_id(), Some(&ringing), h.now);
+    let out = h.drain();
+    assert_eq!(render(&h, &out), "live=none");
+}

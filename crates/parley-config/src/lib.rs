@@ -205,6 +205,13 @@ pub struct TurnConfig {
     pub max_allocations_per_user: u32,
     /// Bandwidth cap per allocation in kbit/s; 0 means none. Default 0.
     pub bandwidth_limit_kbps: u32,
+    /// TURN over TCP/TLS: seconds a new connection has to finish its TLS handshake and send
+    /// its first whole STUN message, and a started frame has to arrive in full; a slow or
+    /// silent client is disconnected after that. Default 10.
+    pub handshake_timeout_secs: u64,
+    /// TURN over TCP/TLS: seconds without any frame from the client before its connection
+    /// (and allocation) is closed. Clients refresh permissions every 5 minutes. Default 600.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for TurnConfig {
@@ -227,6 +234,8 @@ impl Default for TurnConfig {
             max_allocations: 1000,
             max_allocations_per_user: 10,
             bandwidth_limit_kbps: 0,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 600,
         }
     }
 }
@@ -483,6 +492,12 @@ impl Config {
         }
         if self.turn.credential_ttl_secs == 0 {
             bad("turn.credential_ttl_secs", "must be at least 1".into());
+        }
+        if self.turn.handshake_timeout_secs == 0 || self.turn.idle_timeout_secs == 0 {
+            bad(
+                "turn.handshake_timeout_secs and turn.idle_timeout_secs",
+                "must be at least 1".into(),
+            );
         }
         if self.calls.events_per_second == 0 || self.calls.events_burst == 0 {
             bad(

@@ -64,7 +64,7 @@ fn maybe_resign(data: &[u8]) -> Vec<u8> {
     let mut signed = Message::new();
     signed.set_type(msg.typ);
     signed.transaction_id = msg.transaction_id;
-    signed.write_transaction_id();
+    signed.write_header();
     for attr in &msg.attributes.0 {
         if attr.typ == ATTR_MESSAGE_INTEGRITY || attr.typ == ATTR_FINGERPRINT {
             break;

@@ -1,13 +1,14 @@
-//! The layer in front of the `turn` server: a `Conn` wrapper that sees every datagram or
-//! frame a listener receives and every response the server sends, and supplies what `turn`
-//! 0.17 lacks: a peer-address policy (403), credential checks that answer 401 (the server
-//! says 400), allocation quotas (486), a bounded nonce table, a bandwidth cap, and counters.
+//! The socket shell around the [`gate`](crate::gate): a `Conn` wrapper in front of every
+//! listener that sees each datagram or frame a listener receives and each response the
+//! server sends. It decodes, asks the gate, and acts: forwards to the `turn` server, answers
+//! with the gate's error (encoded here), or drops. It also reads the clocks, applies the
+//! client-side bandwidth cap, counts metrics and logs (rate-limited).
 //!
-//! The hot path (ChannelData, Send/Data indications) costs a couple of byte comparisons;
-//! only control requests are decoded here, which the server decodes again anyway.
+//! The hot path (ChannelData) costs a couple of byte comparisons and the bandwidth check;
+//! STUN messages are decoded here, which the server does again anyway.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -19,47 +20,37 @@ use stun::error_code::*;
 use stun::integrity::MessageIntegrity;
 use stun::message::*;
 use stun::textattrs::TextAttribute;
+use stun::uattrs::UnknownAttributes;
 use webrtc_util::Conn;
 
 use crate::bandwidth::TokenBucket;
-use crate::credentials::{Secrets, parse_username};
+use crate::credentials::Secrets;
+use crate::gate::{Answer, Gate, Packet, Verdict, Why, decode};
 use crate::metrics::Metrics;
-use crate::nonce::{NonceGate, NonceVerdict};
 use crate::policy::PeerPolicy;
-use crate::quota::{AllocationKey, QuotaVerdict, Quotas};
+use crate::quota::{AllocationKey, Quotas};
 
 /// Source address of the requests the guard injects to purge the server's old nonces; the
 /// server's answers to it are swallowed. TEST-NET-1, never a real client.
 pub(crate) const PURGE_SOURCE: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 0)), 9);
 
-/// Verified credentials handed from the guard to the server's synchronous `AuthHandler`.
-/// Bounded: entries are taken by the handler, and the map is cleared if it ever gets large
-/// (the server then falls back to the current secret).
-const MAX_VERIFIED: usize = 4096;
-
 /// Our own per-packet log lines: at most this many per minute.
 const LOG_LINES_PER_MINUTE: u64 = 10;
 
-pub(crate) struct GuardState {
-    pub quotas: Quotas,
-    pub nonces: NonceGate,
-    verified: HashMap<SocketAddr, (String, Vec<u8>)>,
-    /// Username and key per allocation, to release TCP/TLS allocations when the stream ends.
-    allocation_credentials: HashMap<AllocationKey, (String, Vec<u8>)>,
-    pending_credentials: HashMap<[u8; 12], (String, Vec<u8>)>,
-    client_buckets: HashMap<SocketAddr, TokenBucket>,
-}
+/// Client-side bandwidth buckets kept before the table is reset (a spoofing flood).
+const MAX_CLIENT_BUCKETS: usize = 65536;
 
 /// State shared by every listener's guard, the auth handler and the relay sockets.
 pub(crate) struct Shared {
     pub realm: String,
-    pub secrets: Secrets,
+    secrets: Secrets,
     pub policy: PeerPolicy,
     pub metrics: Arc<Metrics>,
     /// Bytes per second per allocation and direction; 0 = unlimited.
     pub bandwidth_bytes_per_sec: u64,
-    pub state: Mutex<GuardState>,
+    gate: Mutex<Gate>,
+    client_buckets: Mutex<HashMap<SocketAddr, TokenBucket>>,
     log_window: AtomicU64,
     log_count: AtomicU64,
     next_purge_check: Mutex<Instant>,
@@ -72,6 +63,21 @@ pub(crate) fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Locks a mutex whose data stays consistent even if a holder panicked (a bug, logged by
+/// the panic itself).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the guard does with one received packet.
+pub(crate) enum Decision {
+    Forward,
+    Answer(Vec<u8>),
+    Drop,
+}
+
 impl Shared {
     pub fn new(
         realm: String,
@@ -82,30 +88,21 @@ impl Shared {
         metrics: Arc<Metrics>,
     ) -> Self {
         Shared {
+            gate: Mutex::new(Gate::new(secrets.clone(), policy.clone(), quotas)),
             realm,
             secrets,
             policy,
             metrics,
             bandwidth_bytes_per_sec,
-            state: Mutex::new(GuardState {
-                quotas,
-                nonces: NonceGate::default(),
-                verified: HashMap::new(),
-                allocation_credentials: HashMap::new(),
-                pending_credentials: HashMap::new(),
-                client_buckets: HashMap::new(),
-            }),
+            client_buckets: Mutex::new(HashMap::new()),
             log_window: AtomicU64::new(0),
             log_count: AtomicU64::new(0),
             next_purge_check: Mutex::new(Instant::now()),
         }
     }
 
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, GuardState> {
-        // A panic while holding the lock is a bug; the state itself stays usable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        lock(&self.gate)
     }
 
     /// Rate-limits our own per-packet log lines so that a flood cannot flood the journal.
@@ -117,21 +114,17 @@ impl Shared {
         self.log_count.fetch_add(1, Ordering::Relaxed) < LOG_LINES_PER_MINUTE
     }
 
-    /// Called by the server's auth handler for a request the guard has just verified.
+    /// Called by the server's auth handler for a request the gate has just verified.
     pub fn take_verified_key(
         &self,
         username: &str,
         realm: &str,
         source: SocketAddr,
     ) -> Option<Vec<u8>> {
-        let mut state = self.lock();
-        if let Some((verified_user, key)) = state.verified.remove(&source)
-            && verified_user == username
-        {
+        if let Some(key) = self.lock().take_verified_key(username, source) {
             return Some(key);
         }
-        drop(state);
-        // Not verified by a guard (cannot happen for requests that passed one): fall back to
+        // Not verified by the gate (cannot happen for requests that passed it): fall back to
         // the current secret, refusing expired and malformed usernames.
         self.secrets
             .candidate_keys(username, realm, now_unix())
@@ -141,27 +134,21 @@ impl Shared {
 
     /// The allocation ended: free its quota slot and per-allocation state.
     pub fn handle_allocation_closed(&self, key: AllocationKey) {
-        let mut state = self.lock();
-        state.quotas.handle_allocation_closed(key);
-        state.allocation_credentials.remove(&key);
-        state.client_buckets.remove(&key.0);
+        let mut gate = self.lock();
+        gate.handle_allocation_closed(key);
+        let active = gate.quotas.active() as u64;
+        drop(gate);
+        lock(&self.client_buckets).remove(&key.0);
         self.metrics
             .allocations_active
-            .store(state.quotas.active() as u64, Ordering::Relaxed);
+            .store(active, Ordering::Relaxed);
     }
 
     /// A Refresh with LIFETIME 0 that deletes the allocation of `key`, built with the
     /// credentials it was created with: injected when a TCP/TLS client disconnects, because
     /// RFC 6062's rule (the allocation ends with its connection) has no hook in `turn`.
     pub fn release_request(&self, key: AllocationKey) -> Option<Vec<u8>> {
-        let now = Instant::now();
-        let state = self.lock();
-        let (username, auth_key) = state.allocation_credentials.get(&key)?.clone();
-        let nonce = match state.nonces.handle_authenticated("", now) {
-            NonceVerdict::Stale(nonce) => nonce,
-            _ => return None,
-        };
-        drop(state);
+        let (username, auth_key, nonce) = self.lock().release_credentials(key, Instant::now())?;
         let mut msg = Message::new();
         let built = msg.build(&[
             Box::new(TransactionId::new()),
@@ -180,10 +167,7 @@ impl Shared {
     fn poll_purge(&self) -> Option<Vec<u8>> {
         let now = Instant::now();
         {
-            let mut next = self
-                .next_purge_check
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut next = lock(&self.next_purge_check);
             if now < *next {
                 return None;
             }
@@ -205,9 +189,70 @@ impl Shared {
         .ok()?;
         Some(msg.raw)
     }
+
+    /// Bandwidth cap for client-to-peer traffic, per allocation (= per client address here).
+    fn within_bandwidth(&self, source: SocketAddr, bytes: usize, now: Instant) -> bool {
+        let rate = self.bandwidth_bytes_per_sec;
+        if rate == 0 {
+            return true;
+        }
+        let mut buckets = lock(&self.client_buckets);
+        let ok = buckets
+            .entry(source)
+            .or_insert_with(|| TokenBucket::new(rate, now))
+            .take(bytes, now);
+        if buckets.len() > MAX_CLIENT_BUCKETS {
+            buckets.clear(); // buckets refill anyway
+        }
+        drop(buckets);
+        if !ok {
+            Metrics::add(&self.metrics.bandwidth_drops, 1);
+        }
+        ok
+    }
+
+    /// Counts and logs what the gate refused.
+    fn account(&self, why: &Why, source: SocketAddr) {
+        let metrics = &self.metrics;
+        match why {
+            Why::Challenge => Metrics::add(&metrics.challenges_answered, 1),
+            Why::StaleNonce => {}
+            Why::Malformed(what) => {
+                Metrics::add(&metrics.malformed_requests, 1);
+                if self.may_log() {
+                    log::info!("turn: refused a malformed request from {source}: {what}");
+                }
+            }
+            Why::UnknownAttributes => Metrics::add(&metrics.malformed_requests, 1),
+            Why::BadCredentials { username } => {
+                Metrics::add(&metrics.auth_failures, 1);
+                if self.may_log() {
+                    log::info!(
+                        "turn: refused credentials from {source} (expired, forged or malformed username {username:?})"
+                    );
+                }
+            }
+            Why::ForbiddenPeer(peer) => {
+                Metrics::add(&metrics.refused_peers, 1);
+                if self.may_log() {
+                    log::info!(
+                        "turn: refused peer {peer} for {source}; allow its range with turn.allowed_peer_ranges if this is intended"
+                    );
+                }
+            }
+            Why::Quota(verdict) => {
+                Metrics::add(&metrics.quota_refusals, 1);
+                if self.may_log() {
+                    log::warn!(
+                        "turn: allocation quota reached ({verdict:?}) for {source}; see turn.max_allocations and turn.max_allocations_per_user"
+                    );
+                }
+            }
+        }
+    }
 }
 
-/// Answers the server's `AuthHandler` calls from what the guard verified.
+/// Answers the server's `AuthHandler` calls from what the gate verified.
 pub(crate) struct GuardAuth(pub Arc<Shared>);
 
 impl turn::auth::AuthHandler for GuardAuth {
@@ -223,103 +268,81 @@ impl turn::auth::AuthHandler for GuardAuth {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    ChannelData,
-    Stun { method: Method, class: MessageClass },
-    Other,
-}
-
-fn classify(data: &[u8]) -> Kind {
-    if data.len() >= 4 && data[0] & 0xC0 == 0x40 {
-        return Kind::ChannelData;
-    }
-    if data.len() >= 20 && data[0] & 0xC0 == 0 {
-        let mut typ = MessageType::default();
-        typ.read_value(u16::from_be_bytes([data[0], data[1]]));
-        return Kind::Stun {
-            method: typ.method,
-            class: typ.class,
-        };
-    }
-    Kind::Other
-}
-
-/// XOR-PEER-ADDRESS values of a message, every one of them (the server only reads the first).
-pub(crate) fn xor_peer_addresses(msg: &Message) -> Result<Vec<SocketAddr>, ()> {
-    let cookie = MAGIC_COOKIE.to_be_bytes();
-    let mut peers = Vec::new();
-    for attr in msg
-        .attributes
-        .0
-        .iter()
-        .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
-    {
-        let value = &attr.value;
-        if value.len() < 4 {
-            return Err(());
-        }
-        let port = u16::from_be_bytes([value[2], value[3]]) ^ (MAGIC_COOKIE >> 16) as u16;
-        let ip = match (value[1], value.len()) {
-            (0x01, 8) => {
-                let mut octets = [0u8; 4];
-                for i in 0..4 {
-                    octets[i] = value[4 + i] ^ cookie[i];
-                }
-                IpAddr::V4(Ipv4Addr::from(octets))
-            }
-            (0x02, 20) => {
-                let mut octets = [0u8; 16];
-                for i in 0..16 {
-                    let mask = if i < 4 {
-                        cookie[i]
-                    } else {
-                        msg.transaction_id.0[i - 4]
-                    };
-                    octets[i] = value[4 + i] ^ mask;
-                }
-                IpAddr::V6(Ipv6Addr::from(octets))
-            }
-            _ => return Err(()),
-        };
-        peers.push(SocketAddr::new(ip, port));
-    }
-    Ok(peers)
-}
-
-/// What the guard does with one received request.
-pub(crate) enum Decision {
-    Forward,
-    Answer(Vec<u8>),
-    Drop,
-}
-
-fn error_response(
-    request: &Message,
-    code: ErrorCode,
-    reason: &str,
-    nonce: Option<&str>,
-    realm: &str,
-    integrity_key: Option<&[u8]>,
-) -> Option<Vec<u8>> {
+/// The error response for `answer`.
+pub(crate) fn encode(answer: &Answer, realm: &str) -> Option<Vec<u8>> {
     let mut setters: Vec<Box<dyn Setter>> = vec![
-        Box::new(request.transaction_id),
-        Box::new(MessageType::new(request.typ.method, CLASS_ERROR_RESPONSE)),
+        Box::new(TransactionId(answer.transaction_id)),
+        Box::new(MessageType::new(answer.method, CLASS_ERROR_RESPONSE)),
         Box::new(ErrorCodeAttribute {
-            code,
-            reason: reason.as_bytes().to_vec(),
+            code: ErrorCode(answer.code),
+            reason: answer.reason.as_bytes().to_vec(),
         }),
     ];
-    if let Some(nonce) = nonce {
-        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.to_owned())));
+    if !answer.unknown_attributes.is_empty() {
+        setters.push(Box::new(UnknownAttributes(
+            answer
+                .unknown_attributes
+                .iter()
+                .map(|t| AttrType(*t))
+                .collect(),
+        )));
+    }
+    if let Some(nonce) = &answer.nonce {
+        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.clone())));
         setters.push(Box::new(TextAttribute::new(ATTR_REALM, realm.to_owned())));
     }
-    if let Some(key) = integrity_key {
-        setters.push(Box::new(MessageIntegrity(key.to_vec())));
+    if let Some(key) = &answer.integrity_key {
+        setters.push(Box::new(MessageIntegrity(key.clone())));
     }
     let mut msg = Message::new();
     msg.build(&setters).ok()?;
     Some(msg.raw)
+}
+
+/// Decides what to do with one datagram or frame received from `source` on `local`.
+pub(crate) fn decide(
+    shared: &Shared,
+    local: SocketAddr,
+    data: &[u8],
+    source: SocketAddr,
+) -> Decision {
+    let now = Instant::now();
+    let verdict = match decode(data) {
+        Packet::ChannelData => {
+            return if shared.within_bandwidth(source, data.len(), now) {
+                Decision::Forward
+            } else {
+                Decision::Drop
+            };
+        }
+        Packet::Send { peer } => {
+            // The server checks the permission; refusing a denied peer here as well keeps
+            // the policy in front of the server whatever permissions it holds.
+            if !shared.policy.allows(peer.ip()) {
+                Metrics::add(&shared.metrics.refused_peers, 1);
+                return Decision::Drop;
+            }
+            return if shared.within_bandwidth(source, data.len(), now) {
+                Decision::Forward
+            } else {
+                Decision::Drop
+            };
+        }
+        Packet::Ignored => return Decision::Drop, // the server would only log an error
+        Packet::Refused(answer) => Verdict::Answer(answer),
+        Packet::Request(request) => {
+            shared
+                .lock()
+                .handle_request(&request, source, local, now, now_unix())
+        }
+    };
+    match verdict {
+        Verdict::Forward => Decision::Forward,
+        Verdict::Answer(answer) => {
+            shared.account(&answer.why, source);
+            encode(&answer, &shared.realm).map_or(Decision::Drop, Decision::Answer)
+        }
+    }
 }
 
 /// Wraps one listener's `Conn` (a UDP socket or a TCP/TLS stream multiplexer).
@@ -344,249 +367,9 @@ impl GuardConn {
             up,
         })
     }
-}
 
-/// Decides what to do with one datagram or frame received from `source` on `local`.
-pub(crate) fn decide(
-    shared: &Shared,
-    local: SocketAddr,
-    data: &[u8],
-    source: SocketAddr,
-) -> Decision {
-    match classify(data) {
-        Kind::ChannelData => {
-            if within_bandwidth(shared, source, data.len()) {
-                Decision::Forward
-            } else {
-                Decision::Drop
-            }
-        }
-        Kind::Stun { method, class } if class == CLASS_REQUEST => {
-            if method == METHOD_ALLOCATE
-                || method == METHOD_REFRESH
-                || method == METHOD_CREATE_PERMISSION
-                || method == METHOD_CHANNEL_BIND
-            {
-                inspect_request(shared, local, data, source, method)
-            } else {
-                Decision::Forward
-            }
-        }
-        Kind::Stun { method, class } if class == CLASS_INDICATION && method == METHOD_SEND => {
-            if within_bandwidth(shared, source, data.len()) {
-                Decision::Forward
-            } else {
-                Decision::Drop
-            }
-        }
-        Kind::Stun { .. } => Decision::Forward,
-        Kind::Other => Decision::Drop, // not TURN: the server would only log an error
-    }
-}
-
-fn inspect_request(
-    shared: &Shared,
-    local: SocketAddr,
-    data: &[u8],
-    source: SocketAddr,
-    method: Method,
-) -> Decision {
-    {
-        let mut msg = Message {
-            raw: data.to_vec(),
-            ..Default::default()
-        };
-        if msg.decode().is_err() {
-            return Decision::Forward; // the server rejects it the usual way
-        }
-        let now = Instant::now();
-        let realm = shared.realm.as_str();
-
-        if !msg.contains(ATTR_MESSAGE_INTEGRITY) {
-            let verdict = shared.lock().nonces.handle_unauthenticated(now);
-            return match verdict {
-                NonceVerdict::Challenge(nonce) => {
-                    Metrics::add(&shared.metrics.challenges_answered, 1);
-                    error_response(
-                        &msg,
-                        CODE_UNAUTHORIZED,
-                        "Unauthorized",
-                        Some(&nonce),
-                        realm,
-                        None,
-                    )
-                    .map_or(Decision::Drop, Decision::Answer)
-                }
-                _ => Decision::Forward,
-            };
-        }
-
-        let (Ok(nonce), Ok(username)) = (
-            TextAttribute::get_from_as(&msg, ATTR_NONCE),
-            TextAttribute::get_from_as(&msg, ATTR_USERNAME),
-        ) else {
-            return Decision::Forward; // the server answers 400 without touching its nonce table
-        };
-        let client_realm = TextAttribute::get_from_as(&msg, ATTR_REALM)
-            .map(|r| r.text)
-            .unwrap_or_default();
-        match shared.lock().nonces.handle_authenticated(&nonce.text, now) {
-            NonceVerdict::Stale(fresh) => {
-                return error_response(
-                    &msg,
-                    CODE_STALE_NONCE,
-                    "Stale Nonce",
-                    Some(&fresh),
-                    realm,
-                    None,
-                )
-                .map_or(Decision::Drop, Decision::Answer);
-            }
-            NonceVerdict::Challenge(_) | NonceVerdict::Forward => {}
-        }
-
-        let unix_now = now_unix();
-        let matched_key = shared
-            .secrets
-            .candidate_keys(&username.text, &client_realm, unix_now)
-            .ok()
-            .and_then(|keys| {
-                keys.into_iter().find(|key| {
-                    MessageIntegrity(key.clone())
-                        .check(&mut msg.clone())
-                        .is_ok()
-                })
-            });
-        let Some(key) = matched_key else {
-            Metrics::add(&shared.metrics.auth_failures, 1);
-            if shared.may_log() {
-                log::info!(
-                    "turn: refused credentials from {source} (expired, forged or malformed username {:?})",
-                    username.text
-                );
-            }
-            let fresh = match shared.lock().nonces.handle_unauthenticated(now) {
-                NonceVerdict::Challenge(fresh) => fresh,
-                _ => nonce.text.clone(),
-            };
-            return error_response(
-                &msg,
-                CODE_UNAUTHORIZED,
-                "Unauthorized",
-                Some(&fresh),
-                realm,
-                None,
-            )
-            .map_or(Decision::Drop, Decision::Answer);
-        };
-
-        if method == METHOD_CREATE_PERMISSION || method == METHOD_CHANNEL_BIND {
-            let refused = match xor_peer_addresses(&msg) {
-                Ok(peers) => peers
-                    .into_iter()
-                    .find(|peer| !shared.policy.allows(peer.ip())),
-                Err(()) => return Decision::Forward, // malformed: the server answers 400
-            };
-            if let Some(peer) = refused {
-                Metrics::add(&shared.metrics.refused_peers, 1);
-                if shared.may_log() {
-                    log::info!(
-                        "turn: refused peer {peer} for {source}; allow its range with turn.allowed_peer_ranges if this is intended"
-                    );
-                }
-                return error_response(
-                    &msg,
-                    CODE_FORBIDDEN,
-                    "Forbidden IP",
-                    None,
-                    realm,
-                    Some(&key),
-                )
-                .map_or(Decision::Drop, Decision::Answer);
-            }
-        }
-
-        let mut state = shared.lock();
-        if method == METHOD_ALLOCATE {
-            let user = parse_username(&username.text, unix_now)
-                .map(|u| u.user.to_owned())
-                .unwrap_or_default();
-            let verdict = state.quotas.handle_allocate_request(
-                msg.transaction_id.0,
-                (source, local),
-                &user,
-                now,
-            );
-            if matches!(
-                verdict,
-                QuotaVerdict::UserQuotaReached | QuotaVerdict::TotalQuotaReached
-            ) {
-                drop(state);
-                Metrics::add(&shared.metrics.quota_refusals, 1);
-                if shared.may_log() {
-                    log::warn!(
-                        "turn: allocation quota reached ({verdict:?}) for {source}; see turn.max_allocations and turn.max_allocations_per_user"
-                    );
-                }
-                return error_response(
-                    &msg,
-                    CODE_ALLOC_QUOTA_REACHED,
-                    "Allocation Quota Reached",
-                    None,
-                    realm,
-                    Some(&key),
-                )
-                .map_or(Decision::Drop, Decision::Answer);
-            }
-            state
-                .pending_credentials
-                .insert(msg.transaction_id.0, (username.text.clone(), key.clone()));
-            if state.pending_credentials.len() > MAX_VERIFIED {
-                state.pending_credentials.clear();
-            }
-        }
-        if state.verified.len() >= MAX_VERIFIED {
-            state.verified.clear();
-        }
-        state.verified.insert(source, (username.text, key));
-        Decision::Forward
-    }
-}
-
-/// Bandwidth cap for client-to-peer traffic, per allocation (= per client address here).
-fn within_bandwidth(shared: &Shared, source: SocketAddr, bytes: usize) -> bool {
-    {
-        let rate = shared.bandwidth_bytes_per_sec;
-        if rate == 0 {
-            return true;
-        }
-        let now = Instant::now();
-        let mut state = shared.lock();
-        let bucket = state
-            .client_buckets
-            .entry(source)
-            .or_insert_with(|| TokenBucket::new(rate, now));
-        let ok = bucket.take(bytes, now);
-        if state.client_buckets.len() > 65536 {
-            state.client_buckets.clear(); // a spoofing flood; buckets refill anyway
-        }
-        drop(state);
-        if !ok {
-            Metrics::add(&shared.metrics.bandwidth_drops, 1);
-        }
-        ok
-    }
-}
-
-impl GuardConn {
     /// Watches the server's responses for issued nonces and Allocate outcomes.
-    fn observe_response(
-        &self,
-        data: &[u8],
-        target: SocketAddr,
-        method: Method,
-        class: MessageClass,
-    ) {
+    fn observe_response(&self, data: &[u8], target: SocketAddr) {
         let mut msg = Message {
             raw: data.to_vec(),
             ..Default::default()
@@ -594,34 +377,30 @@ impl GuardConn {
         if msg.decode().is_err() {
             return;
         }
-        let now = Instant::now();
-        let mut state = self.shared.lock();
-        if class == CLASS_ERROR_RESPONSE
-            && let Ok(nonce) = TextAttribute::get_from_as(&msg, ATTR_NONCE)
-        {
-            state.nonces.handle_issued(&nonce.text, now);
-        }
-        if method == METHOD_ALLOCATE {
-            let success = class == CLASS_SUCCESS_RESPONSE;
-            let tid = msg.transaction_id.0;
-            state.quotas.handle_allocate_response(tid, success);
-            let credentials = state.pending_credentials.remove(&tid);
-            if success {
-                if let Some(credentials) = credentials {
-                    state
-                        .allocation_credentials
-                        .insert((target, self.local), credentials);
-                }
-                let active = state.quotas.active() as u64;
-                drop(state);
-                self.shared
-                    .metrics
-                    .allocations_active
-                    .store(active, Ordering::Relaxed);
-                Metrics::add(&self.shared.metrics.allocations_total, 1);
-            }
+        let mut gate = self.shared.lock();
+        let allocated = gate.handle_response(&msg, target, self.local, Instant::now());
+        let active = gate.quotas.active() as u64;
+        drop(gate);
+        if allocated {
+            self.shared
+                .metrics
+                .allocations_active
+                .store(active, Ordering::Relaxed);
+            Metrics::add(&self.shared.metrics.allocations_total, 1);
         }
     }
+}
+
+/// Whether the server's message is one the gate learns from: an error response (nonces) or
+/// an Allocate success (quotas).
+fn is_observed_response(data: &[u8]) -> bool {
+    if data.len() < 20 || data[0] & 0xC0 != 0 {
+        return false;
+    }
+    let mut typ = MessageType::default();
+    typ.read_value(u16::from_be_bytes([data[0], data[1]]));
+    typ.class == CLASS_ERROR_RESPONSE
+        || (typ.class == CLASS_SUCCESS_RESPONSE && typ.method == METHOD_ALLOCATE)
 }
 
 #[async_trait]
@@ -649,8 +428,7 @@ impl Conn for GuardConn {
                     return Err(err);
                 }
             };
-            let decision = decide(&self.shared, self.local, &buf[..n], source);
-            match decision {
+            match decide(&self.shared, self.local, &buf[..n], source) {
                 Decision::Forward => return Ok((n, source)),
                 Decision::Drop => continue,
                 Decision::Answer(response) => {
@@ -669,11 +447,8 @@ impl Conn for GuardConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        if let Kind::Stun { method, class } = classify(buf)
-            && (class == CLASS_ERROR_RESPONSE
-                || (class == CLASS_SUCCESS_RESPONSE && method == METHOD_ALLOCATE))
-        {
-            self.observe_response(buf, target, method, class);
+        if is_observed_response(buf) {
+            self.observe_response(buf, target);
         }
         if target == PURGE_SOURCE {
             return Ok(buf.len());
@@ -703,57 +478,62 @@ impl Conn for GuardConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gate::Why;
 
     #[test]
-    fn classify_tells_channel_data_from_stun() {
-        assert_eq!(classify(&[0x40, 0x00, 0x00, 0x00]), Kind::ChannelData);
-        let mut msg = Message::new();
-        msg.build(&[
-            Box::new(TransactionId::new()),
-            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-        ])
-        .unwrap();
+    fn answers_are_encoded_with_what_the_gate_asked_for() {
+        let answer = Answer {
+            method: METHOD_BINDING,
+            transaction_id: [3; 12],
+            code: 420,
+            reason: "Unknown Attribute",
+            nonce: Some("n".into()),
+            integrity_key: Some(vec![1; 16]),
+            unknown_attributes: vec![0x7777],
+            why: Why::UnknownAttributes,
+        };
+        let raw = encode(&answer, "parley").unwrap();
+        let mut msg = Message {
+            raw,
+            ..Default::default()
+        };
+        msg.decode().unwrap();
         assert_eq!(
-            classify(&msg.raw),
-            Kind::Stun {
-                method: METHOD_ALLOCATE,
-                class: CLASS_REQUEST
-            }
+            msg.typ,
+            MessageType::new(METHOD_BINDING, CLASS_ERROR_RESPONSE)
         );
+        assert_eq!(msg.transaction_id.0, [3; 12]);
+        let mut code = ErrorCodeAttribute::default();
+        code.get_from(&msg).unwrap();
+        assert_eq!(code.code.0, 420);
+        assert_eq!(msg.get(ATTR_UNKNOWN_ATTRIBUTES).unwrap(), vec![0x77, 0x77]);
         assert_eq!(
-            classify(&[0x80; 24]),
-            Kind::Other,
-            "0b10 and 0b11 lead no TURN packet"
+            TextAttribute::get_from_as(&msg, ATTR_REALM).unwrap().text,
+            "parley"
         );
-        assert_eq!(classify(&[0xC0; 24]), Kind::Other);
-        assert_eq!(classify(&[0x00, 0x01]), Kind::Other);
+        MessageIntegrity(vec![1; 16]).check(&mut msg).unwrap();
     }
 
     #[test]
-    fn every_xor_peer_address_is_decoded() {
-        let peers = [
-            SocketAddr::from(([8, 8, 8, 8], 3478)),
-            SocketAddr::from(([127, 0, 0, 1], 9)),
-            "[::ffff:127.0.0.1]:5000".parse().unwrap(),
-            "[2001:db8::1]:7".parse().unwrap(),
-        ];
-        let mut setters: Vec<Box<dyn Setter>> = vec![
-            Box::new(TransactionId::new()),
-            Box::new(MessageType::new(METHOD_CREATE_PERMISSION, CLASS_REQUEST)),
-        ];
-        for peer in peers {
-            setters.push(Box::new(turn::proto::peeraddr::PeerAddress {
-                ip: peer.ip(),
-                port: peer.port(),
-            }));
-        }
-        let mut msg = Message::new();
-        msg.build(&setters).unwrap();
-        let mut decoded = Message {
-            raw: msg.raw.clone(),
-            ..Default::default()
+    fn only_error_and_allocate_responses_are_observed() {
+        let build = |typ: MessageType| {
+            let mut msg = Message::new();
+            msg.build(&[Box::new(TransactionId::new()), Box::new(typ)])
+                .unwrap();
+            msg.raw
         };
-        decoded.decode().unwrap();
-        assert_eq!(xor_peer_addresses(&decoded).unwrap(), peers);
+        assert!(is_observed_response(&build(MessageType::new(
+            METHOD_REFRESH,
+            CLASS_ERROR_RESPONSE
+        ))));
+        assert!(is_observed_response(&build(MessageType::new(
+            METHOD_ALLOCATE,
+            CLASS_SUCCESS_RESPONSE
+        ))));
+        assert!(!is_observed_response(&build(MessageType::new(
+            METHOD_REFRESH,
+            CLASS_SUCCESS_RESPONSE
+        ))));
+        assert!(!is_observed_response(&[0x40, 0, 0, 4, 1, 2, 3, 4]));
     }
 }

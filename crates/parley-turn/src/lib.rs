@@ -4,9 +4,10 @@
 //! on any datagram `Conn`. Around it this crate adds, as small layers:
 //! - [`credentials`]: coturn-compatible time-limited shared-secret credentials;
 //! - [`policy`]: which peer addresses may be relayed to (no loopback, LAN, metadata service);
-//! - `guard`: a `Conn` wrapper in front of every listener that enforces the policy (403),
-//!   answers bad credentials with 401, counts quotas (486), bounds the nonce table and
-//!   applies the bandwidth cap;
+//! - `gate`: the sans-IO decisions in front of the server: strict decoding (400, 420), the
+//!   nonce table's bound, credentials (401), the peer policy (403), quotas (486);
+//! - `guard`: the thin socket shell around the gate, a `Conn` wrapper in front of every
+//!   listener; it also applies the bandwidth cap, counts metrics and logs;
 //! - `stream`: TURN over TCP and TLS, multiplexed into one `Conn` per listener;
 //! - `relay_socket`: relay sockets in the configured port range, advertised at the
 //!   configured relay address;
@@ -19,6 +20,7 @@
 pub mod bandwidth;
 pub mod credentials;
 pub mod fuzzing;
+mod gate;
 mod guard;
 pub mod metrics;
 pub mod nonce;
@@ -35,6 +37,7 @@ pub use credentials::{Secrets, mint};
 pub use metrics::Metrics;
 pub use policy::{Cidr, CidrError, PeerPolicy};
 pub use server::{ListenerStatus, Relay, RelayOptions, RelaySockets, Transport, parse_port_range};
+pub use stream::StreamTimeouts;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]

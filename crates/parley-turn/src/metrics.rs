@@ -18,6 +18,10 @@ pub struct Metrics {
     pub bandwidth_drops: AtomicU64,
     pub challenges_answered: AtomicU64,
     pub stream_connections: AtomicU64,
+    /// Requests refused before any rule: malformed (400) or with unknown attributes (420).
+    pub malformed_requests: AtomicU64,
+    /// TCP/TLS connections closed for a slow handshake, a half-sent frame or idleness.
+    pub stream_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -27,7 +31,7 @@ impl Metrics {
 
     /// Appends the relay's metrics to a Prometheus text exposition.
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 14] = [
             (
                 "parley_turn_allocations",
                 "gauge",
@@ -73,7 +77,7 @@ impl Metrics {
             (
                 "parley_turn_refused_peers_total",
                 "counter",
-                "CreatePermission/ChannelBind requests refused by the peer-address policy",
+                "CreatePermission/ChannelBind requests and Send indications refused by the peer-address policy, and datagrams to denied peers dropped at the relay socket",
                 &self.refused_peers,
             ),
             (
@@ -99,6 +103,18 @@ impl Metrics {
                 "gauge",
                 "open TURN-over-TCP/TLS connections",
                 &self.stream_connections,
+            ),
+            (
+                "parley_turn_malformed_requests_total",
+                "counter",
+                "requests answered 400 or 420 before any rule (malformed, duplicated or unknown attributes)",
+                &self.malformed_requests,
+            ),
+            (
+                "parley_turn_stream_timeouts_total",
+                "counter",
+                "TURN-over-TCP/TLS connections closed for a slow handshake, a half-sent frame or idleness",
+                &self.stream_timeouts,
             ),
         ];
         for (name, kind, help, value) in rows {

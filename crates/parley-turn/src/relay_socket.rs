@@ -1,6 +1,8 @@
 //! Relay sockets: a `RelayAddressGenerator` that binds inside `turn.relay_ports` and
 //! advertises `turn.relay_address` (for 1:1 NAT), and a `Conn` wrapper on each relay socket
-//! that counts traffic and applies the per-allocation bandwidth cap.
+//! that counts traffic, applies the per-allocation bandwidth cap, and enforces the peer
+//! policy once more: every allocation's traffic to and from peers goes through it, so no
+//! permission the server might hold (however it was made) reaches a denied address.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,6 +16,8 @@ use webrtc_util::Conn;
 use crate::bandwidth::TokenBucket;
 use crate::guard::Shared;
 use crate::metrics::Metrics;
+#[cfg(test)]
+use crate::policy::PeerPolicy;
 
 /// How many ports of the range one allocation tries before giving up (508 to the client).
 const MAX_PORT_ATTEMPTS: u32 = 64;
@@ -124,7 +128,7 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
             });
             let conn = RelayConn {
                 socket,
-                metrics: Arc::clone(&self.shared.metrics),
+                shared: Arc::clone(&self.shared),
                 buckets: bucket,
             };
             return Ok((Arc::new(conn), SocketAddr::new(self.advertised_ip, port)));
@@ -143,7 +147,7 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
 /// One allocation's relay socket.
 struct RelayConn {
     socket: UdpSocket,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     /// (to peers, from peers) when a bandwidth limit is set.
     buckets: Option<Mutex<(TokenBucket, TokenBucket)>>,
 }
@@ -161,30 +165,51 @@ impl RelayConn {
         };
         let ok = bucket.take(bytes, Instant::now());
         if !ok {
-            Metrics::add(&self.metrics.bandwidth_drops, 1);
+            Metrics::add(&self.shared.metrics.bandwidth_drops, 1);
         }
         ok
+    }
+
+    /// The peer policy at the socket (defence in depth behind the gate).
+    fn peer_allowed(&self, peer: SocketAddr) -> bool {
+        let allowed = self.shared.policy.allows(peer.ip());
+        if !allowed {
+            Metrics::add(&self.shared.metrics.refused_peers, 1);
+            if self.shared.may_log() {
+                log::warn!(
+                    "turn: dropped a datagram to or from denied peer {peer} at the relay socket"
+                );
+            }
+        }
+        allowed
     }
 }
 
 #[async_trait]
 impl Conn for RelayConn {
     async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        // `turn` never connects relay sockets; if it ever does, only to allowed peers (and
+        // `send` then goes where the policy allowed).
+        if !self.peer_allowed(addr) {
+            return Err(webrtc_util::Error::Other(format!(
+                "peer {addr} is not allowed"
+            )));
+        }
         Ok(self.socket.connect(addr).await?)
     }
 
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        Ok(self.socket.recv(buf).await?)
+        self.recv_from(buf).await.map(|(n, _)| n)
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
             let (n, from) = self.socket.recv_from(buf).await?;
-            if !self.allowed(n, false) {
+            if !self.peer_allowed(from) || !self.allowed(n, false) {
                 continue;
             }
-            Metrics::add(&self.metrics.packets_from_peers, 1);
-            Metrics::add(&self.metrics.bytes_from_peers, n as u64);
+            Metrics::add(&self.shared.metrics.packets_from_peers, 1);
+            Metrics::add(&self.shared.metrics.bytes_from_peers, n as u64);
             return Ok((n, from));
         }
     }
@@ -194,12 +219,13 @@ impl Conn for RelayConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        if !self.allowed(buf.len(), true) {
-            return Ok(buf.len()); // dropped like a congested link drops; not an error to log
+        // Dropped like a congested link drops: not an error for `turn` to log.
+        if !self.peer_allowed(target) || !self.allowed(buf.len(), true) {
+            return Ok(buf.len());
         }
         let n = self.socket.send_to(buf, target).await?;
-        Metrics::add(&self.metrics.packets_to_peers, 1);
-        Metrics::add(&self.metrics.bytes_to_peers, n as u64);
+        Metrics::add(&self.shared.metrics.packets_to_peers, 1);
+        Metrics::add(&self.shared.metrics.bytes_to_peers, n as u64);
         Ok(n)
     }
 
@@ -217,5 +243,72 @@ impl Conn for RelayConn {
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use turn::relay::RelayAddressGenerator;
+
+    use super::*;
+    use crate::credentials::Secrets;
+    use crate::quota::Quotas;
+
+    fn generator(policy: PeerPolicy) -> PortRangeGenerator {
+        let shared = Shared::new(
+            "parley".into(),
+            Secrets::new("s".into(), Vec::new()),
+            policy,
+            Quotas::new(1, 1),
+            0,
+            Arc::new(Metrics::default()),
+        );
+        PortRangeGenerator {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            advertised_ip: IpAddr::from([127, 0, 0, 1]),
+            low: 1024,
+            high: 65535,
+            shared: Arc::new(shared),
+            cursor: Arc::new(AtomicU32::new(std::process::id())),
+            odd_streak: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Sends through a relay socket made under `policy` to a loopback peer; returns what
+    /// the peer received and the refused-peer count.
+    async fn send_to_loopback(policy: PeerPolicy) -> (Option<Vec<u8>>, u64) {
+        let generator = generator(policy);
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (conn, _) = generator.allocate_conn(true, 0).await.unwrap();
+        conn.send_to(b"relayed", peer.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let received = tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf))
+            .await
+            .ok()
+            .map(|r| buf[..r.unwrap().0].to_vec());
+        let refused = generator
+            .shared
+            .metrics
+            .refused_peers
+            .load(Ordering::Relaxed);
+        (received, refused)
+    }
+
+    #[tokio::test]
+    async fn the_relay_socket_never_sends_to_a_denied_peer() {
+        assert_eq!(send_to_loopback(PeerPolicy::default()).await, (None, 1));
+    }
+
+    #[tokio::test]
+    async fn the_relay_socket_sends_to_an_allowed_peer() {
+        let allowed = PeerPolicy::from_ranges(&["127.0.0.0/8"]).unwrap();
+        assert_eq!(
+            send_to_loopback(allowed).await,
+            (Some(b"relayed".to_vec()), 0)
+        );
     }
 }

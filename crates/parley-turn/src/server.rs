@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::policy::PeerPolicy;
 use crate::quota::Quotas;
 use crate::relay_socket::PortRangeGenerator;
-use crate::stream::{StreamMux, accept_loop};
+use crate::stream::{StreamLimits, StreamMux, StreamTimeouts, accept_loop};
 
 /// Everything the relay needs to know, as plain data (the daemon maps its config to this).
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub struct RelayOptions {
     pub bandwidth_limit_kbps: u64,
     /// Open TCP plus TLS connections per stream listener.
     pub max_stream_connections: usize,
+    /// Handshake, unfinished-frame and idle timeouts of TCP/TLS connections.
+    pub stream_timeouts: StreamTimeouts,
 }
 
 impl RelayOptions {
@@ -56,6 +58,7 @@ impl RelayOptions {
             max_allocations_per_user: 10,
             bandwidth_limit_kbps: 0,
             max_stream_connections: 2000,
+            stream_timeouts: StreamTimeouts::default(),
         }
     }
 }
@@ -312,7 +315,10 @@ impl RelayCore {
                 tls,
                 mux,
                 Arc::clone(&shared),
-                options.max_stream_connections.max(1),
+                StreamLimits {
+                    max_connections: options.max_stream_connections.max(1),
+                    timeouts: options.stream_timeouts,
+                },
                 Arc::clone(&up),
                 shutdown_rx.clone(),
             )));

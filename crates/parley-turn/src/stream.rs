@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -21,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use webrtc_util::Conn;
 
 use crate::guard::Shared;
+use crate::metrics::Metrics;
 
 /// Relayed data (ChannelData, Data indications) queued per connection before further frames
 /// are dropped, as a congested UDP path would drop them.
@@ -31,11 +34,26 @@ const DATA_QUEUE: usize = 256;
 const CONTROL_QUEUE: usize = 256;
 /// Frames from all connections waiting for the server.
 const READ_QUEUE: usize = 1024;
-/// A TLS handshake must finish in this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection that has sent nothing for this long is closed (allocations refresh every
-/// few minutes and permissions every 5; browsers send media or keepalives continuously).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a TCP/TLS client may take before it is disconnected (slowloris defence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    /// From accepting the connection to the end of the TLS handshake and of the first whole
+    /// STUN message; also from the first byte of any frame to its last.
+    pub handshake: Duration,
+    /// Between two frames once the client has sent a STUN message (allocations refresh
+    /// every few minutes and permissions every 5; browsers send media or keepalives
+    /// continuously).
+    pub idle: Duration,
+}
+
+impl Default for StreamTimeouts {
+    fn default() -> Self {
+        StreamTimeouts {
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(600),
+        }
+    }
+}
 
 /// The two queues of one connection's writer task.
 #[derive(Clone)]
@@ -125,10 +143,66 @@ impl FrameBuffer {
     }
 }
 
+/// A frame carrying a STUN message (as opposed to ChannelData).
+fn is_stun(frame: &[u8]) -> bool {
+    frame.len() >= 20 && frame[0] >> 6 == 0 && frame[4..8] == [0x21, 0x12, 0xA4, 0x42]
+}
+
+/// When the client must next have made progress, or be disconnected.
+#[derive(Debug)]
+struct ReadDeadline {
+    timeouts: StreamTimeouts,
+    accepted_at: Instant,
+    seen_stun: bool,
+    /// When the first byte of the frame now in the buffer arrived.
+    partial_since: Option<Instant>,
+    last_frame_at: Instant,
+}
+
+impl ReadDeadline {
+    fn new(timeouts: StreamTimeouts, accepted_at: Instant) -> Self {
+        ReadDeadline {
+            timeouts,
+            accepted_at,
+            seen_stun: false,
+            partial_since: None,
+            last_frame_at: accepted_at,
+        }
+    }
+
+    fn frame(&mut self, frame: &[u8], now: Instant) {
+        self.seen_stun |= is_stun(frame);
+        self.last_frame_at = now;
+    }
+
+    fn buffered(&mut self, partial: bool, now: Instant) {
+        self.partial_since = match (partial, self.partial_since) {
+            (false, _) => None,
+            (true, None) => Some(now),
+            (true, since) => since,
+        };
+    }
+
+    fn deadline(&self) -> Instant {
+        let first_message = self.accepted_at + self.timeouts.handshake;
+        let frame = self
+            .partial_since
+            .map(|since| since + self.timeouts.handshake);
+        let idle = self.last_frame_at + self.timeouts.idle;
+        let mut deadline = frame.map_or(idle, |frame| frame.min(idle));
+        if !self.seen_stun {
+            deadline = deadline.min(first_message);
+        }
+        deadline
+    }
+}
+
 async fn read_frames<R: AsyncRead + Unpin>(
     mut reader: R,
     peer: SocketAddr,
     frames: &mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    mut deadline: ReadDeadline,
+    shared: &Shared,
 ) {
     let mut buffer = FrameBuffer::default();
     let mut chunk = vec![0u8; 16 * 1024];
@@ -136,6 +210,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
         loop {
             match buffer.next_frame() {
                 Ok(Some(frame)) => {
+                    deadline.frame(&frame, Instant::now());
                     if frames.send((frame, peer)).await.is_err() {
                         return;
                     }
@@ -144,9 +219,19 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 Err(OutOfSync) => return,
             }
         }
-        match tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+        deadline.buffered(buffer.has_partial_frame(), Instant::now());
+        match tokio::time::timeout_at(deadline.deadline(), reader.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => buffer.push(&chunk[..n]),
+            Err(_) => {
+                Metrics::add(&shared.metrics.stream_timeouts, 1);
+                if shared.may_log() {
+                    log::info!(
+                        "turn: closed the connection of {peer}: no whole STUN message, a frame left unfinished, or idle (see turn.handshake_timeout_secs and turn.idle_timeout_secs)"
+                    );
+                }
+                return;
+            }
         }
     }
 }
@@ -178,8 +263,13 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 }
 
 /// Serves one accepted connection until it ends.
-async fn serve_connection<S>(stream: S, peer: SocketAddr, mux: Arc<StreamMux>, shared: Arc<Shared>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    mux: Arc<StreamMux>,
+    shared: Arc<Shared>,
+    deadline: ReadDeadline,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(stream);
@@ -193,7 +283,7 @@ where
         },
     );
     let writer_task = tokio::spawn(write_frames(writer, control_rx, data_rx));
-    read_frames(reader, peer, &mux.frames_tx).await;
+    read_frames(reader, peer, &mux.frames_tx, deadline, &shared).await;
     mux.writers().remove(&peer);
     writer_task.abort();
     // The allocation ends with its connection (RFC 6062 / RFC 8656 3.1); `turn` has no hook
@@ -203,16 +293,27 @@ where
     }
 }
 
+/// How many connections one stream listener holds, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamLimits {
+    pub max_connections: usize,
+    pub timeouts: StreamTimeouts,
+}
+
 /// Accepts connections until `shutdown` flips, wrapping each in TLS if an acceptor is given.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     mux: Arc<StreamMux>,
     shared: Arc<Shared>,
-    max_connections: usize,
+    limits: StreamLimits,
     up: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let StreamLimits {
+        max_connections,
+        timeouts,
+    } = limits;
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -243,25 +344,40 @@ pub(crate) async fn accept_loop(
             continue; // dropping the stream closes it
         }
         let _ = stream.set_nodelay(true);
+        let deadline = ReadDeadline::new(timeouts, Instant::now());
         let mux = Arc::clone(&mux);
         let shared_for_task = Arc::clone(&shared);
         match &tls {
             None => {
-                tasks.spawn(serve_connection(stream, peer, mux, shared_for_task));
+                tasks.spawn(serve_connection(
+                    stream,
+                    peer,
+                    mux,
+                    shared_for_task,
+                    deadline,
+                ));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tasks.spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve_connection(tls_stream, peer, mux, shared_for_task).await
+                            serve_connection(tls_stream, peer, mux, shared_for_task, deadline)
+                                .await
                         }
                         Ok(Err(err)) => {
                             if shared_for_task.may_log() {
                                 log::info!("turn: TLS handshake with {peer} failed: {err}");
                             }
                         }
-                        Err(_) => {}
+                        Err(_) => {
+                            Metrics::add(&shared_for_task.metrics.stream_timeouts, 1);
+                            if shared_for_task.may_log() {
+                                log::info!(
+                                    "turn: closed the connection of {peer}: TLS handshake unfinished after turn.handshake_timeout_secs"
+                                );
+                            }
+                        }
                     }
                 });
             }
@@ -376,6 +492,66 @@ mod tests {
         assert!(!is_relayed_data(&[0x01, 0x13, 0x00, 0x00])); // Allocate error (0x0113)
         assert!(!is_relayed_data(&[0x01, 0x09, 0x00, 0x00])); // ChannelBind success (0x0109)
         assert!(!is_relayed_data(&[0x01, 0x01, 0x00, 0x00])); // Binding success
+    }
+
+    #[test]
+    fn the_buffer_yields_whole_frames_across_chunks() {
+        let mut buffer = FrameBuffer::default();
+        buffer.push(&[0x40, 0x00, 0x00, 0x05, 1, 2]);
+        assert_eq!(buffer.next_frame(), Ok(None));
+        assert!(buffer.has_partial_frame());
+        buffer.push(&[3, 4, 5, 0, 0, 0, 0x40, 0x01]);
+        assert_eq!(
+            buffer.next_frame(),
+            Ok(Some(vec![0x40, 0, 0, 5, 1, 2, 3, 4, 5]))
+        );
+        assert_eq!(buffer.next_frame(), Ok(None));
+        assert!(buffer.has_partial_frame(), "the next header has begun");
+        buffer.push(&[0, 0]);
+        assert_eq!(buffer.next_frame(), Ok(Some(vec![0x40, 1, 0, 0])));
+        assert!(!buffer.has_partial_frame());
+        buffer.push(&[0xC0, 0, 0, 0]);
+        assert_eq!(buffer.next_frame(), Err(OutOfSync));
+    }
+
+    fn timeouts() -> StreamTimeouts {
+        StreamTimeouts {
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(600),
+        }
+    }
+
+    fn stun_frame() -> Vec<u8> {
+        let mut frame = vec![0u8; 20];
+        frame[1] = 1;
+        frame[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        frame
+    }
+
+    #[test]
+    fn the_first_stun_message_is_due_within_the_handshake_timeout() {
+        let start = Instant::now();
+        let mut deadline = ReadDeadline::new(timeouts(), start);
+        assert_eq!(deadline.deadline(), start + Duration::from_secs(10));
+        // ChannelData does not count as the first message.
+        deadline.frame(&[0x40, 0, 0, 0], start + Duration::from_secs(1));
+        assert_eq!(deadline.deadline(), start + Duration::from_secs(10));
+        deadline.frame(&stun_frame(), start + Duration::from_secs(2));
+        assert_eq!(deadline.deadline(), start + Duration::from_secs(602));
+    }
+
+    #[test]
+    fn a_started_frame_is_due_within_the_handshake_timeout() {
+        let start = Instant::now();
+        let mut deadline = ReadDeadline::new(timeouts(), start);
+        deadline.frame(&stun_frame(), start);
+        let began = start + Duration::from_secs(100);
+        deadline.buffered(true, began);
+        deadline.buffered(true, began + Duration::from_secs(5)); // more bytes, same frame
+        assert_eq!(deadline.deadline(), began + Duration::from_secs(10));
+        deadline.frame(&stun_frame(), began + Duration::from_secs(6));
+        deadline.buffered(false, began + Duration::from_secs(6));
+        assert_eq!(deadline.deadline(), began + Duration::from_secs(606));
     }
 
     #[test]

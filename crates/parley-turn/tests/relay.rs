@@ -316,9 +316,11 @@ async fn denied_peers_are_refused_with_403_and_never_reached() {
         relay.metric("parley_turn_relayed_packets_to_peers_total"),
         0
     );
+    // Each CreatePermission and ChannelBind, the two-address one, and the Send indication
+    // (dropped in front of the server too).
     assert_eq!(
         relay.metric("parley_turn_refused_peers_total"),
-        2 * denied.len() as u64 + 1
+        2 * denied.len() as u64 + 2
     );
 
     // A global address is still allowed.

@@ -112,6 +112,10 @@ pub fn relay_options(config: &Config, secret: &str) -> anyhow::Result<RelayOptio
     options.max_allocations_per_user = turn.max_allocations_per_user as usize;
     options.bandwidth_limit_kbps = u64::from(turn.bandwidth_limit_kbps);
     options.max_stream_connections = (turn.max_allocations as usize).saturating_mul(2).max(64);
+    options.stream_timeouts = parley_turn::StreamTimeouts {
+        handshake: std::time::Duration::from_secs(turn.handshake_timeout_secs),
+        idle: std::time::Duration::from_secs(turn.idle_timeout_secs),
+    };
     Ok(options)
 }
 

@@ -1,10 +1,21 @@
-//! The one task that owns the switchboard. It selects on commands and the next deadline, feeds
-//! one input, then carries out the outputs in order.
+//! The one task that owns the switchboard. It selects on commands, call-log write results and
+//! the next deadline, feeds one input, then carries out the outputs in order.
+//!
+//! Call-log writes never block this loop (issue 10: one slow or failing write used to stall
+//! every call's signaling). A `Persist` goes to the writer task, which commits whatever queued
+//! up in one transaction; meanwhile the outputs that depend on that call (its replies and its
+//! events) wait behind the write, in order, while every other call is served. Once the record is
+//! committed they go out; if it cannot be written, the change is refused: the requester gets
+//! `INTERNAL`, nobody is told of the change, and the switchboard ends or drops the call
+//! (`Switchboard::handle_write_failed`). An ended record that failed is retried until written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use parley_call::{CallRecord, ConnId, Error as CallError, Output, Reply, RequestId, Switchboard};
+use parley_call::{
+    CallId, CallRecord, CallState, ConnId, Error as CallError, Event, Output, Reply, RequestId,
+    Switchboard,
+};
 use parley_store::Store;
 use parley_store::calls::CallWrite;
 use serde_json::json;
@@ -12,6 +23,13 @@ use socketioxide::extract::SocketRef;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Action, Command, new_call_id, now};
+
+/// At most this many records per transaction: a bound on one commit's size and latency.
+const MAX_BATCH: usize = 256;
+/// How often the writer retries ended records it could not write (disk full, failing device).
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// How long shutdown waits for the writes in flight (their replies and events follow them).
+const SHUTDOWN_WRITES: Duration = Duration::from_secs(10);
 
 /// What the driver needs to send `session` once the switchboard has registered a socket.
 struct PendingSession {
@@ -30,6 +48,33 @@ pub struct Driver {
     replies: HashMap<RequestId, oneshot::Sender<Result<Reply, CallError>>>,
     sessions: HashMap<RequestId, PendingSession>,
     next_request: u64,
+    /// The call each pending request is about, so that its reply waits for that call's write.
+    request_calls: HashMap<RequestId, CallId>,
+    /// Calls with a write in flight, and their later outputs, waiting in order.
+    gates: HashMap<CallId, VecDeque<Output>>,
+    /// The last committed snapshot of each live call that has one.
+    recorded: HashMap<CallId, CallRecord>,
+    jobs: mpsc::UnboundedSender<WriteJob>,
+    written: mpsc::UnboundedReceiver<Written>,
+    /// The writer's ends of the two channels, until `spawn` starts it.
+    writer: Option<(
+        mpsc::UnboundedReceiver<WriteJob>,
+        mpsc::UnboundedSender<Written>,
+    )>,
+}
+
+/// One record for the writer.
+struct WriteJob {
+    record: CallRecord,
+    /// An ending of a call the log shows live: if it cannot be written now, retry until it is,
+    /// so the log does not keep a call live that ended (the requester still got `INTERNAL`).
+    keep_trying: bool,
+}
+
+/// The writer's answer for one job.
+struct Written {
+    record: CallRecord,
+    result: Result<(), String>,
 }
 
 impl Driver {
@@ -38,6 +83,8 @@ impl Driver {
         store: Store,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Driver {
+        let (jobs, job_receiver) = mpsc::unbounded_channel();
+        let (written_sender, written) = mpsc::unbounded_channel();
         Driver {
             board: Switchboard::new(config),
             store,
@@ -46,22 +93,35 @@ impl Driver {
             replies: HashMap::new(),
             sessions: HashMap::new(),
             next_request: 0,
+            request_calls: HashMap::new(),
+            gates: HashMap::new(),
+            recorded: HashMap::new(),
+            jobs,
+            written,
+            writer: Some((job_receiver, written_sender)),
         }
     }
 
-    /// Starts the driver. It runs until `Handle::shutdown` (or every handle is dropped).
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run())
+    /// Starts the driver and its call-log writer. It runs until `Handle::shutdown` (or every
+    /// handle is dropped).
+    pub fn spawn(mut self) -> tokio::task::JoinHandle<()> {
+        let (jobs, written) = self.writer.take().expect("spawn is called once");
+        let writer = tokio::spawn(write_calls(self.store.clone(), jobs, written));
+        tokio::spawn(self.run(writer))
     }
 
-    async fn run(mut self) {
+    async fn run(mut self, writer: tokio::task::JoinHandle<()>) {
         loop {
             let deadline = self.board.poll_timeout().map(|(at, _)| at);
             let command = tokio::select! {
+                Some(written) = self.written.recv() => {
+                    self.handle_written(written);
+                    continue;
+                }
                 command = self.commands.recv() => command,
                 () = sleep_until(deadline) => {
                     self.board.handle_timeout(now());
-                    self.carry_out().await;
+                    self.carry_out();
                     continue;
                 }
             };
@@ -71,16 +131,41 @@ impl Driver {
             };
             if let Command::Shutdown { done } = command {
                 self.board.handle_shutdown(now());
-                self.carry_out().await;
+                self.carry_out();
+                self.finish_writes().await;
                 for socket in self.sockets.values() {
                     let _ = socket.clone().disconnect();
+                }
+                // Closing the job channel lets the writer make its last attempt and stop.
+                drop(self.jobs);
+                if tokio::time::timeout(SHUTDOWN_WRITES, writer).await.is_err() {
+                    log::error!("the call log writer did not finish within {SHUTDOWN_WRITES:?}");
                 }
                 let _ = done.send(());
                 log::info!("call driver stopped");
                 break;
             }
             self.feed(command);
-            self.carry_out().await;
+            self.carry_out();
+        }
+    }
+
+    /// Shutdown: waits (bounded) until every write in flight is answered, so the endings are
+    /// recorded and their events sent before the sockets close.
+    async fn finish_writes(&mut self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WRITES;
+        while !self.gates.is_empty() {
+            match tokio::time::timeout_at(deadline, self.written.recv()).await {
+                Ok(Some(written)) => self.handle_written(written),
+                _ => {
+                    log::error!(
+                        "{} call record(s) still unwritten at shutdown; the next start closes \
+                         them with server_restart",
+                        self.gates.len()
+                    );
+                    break;
+                }
+            }
         }
     }
 
@@ -134,15 +219,10 @@ impl Driver {
                 reply,
             } => {
                 let request = self.request(reply);
-                self.board.handle_initiate(
-                    request,
-                    origin,
-                    caller,
-                    callee,
-                    media,
-                    new_call_id(),
-                    now,
-                );
+                let call_id = new_call_id();
+                self.request_calls.insert(request, call_id.clone());
+                self.board
+                    .handle_initiate(request, origin, caller, callee, media, call_id, now);
             }
             Command::Action {
                 action,
@@ -151,6 +231,7 @@ impl Driver {
                 reply,
             } => {
                 let request = self.request(reply);
+                self.request_calls.insert(request, call_id.clone());
                 match action {
                     Action::Accept => self.board.handle_accept(request, origin, &call_id, now),
                     Action::Decline { message } => self
@@ -168,6 +249,7 @@ impl Driver {
                 reply,
             } => {
                 let request = self.request(reply);
+                self.request_calls.insert(request, call_id.clone());
                 self.board
                     .handle_signal(request, conn, &call_id, kind, payload, now);
             }
@@ -180,95 +262,308 @@ impl Driver {
         }
     }
 
-    /// Carries out every pending output, in order.
-    async fn carry_out(&mut self) {
+    /// Takes every pending output of the switchboard: what concerns a call with a write in
+    /// flight waits behind it; a `Persist` starts a write; the rest goes out now.
+    fn carry_out(&mut self) {
         while let Some(output) = self.board.poll_output() {
-            match output {
-                Output::Emit { conn, event } => {
-                    if let Some(socket) = self.sockets.get(&conn) {
-                        // A socket that closed meanwhile gets nothing; its disconnect is queued.
-                        let _ = socket.emit(event.name(), &event);
-                    }
+            let Some(call) = self.call_of(&output) else {
+                self.carry(output);
+                continue;
+            };
+            if let Some(held) = self.gates.get_mut(&call) {
+                held.push_back(output);
+            } else if let Output::Persist(record) = output {
+                self.start_write(record);
+            } else {
+                self.carry(output);
+            }
+        }
+    }
+
+    /// The call an output is about, if any: replies by the request's call, events by theirs.
+    fn call_of(&self, output: &Output) -> Option<CallId> {
+        match output {
+            Output::Persist(record) => Some(record.id.clone()),
+            Output::Reply {
+                result: Ok(Reply::Connected { active_call }),
+                ..
+            } => active_call.as_ref().map(|call| call.id.clone()),
+            Output::Reply { request, .. } => self.request_calls.get(request).cloned(),
+            Output::Emit { event, .. } => match event {
+                Event::Incoming { call } | Event::Accepted { call } => Some(call.id.clone()),
+                Event::AnsweredElsewhere { call_id }
+                | Event::PeerReconnecting { call_id }
+                | Event::PeerResumed { call_id } => Some(call_id.clone()),
+                Event::Ended(ended) => Some(ended.call_id.clone()),
+                Event::Signal(signal) => Some(signal.call_id.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn start_write(&mut self, record: CallRecord) {
+        let keep_trying =
+            record.state == CallState::Ended && self.recorded.contains_key(&record.id);
+        self.gates.insert(record.id.clone(), VecDeque::new());
+        if self
+            .jobs
+            .send(WriteJob {
+                record,
+                keep_trying,
+            })
+            .is_err()
+        {
+            // Only after shutdown dropped the writer; nothing is fed after that.
+            log::error!("call log writer gone: a call record was not written");
+        }
+    }
+
+    /// A write finished: release what waited for it, or refuse the change it carried.
+    fn handle_written(&mut self, written: Written) {
+        let id = written.record.id.clone();
+        let Some(mut held) = self.gates.remove(&id) else {
+            return;
+        };
+        match written.result {
+            Ok(()) => {
+                if written.record.state == CallState::Ended {
+                    self.recorded.remove(&id);
+                } else {
+                    self.recorded.insert(id.clone(), written.record);
                 }
-                Output::Broadcast { event } => {
-                    // A burst of thousands of presence changes becomes events of at most 64, so
-                    // no socket has to buffer one huge frame (the spec lets the server split or
-                    // coalesce presence as it likes).
-                    let events: Vec<parley_call::Event> = match &event {
-                        parley_call::Event::Presence { changes } if changes.len() > 64 => changes
-                            .chunks(64)
-                            .map(|chunk| parley_call::Event::Presence {
-                                changes: chunk.to_vec(),
-                            })
-                            .collect(),
-                        _ => vec![event],
-                    };
-                    for event in &events {
-                        for socket in self.sockets.values() {
-                            let _ = socket.emit(event.name(), event);
+                while let Some(output) = held.pop_front() {
+                    if let Output::Persist(record) = output {
+                        self.start_write(record);
+                        if let Some(gate) = self.gates.get_mut(&id) {
+                            *gate = held;
                         }
+                        return;
+                    }
+                    self.carry(output);
+                }
+            }
+            Err(error) => {
+                log::error!(
+                    "call {id} could not be written to the call log: {error}; the change was \
+                     refused (INTERNAL) and the call ended; check the database's disk (full? \
+                     failing? read-only?)"
+                );
+                let last_recorded = self.recorded.remove(&id);
+                let mut ending = None;
+                for output in held {
+                    match output {
+                        // A later ending of a call the log shows live still has to be recorded.
+                        Output::Persist(record) => {
+                            if record.state == CallState::Ended {
+                                ending = Some(record);
+                            }
+                        }
+                        Output::Reply {
+                            request,
+                            result:
+                                Ok(Reply::Call(_))
+                                | Ok(Reply::Relayed)
+                                | Err(CallError::RecipientOffline)
+                                | Err(CallError::RecipientBusy),
+                        } => self.carry(Output::Reply {
+                            request,
+                            result: Err(CallError::NotRecorded),
+                        }),
+                        // The call did end in memory: its parties must hear it.
+                        Output::Emit {
+                            event: Event::Ended(_),
+                            ..
+                        } => self.carry(output),
+                        // Announcements of the unrecorded change.
+                        Output::Emit { .. } => {}
+                        other => self.carry(other),
                     }
                 }
-                Output::Persist(record) => self.persist(&record).await,
-                Output::Reply { request, result } => {
-                    if let Some(session) = self.sessions.remove(&request)
-                        && let Ok(Reply::Connected { active_call }) = &result
-                    {
-                        let mut payload = json!({
-                            "user": session.user,
-                            "deviceId": session.device_id,
-                            "activeCall": active_call,
-                        });
-                        if let (Some(fields), serde_json::Value::Object(ice)) =
-                            (payload.as_object_mut(), session.ice)
+                match (ending, &last_recorded) {
+                    (Some(record), Some(_)) => {
+                        self.recorded.insert(id.clone(), record.clone());
+                        self.start_write(record);
+                    }
+                    _ => {
+                        let failed_ending = written.record.state == CallState::Ended;
+                        self.board
+                            .handle_write_failed(&id, last_recorded.as_ref(), now());
+                        // The ending `handle_write_failed` makes must retry until written (an
+                        // ending that failed itself is already in the writer's backlog).
+                        if let Some(record) = last_recorded
+                            && !failed_ending
                         {
-                            fields.extend(ice);
+                            self.recorded.insert(id.clone(), record);
                         }
-                        let _ = session.socket.emit("session", &payload);
-                    }
-                    if let Some(reply) = self.replies.remove(&request) {
-                        let _ = reply.send(result);
-                    }
-                }
-                Output::Disconnect { conn } => {
-                    if let Some(socket) = self.sockets.remove(&conn) {
-                        let _ = socket.disconnect();
+                        self.carry_out();
                     }
                 }
             }
         }
     }
 
-    /// Writes a call record, retrying briefly: losing a record is worse than a slow ack.
-    async fn persist(&self, record: &CallRecord) {
-        let write = CallWrite {
-            id: &record.id.0,
-            caller_id: record.caller.id,
-            callee_id: record.callee.id,
-            media: record.media.as_str(),
-            state: record.state.as_str(),
-            status: record.status.map(|s| s.as_str()),
-            reason: record.reason.map(|r| r.as_str()),
-            ended_by: record.ended_by,
-            message: record.message.as_deref(),
-            created_at: record.created_at_ms,
-            answered_at: record.answered_at_ms,
-            ended_at: record.ended_at_ms,
-        };
-        for attempt in 1..=5u32 {
-            match self.store.save_call(&write).await {
-                Ok(()) => return,
-                Err(e) if attempt < 5 => {
-                    log::warn!("writing call {} failed (attempt {attempt}): {e}", record.id);
-                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+    /// Carries out one output now.
+    fn carry(&mut self, output: Output) {
+        match output {
+            Output::Emit { conn, event } => {
+                if let Some(socket) = self.sockets.get(&conn) {
+                    // A socket that closed meanwhile gets nothing; its disconnect is queued.
+                    let _ = socket.emit(event.name(), &event);
                 }
-                Err(e) => log::error!(
-                    "call {} could not be written to the call log: {e}; check the database \
-                     (disk full? file permissions?)",
-                    record.id
-                ),
+            }
+            Output::Broadcast { event } => {
+                // A burst of thousands of presence changes becomes events of at most 64, so
+                // no socket has to buffer one huge frame (the spec lets the server split or
+                // coalesce presence as it likes).
+                let events: Vec<parley_call::Event> = match &event {
+                    parley_call::Event::Presence { changes } if changes.len() > 64 => changes
+                        .chunks(64)
+                        .map(|chunk| parley_call::Event::Presence {
+                            changes: chunk.to_vec(),
+                        })
+                        .collect(),
+                    _ => vec![event],
+                };
+                for event in &events {
+                    for socket in self.sockets.values() {
+                        let _ = socket.emit(event.name(), event);
+                    }
+                }
+            }
+            Output::Persist(record) => self.start_write(record),
+            Output::Reply { request, result } => {
+                self.request_calls.remove(&request);
+                if let Some(session) = self.sessions.remove(&request)
+                    && let Ok(Reply::Connected { active_call }) = &result
+                {
+                    let mut payload = json!({
+                        "user": session.user,
+                        "deviceId": session.device_id,
+                        "activeCall": active_call,
+                    });
+                    if let (Some(fields), serde_json::Value::Object(ice)) =
+                        (payload.as_object_mut(), session.ice)
+                    {
+                        fields.extend(ice);
+                    }
+                    let _ = session.socket.emit("session", &payload);
+                }
+                if let Some(reply) = self.replies.remove(&request) {
+                    let _ = reply.send(result);
+                }
+            }
+            Output::Disconnect { conn } => {
+                if let Some(socket) = self.sockets.remove(&conn) {
+                    let _ = socket.disconnect();
+                }
             }
         }
+    }
+}
+
+/// The call-log writer: commits what queued up since the last commit in one transaction (with
+/// `synchronous=FULL`, one fsync for the lot), answers each job, and retries the endings it
+/// could not write until they are written.
+async fn write_calls(
+    store: Store,
+    mut jobs: mpsc::UnboundedReceiver<WriteJob>,
+    written: mpsc::UnboundedSender<Written>,
+) {
+    let mut backlog: Vec<CallRecord> = Vec::new();
+    loop {
+        let first = if backlog.is_empty() {
+            jobs.recv().await
+        } else {
+            match tokio::time::timeout(RETRY_INTERVAL, jobs.recv()).await {
+                Ok(job) => job,
+                Err(_) => {
+                    retry_backlog(&store, &mut backlog).await;
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else {
+            retry_backlog(&store, &mut backlog).await;
+            if !backlog.is_empty() {
+                log::error!(
+                    "{} ended call(s) could not be written before exit; the next start closes \
+                     them with server_restart",
+                    backlog.len()
+                );
+            }
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<CallWrite<'_>> = batch.iter().map(|job| call_write(&job.record)).collect();
+        let results: Vec<Result<(), String>> = match store.save_calls(&writes).await {
+            Ok(()) => vec![Ok(()); batch.len()],
+            Err(error) if batch.len() == 1 => vec![Err(error.to_string())],
+            Err(_) => {
+                // One record that cannot be written must not sink the others with it.
+                let mut results = Vec::with_capacity(writes.len());
+                for write in &writes {
+                    results.push(store.save_call(write).await.map_err(|e| e.to_string()));
+                }
+                results
+            }
+        };
+        drop(writes);
+        let any_written = results.iter().any(Result::is_ok);
+        for (job, result) in batch.into_iter().zip(results) {
+            if result.is_err() && job.keep_trying {
+                backlog.push(job.record.clone());
+            }
+            let _ = written.send(Written {
+                record: job.record,
+                result,
+            });
+        }
+        if any_written && !backlog.is_empty() {
+            // The database takes writes again: do not wait for the timer.
+            retry_backlog(&store, &mut backlog).await;
+        }
+    }
+}
+
+async fn retry_backlog(store: &Store, backlog: &mut Vec<CallRecord>) {
+    if backlog.is_empty() {
+        return;
+    }
+    let writes: Vec<CallWrite<'_>> = backlog.iter().map(call_write).collect();
+    match store.save_calls(&writes).await {
+        Ok(()) => {
+            log::info!(
+                "wrote {} ended call(s) that had failed to reach the call log",
+                writes.len()
+            );
+            drop(writes);
+            backlog.clear();
+        }
+        Err(error) => log::debug!("call log still refuses {} record(s): {error}", writes.len()),
+    }
+}
+
+fn call_write(record: &CallRecord) -> CallWrite<'_> {
+    CallWrite {
+        id: &record.id.0,
+        caller_id: record.caller.id,
+        callee_id: record.callee.id,
+        media: record.media.as_str(),
+        state: record.state.as_str(),
+        status: record.status.map(|s| s.as_str()),
+        reason: record.reason.map(|r| r.as_str()),
+        ended_by: record.ended_by,
+        message: record.message.as_deref(),
+        created_at: record.created_at_ms,
+        answered_at: record.answered_at_ms,
+        ended_at: record.ended_at_ms,
     }
 }
 

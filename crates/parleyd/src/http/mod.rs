@@ -39,9 +39,33 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when the database answers and every relay listener is up; 503 naming what is down.
+/// How often `/readyz` may write to the database to prove it takes writes (each probe is a
+/// small fsynced commit); between probes it answers the last probe's finding.
+const READY_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// A probe that waits longer (a lock held by `parley user ...`, a stalling disk) counts as down.
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// 200 when the database takes a write and every relay listener is up; 503 naming what is down.
+/// A read would answer from the page cache on a full or failing disk (issue 10), so the database
+/// is probed with a write, rate-limited.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let database_up = state.store.ping().await.is_ok();
+    let database = match tokio::time::timeout(
+        READY_PROBE_TIMEOUT,
+        state.store.writable(READY_PROBE_INTERVAL),
+    )
+    .await
+    {
+        Ok(Ok(())) => "up",
+        Ok(Err(error)) => {
+            log::warn!("readiness: the database does not take writes: {error}");
+            "not writable"
+        }
+        Err(_) => {
+            log::warn!("readiness: a database write took over {READY_PROBE_TIMEOUT:?}");
+            "not writable"
+        }
+    };
+    let database_up = database == "up";
     let mut listeners = Vec::new();
     let mut all_up = database_up;
     if let Some(relay) = &state.relay {
@@ -57,7 +81,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let body = json!({
         "ready": all_up,
-        "database": if database_up { "up" } else { "down" },
+        "database": database,
         "listeners": listeners,
     });
     (status, Json(body))
