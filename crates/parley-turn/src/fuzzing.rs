@@ -121,7 +121,48 @@ pub fn stream_framing(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use stun::agent::TransactionId;
+
     use super::*;
+    use crate::guard::Decision;
+
+    /// A CreatePermission for a loopback peer with a bogus MESSAGE-INTEGRITY: re-signed, it
+    /// passes the credential check and meets the peer policy (403); unsigned, 401.
+    #[test]
+    fn re_signing_reaches_the_rules_behind_the_credentials() {
+        let build = |first_tid_byte: u8| {
+            let mut msg = Message::new();
+            msg.set_type(MessageType::new(METHOD_CREATE_PERMISSION, CLASS_REQUEST));
+            msg.transaction_id = TransactionId([first_tid_byte; 12]);
+            msg.write_header();
+            let peer = turn::proto::peeraddr::PeerAddress {
+                ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                port: 9,
+            };
+            stun::message::Setter::add_to(&peer, &mut msg).unwrap();
+            msg.add(ATTR_USERNAME, b"junk");
+            msg.add(ATTR_NONCE, NONCE.as_bytes());
+            MessageIntegrity(vec![0; 16]).add_to(&mut msg).unwrap();
+            msg.raw
+        };
+        let code_of = |data: Vec<u8>| {
+            let shared = fresh_shared();
+            let Decision::Answer(raw) = decide(&shared, LISTENER, &maybe_resign(&data), CLIENT)
+            else {
+                panic!("expected an answer")
+            };
+            let mut msg = Message {
+                raw,
+                ..Default::default()
+            };
+            msg.decode().unwrap();
+            let mut code = stun::error_code::ErrorCodeAttribute::default();
+            stun::message::Getter::get_from(&mut code, &msg).unwrap();
+            code.code.0
+        };
+        assert_eq!(code_of(build(2)), 403);
+        assert_eq!(code_of(build(3)), 401);
+    }
 
     #[test]
     fn entry_points_survive_odd_input() {
