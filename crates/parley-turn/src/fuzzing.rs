@@ -164,6 +164,42 @@ mod tests {
         assert_eq!(code_of(build(3)), 401);
     }
 
+    /// Pseudo-random STUN-shaped inputs (a valid header, random attributes) through every
+    /// entry point: a cheap stand-in for the fuzzers in every `cargo test`.
+    #[test]
+    fn entry_points_survive_random_stun_shaped_input() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let methods = [0x0001u16, 0x0003, 0x0004, 0x0008, 0x0009, 0x0016, 0x0017];
+        for _ in 0..5_000 {
+            let random = next();
+            let mut data = vec![0u8; 20];
+            let method = methods[(random % methods.len() as u64) as usize];
+            let class_bits = [0x0000, 0x0010, 0x0100, 0x0110][((random >> 8) % 4) as usize];
+            data[..2].copy_from_slice(&(method | class_bits).to_be_bytes());
+            data[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+            data[8..20].copy_from_slice(&next().to_be_bytes().repeat(2)[..12]);
+            for _ in 0..(random >> 16) % 6 {
+                let typ = [0x0012u16, 0x000C, 0x0008, 0x0006, 0x0015, 0x0013, 0x7777]
+                    [(next() % 7) as usize];
+                let length = (next() % 24) as usize;
+                data.extend_from_slice(&typ.to_be_bytes());
+                data.extend_from_slice(&(length as u16).to_be_bytes());
+                data.extend((0..length.div_ceil(4) * 4).map(|_| next() as u8));
+            }
+            let length = (data.len() - 20) as u16;
+            data[2..4].copy_from_slice(&length.to_be_bytes());
+            request(&data);
+            channel_data(&data);
+            stream_framing(&data);
+        }
+    }
+
     #[test]
     fn entry_points_survive_odd_input() {
         for input in [
