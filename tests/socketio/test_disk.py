@@ -175,8 +175,6 @@ def disk():
         if daemon is not None:
             daemon.stop(sig=signal.SIGKILL)
             print(daemon.log_text())  # shown by pytest when the test failed
-            if os.environ.get("PARLEY_TEST_KEEP_LOG"):
-                (pathlib.Path(os.environ["PARLEY_TEST_KEEP_LOG"])).write_text((daemon.data_dir / "daemon.log").read_text())
             daemon.close()
         loop.close()
 
