@@ -49,7 +49,11 @@ test("screen sharing: the other side's video becomes the screen, and Stop sharin
     return video && video.frames > 5 && video.width > 0 ? video : null;
   });
   await alice.page.getByRole("button", { name: "Share screen" }).click();
-  await alice.page.getByText("You are sharing your screen").waitFor();
+  // Either it shares, or the page says why not (e.g. the daemon's Permissions-Policy forbids display-capture).
+  const sharing = alice.page.getByText("You are sharing your screen");
+  await sharing.or(alice.page.getByRole("alert")).first().waitFor();
+  assert.deepEqual(await alice.page.getByRole("alert").allInnerTexts(), []);
+  await sharing.waitFor();
   await alice.page.getByRole("button", { name: "Stop sharing" }).waitFor();
   assert.equal(await alice.page.evaluate(() => window.__probe.displays.length), 1);
   const screen = await eventually("the screen's size at Bob", async () => {

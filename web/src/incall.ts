@@ -178,8 +178,8 @@ function cameraConstraints(): MediaTrackConstraints {
 
 /**
  * Decline with a short message the caller sees (the spec's optional `message`).
- * No control here may have "Accept" or "Decline" in its name: outside tests find
- * those buttons by name.
+ * No control here may be named "Accept" or "Decline" exactly, or start with "Decline":
+ * outside tests find those buttons by name.
  */
 function buildQuickReply(): HTMLElement {
   const message = h("input", { id: "reply-message", maxlength: 140, list: "reply-suggestions", autocomplete: "off" });

@@ -48,6 +48,19 @@ pub struct HttpConfig {
     /// Serve plain HTTP on an address other than loopback. Default `false`, because browsers
     /// refuse camera and microphone on plain-http origins other than localhost.
     pub allow_plain_http: bool,
+    /// Seconds a connection gets to send a complete request head (request line and headers),
+    /// counted from when the server starts waiting for one: a new connection, or an idle
+    /// keep-alive one after a response. Then it is closed, so silent and slowloris connections
+    /// cannot pile up. Default 20.
+    pub header_timeout_secs: u64,
+    /// Seconds a request gets to send its whole body once its head has arrived; a slower body
+    /// fails the request and closes the connection. Default 20.
+    pub body_timeout_secs: u64,
+    /// Realtime (Engine.IO) connections from one client address that have not yet
+    /// authenticated; one more is refused with HTTP 429 `RATE_LIMITED`. A client needs one only
+    /// for the moment between opening its connection and sending its token. 0 means no limit.
+    /// Default 256.
+    pub max_unauthenticated_per_address: u32,
 }
 
 impl Default for HttpConfig {
@@ -56,6 +69,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: String::new(),
             allow_plain_http: false,
+            header_timeout_secs: 20,
+            body_timeout_secs: 20,
+            max_unauthenticated_per_address: 256,
         }
     }
 }
@@ -124,8 +140,18 @@ pub struct AuthConfig {
     pub registration: Registration,
     /// How long a login token stays valid, in seconds. Default 2592000 (30 days).
     pub token_ttl_secs: u64,
-    /// Failed logins allowed per minute, per username and per client address. Default 10.
+    /// Failed logins allowed per minute for one username from one client address (an IPv6
+    /// client's whole /64); also registrations per minute per address. Default 10.
     pub login_attempts_per_minute: u32,
+    /// Failed logins allowed per minute from one client address, whatever the usernames.
+    /// Default 30.
+    pub login_attempts_per_address_per_minute: u32,
+    /// Password hashes (argon2id: ~19 MiB and tens of ms of a core each, for logins and
+    /// registrations) computed at the same time. Default 1.
+    pub password_hash_concurrency: u32,
+    /// Logins and registrations waiting for a password hash beyond those being computed; more
+    /// are refused at once with `RATE_LIMITED`. Default 32.
+    pub password_hash_queue: u32,
 }
 
 impl Default for AuthConfig {
@@ -134,6 +160,9 @@ impl Default for AuthConfig {
             registration: Registration::Open,
             token_ttl_secs: 30 * 24 * 3600,
             login_attempts_per_minute: 10,
+            login_attempts_per_address_per_minute: 30,
+            password_hash_concurrency: 1,
+            password_hash_queue: 32,
         }
     }
 }
@@ -489,6 +518,15 @@ impl Config {
         }
         if self.auth.token_ttl_secs == 0 {
             bad("auth.token_ttl_secs", "must be at least 1".into());
+        }
+        if self.auth.password_hash_concurrency == 0 {
+            bad("auth.password_hash_concurrency", "must be at least 1".into());
+        }
+        if self.http.header_timeout_secs == 0 || self.http.body_timeout_secs == 0 {
+            bad(
+                "http.header_timeout_secs",
+                "http.header_timeout_secs and http.body_timeout_secs must be at least 1".into(),
+            );
         }
         if self.turn.credential_ttl_secs == 0 {
             bad("turn.credential_ttl_secs", "must be at least 1".into());

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod listener;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
