@@ -18,7 +18,7 @@ use parley_store::Store;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::auth::AttemptLimiter;
+use crate::http::auth::LoginLimiter;
 use crate::state::AppState;
 use crate::{http, notify, relay, tls};
 
@@ -54,7 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store: store.clone(),
         turn_secret,
         relay: relay.clone(),
-        login_limiter: Arc::new(AttemptLimiter::new(config.auth.login_attempts_per_minute)),
+        login_limiter: Arc::new(LoginLimiter::new(&config.auth)),
         calls: calls.clone(),
     };
     // The SIGHUP handler goes in before readiness: until then SIGHUP would kill the process.
@@ -67,7 +67,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .layer(axum::middleware::map_request(own_request_bytes));
     let calls_task = calls_driver.spawn();
 
-    let http_task = spawn_http(app, http_listener, tls.http.clone(), shutdown.clone())?;
+    let timeouts = http::listener::Timeouts {
+        header: Duration::from_secs(config.http.header_timeout_secs),
+        body: Duration::from_secs(config.http.body_timeout_secs),
+    };
+    let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
+    let http_task = tokio::spawn(http::listener::serve(
+        http_listener,
+        app,
+        tls.http.clone(),
+        timeouts,
+        shutdown.clone(),
+        HTTP_DRAIN,
+    ));
     let url = public_url(&config, http_address);
     notify::ready(&format!("serving on {url}"));
     notify::spawn_watchdog();
@@ -87,8 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         relay.shutdown().await;
     }
     match tokio::time::timeout(HTTP_DRAIN + Duration::from_secs(1), http_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => log::warn!("HTTP server stopped with an error: {e}"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => log::warn!("HTTP server task failed: {e}"),
         Err(_) => log::warn!("HTTP connections still open after {HTTP_DRAIN:?}; closing them"),
     }
@@ -236,38 +247,4 @@ async fn own_request_bytes(mut request: axum::extract::Request) -> axum::extract
         *request.uri_mut() = uri;
     }
     request
-}
-
-type HttpTask = tokio::task::JoinHandle<std::io::Result<()>>;
-
-fn spawn_http(
-    app: axum::Router,
-    listener: std::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<HttpTask> {
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    match tls {
-        None => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            Ok(tokio::spawn(async move {
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-            }))
-        }
-        Some(config) => {
-            let handle = axum_server::Handle::new();
-            let server = axum_server::tls_rustls::from_tcp_rustls(
-                listener,
-                axum_server::tls_rustls::RustlsConfig::from_config(config),
-            )?
-            .handle(handle.clone());
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                handle.graceful_shutdown(Some(HTTP_DRAIN));
-            });
-            Ok(tokio::spawn(async move { server.serve(service).await }))
-        }
-    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use parley_config::Config;
 use parley_store::Store;
 
-use crate::http::auth::AttemptLimiter;
+use crate::http::auth::LoginLimiter;
 use crate::relay::RelayService;
 
 #[derive(Clone)]
@@ -16,8 +16,8 @@ pub struct AppState {
     pub turn_secret: Arc<String>,
     /// The embedded relay; `None` when `turn.enabled = false`.
     pub relay: Option<Arc<RelayService>>,
-    /// Failed logins and registrations per username and per client address.
-    pub login_limiter: Arc<AttemptLimiter>,
+    /// Login and registration throttling: failed-attempt budgets and the password-hash gate.
+    pub login_limiter: Arc<LoginLimiter>,
     /// The call driver (live calls, sockets, presence).
     pub calls: crate::calls::Handle,
 }
