@@ -48,6 +48,11 @@ enum Via {
 }
 
 fn start_relay() -> Relay {
+    start_relay_with("")
+}
+
+/// `extra` is appended to the `[turn]` section.
+fn start_relay_with(extra: &str) -> Relay {
     let certs = tempfile::tempdir().expect("temp dir");
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert = certs.path().join("cert.pem");
@@ -59,7 +64,7 @@ fn start_relay() -> Relay {
     let daemon = Daemon::start(&format!(
         "[turn]\nsecret = \"{SECRET}\"\nrelay_ports = \"{relay_low}-{}\"\n\
          tls_listen = \"{tls}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
-         handshake_timeout_secs = {}\nidle_timeout_secs = {}\n",
+         handshake_timeout_secs = {}\nidle_timeout_secs = {}\n{extra}\n",
         relay_low + 19,
         cert.display(),
         key.display(),
@@ -527,4 +532,41 @@ async fn idle_connections_are_closed_after_the_idle_timeout_issue_10() {
         );
     };
     tokio::join!(idle_tcp, idle_tls);
+}
+
+/// The control for the tests above: with loopback allowed, the same client, messages and
+/// service do get through, so "receives nothing" above is the relay's doing.
+#[tokio::test]
+async fn with_loopback_allowed_the_same_messages_reach_the_service() {
+    let relay = start_relay_with("allowed_peer_ranges = [\"127.0.0.0/8\"]");
+    let (mut client, credentials) = relay.allocated(Via::Udp).await;
+    let (service, peer) = internal_service(Ipv4Addr::LOCALHOST).await;
+    let request = message(
+        METHOD_CREATE_PERMISSION,
+        CLASS_REQUEST,
+        &[(XOR_PEER_ADDRESS, xor_peer(peer))],
+        Some(&credentials),
+    );
+    let response = client.transact(&request).await.unwrap();
+    assert_eq!(
+        response.typ.class, CLASS_SUCCESS_RESPONSE,
+        "{}",
+        response.typ
+    );
+    let send = message(
+        METHOD_SEND,
+        CLASS_INDICATION,
+        &[
+            (XOR_PEER_ADDRESS, xor_peer(peer)),
+            (DATA, b"allowed send".to_vec()),
+        ],
+        None,
+    );
+    client.send_raw(&send.raw).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), service.recv_from(&mut buf))
+        .await
+        .expect("the allowed service receives the Send indication's data")
+        .unwrap();
+    assert_eq!(&buf[..n], b"allowed send");
 }
