@@ -221,3 +221,21 @@ test("closing the tab during a call asks first", async () => {
   await kai.page.getByRole("button", { name: "Hang up" }).click();
   await lea.page.getByRole("list", { name: "People" }).waitFor();
 });
+
+test("a call on a phone-sized screen: every control fits, nothing scrolls sideways", async () => {
+  const max = await person("Max");
+  const nia = await person("Nia", { viewport: { width: 375, height: 740 } });
+  await call(max, "Nia");
+  await nia.page.getByRole("dialog").getByRole("button", { name: "Accept", exact: true }).click();
+  await nia.page.getByText("Connected via relay").waitFor();
+  assert.equal(await nia.page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), true);
+  for (const name of ["Mute", "Camera", "Share screen", "Picture in picture", "Full screen", "Hang up"]) {
+    const control = nia.page.getByRole("button", { name, exact: true });
+    if (!(await control.count())) continue; // picture in picture and full screen only where the browser offers them
+    const box = await control.boundingBox();
+    assert.ok(box && box.x >= 0 && box.x + box.width <= 375 && box.width >= 40 && box.height >= 40, `${name}: ${JSON.stringify(box)}`);
+    assert.equal(await control.evaluate((button) => button.scrollWidth <= button.clientWidth + 1), true, `${name} overflows its button`);
+  }
+  await nia.page.getByRole("button", { name: "Hang up" }).click();
+  await max.page.getByRole("list", { name: "People" }).waitFor();
+});
