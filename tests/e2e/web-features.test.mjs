@@ -120,7 +120,9 @@ test("the caller sees Starting camera… at once, before the camera is open", as
     navigator.mediaDevices.getUserMedia = (constraints) => new Promise((resolve) => setTimeout(resolve, 1500)).then(() => open(constraints));
   });
   await call(erin, "Finn");
-  await erin.page.getByText("Starting camera…").waitFor({ timeout: 500 });
+  // Shown by the click itself, well before the slow camera answers.
+  await erin.page.getByText("Starting camera…").waitFor({ timeout: 1200 });
+  assert.equal(await erin.page.getByText("Calling Finn… Ringing").count(), 0);
   await erin.page.getByText("Calling Finn… Ringing").waitFor();
   await erin.page.getByRole("button", { name: "Cancel" }).click();
   await erin.page.getByRole("list", { name: "People" }).waitFor();
