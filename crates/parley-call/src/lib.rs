@@ -12,7 +12,7 @@ mod switchboard;
 mod types;
 
 pub use output::{
-    Ended, Error, Event, Output, PresenceChange, Reply, Signal, SignalKind, SignalPayload,
+    Code, Ended, Error, Event, Output, PresenceChange, Reply, Signal, SignalKind, SignalPayload,
 };
 pub use rate::TokenBucket;
 pub use switchboard::{Config, Origin, Side, Switchboard, Timer};

@@ -142,8 +142,102 @@ pub struct PresenceChange {
     pub status: PresenceStatus,
 }
 
+/// The protocol's error codes (spec: "Replies and errors"): the one definition that the
+/// switchboard's refusals, the Socket.IO replies and the HTTP error bodies all use, so a new
+/// code cannot drift between them. The HTTP status is a plain number because this crate knows
+/// nothing of HTTP libraries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Code {
+    Unauthorized,
+    Forbidden,
+    UserNotFound,
+    CallNotFound,
+    InvalidPayload,
+    SelfCall,
+    UsernameTaken,
+    RecipientOffline,
+    RecipientBusy,
+    CallerBusy,
+    InvalidState,
+    DeviceRequired,
+    PayloadTooLarge,
+    RateLimited,
+    NotFound,
+    Internal,
+}
+
+impl Code {
+    /// Every code, in the spec's table order.
+    pub const ALL: &'static [Code] = &[
+        Code::Unauthorized,
+        Code::Forbidden,
+        Code::UserNotFound,
+        Code::CallNotFound,
+        Code::InvalidPayload,
+        Code::SelfCall,
+        Code::UsernameTaken,
+        Code::RecipientOffline,
+        Code::RecipientBusy,
+        Code::CallerBusy,
+        Code::InvalidState,
+        Code::DeviceRequired,
+        Code::PayloadTooLarge,
+        Code::RateLimited,
+        Code::NotFound,
+        Code::Internal,
+    ];
+
+    /// The code as it appears on the wire, e.g. `"INVALID_PAYLOAD"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::Forbidden => "FORBIDDEN",
+            Code::UserNotFound => "USER_NOT_FOUND",
+            Code::CallNotFound => "CALL_NOT_FOUND",
+            Code::InvalidPayload => "INVALID_PAYLOAD",
+            Code::SelfCall => "SELF_CALL",
+            Code::UsernameTaken => "USERNAME_TAKEN",
+            Code::RecipientOffline => "RECIPIENT_OFFLINE",
+            Code::RecipientBusy => "RECIPIENT_BUSY",
+            Code::CallerBusy => "CALLER_BUSY",
+            Code::InvalidState => "INVALID_STATE",
+            Code::DeviceRequired => "DEVICE_REQUIRED",
+            Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Code::RateLimited => "RATE_LIMITED",
+            Code::NotFound => "NOT_FOUND",
+            Code::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status the spec gives the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Code::Unauthorized => 401,
+            Code::Forbidden => 403,
+            Code::UserNotFound | Code::CallNotFound | Code::NotFound => 404,
+            Code::InvalidPayload | Code::SelfCall => 400,
+            Code::UsernameTaken
+            | Code::RecipientOffline
+            | Code::RecipientBusy
+            | Code::CallerBusy
+            | Code::InvalidState
+            | Code::DeviceRequired => 409,
+            Code::PayloadTooLarge => 413,
+            Code::RateLimited => 429,
+            Code::Internal => 500,
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why the switchboard refused a command, or a value it could not parse. Each refusal maps to one
-/// protocol error code (`code()`); the message is what the client sees.
+/// protocol error code (`error_code()`); the message is what the client sees.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -173,17 +267,47 @@ pub enum Error {
 
 impl Error {
     /// The protocol error code.
-    pub fn code(&self) -> &'static str {
+    pub fn error_code(&self) -> Code {
         match self {
-            Error::CallNotFound => "CALL_NOT_FOUND",
-            Error::SelfCall => "SELF_CALL",
-            Error::CallerBusy => "CALLER_BUSY",
-            Error::RecipientOffline => "RECIPIENT_OFFLINE",
-            Error::RecipientBusy => "RECIPIENT_BUSY",
-            Error::Forbidden(_) => "FORBIDDEN",
-            Error::InvalidState(_) => "INVALID_STATE",
-            Error::DeviceRequired(_) => "DEVICE_REQUIRED",
-            Error::UnknownValue { .. } | Error::NotRecorded => "INTERNAL",
+            Error::CallNotFound => Code::CallNotFound,
+            Error::SelfCall => Code::SelfCall,
+            Error::CallerBusy => Code::CallerBusy,
+            Error::RecipientOffline => Code::RecipientOffline,
+            Error::RecipientBusy => Code::RecipientBusy,
+            Error::Forbidden(_) => Code::Forbidden,
+            Error::InvalidState(_) => Code::InvalidState,
+            Error::DeviceRequired(_) => Code::DeviceRequired,
+            Error::UnknownValue { .. } | Error::NotRecorded => Code::Internal,
         }
+    }
+
+    /// The protocol error code as on the wire.
+    pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    #[test]
+    fn every_code_serialises_as_its_wire_name() {
+        for code in Code::ALL {
+            let json = serde_json::to_value(code).expect("a unit variant serialises");
+            assert_eq!(json, code.as_str());
+            assert_eq!(code.to_string(), code.as_str());
+        }
+        assert_eq!(Code::ALL.len(), 16, "the spec's table has 16 codes");
+    }
+
+    #[test]
+    fn statuses_follow_the_spec_table() {
+        assert_eq!(Code::InvalidPayload.http_status(), 400);
+        assert_eq!(Code::PayloadTooLarge.http_status(), 413);
+        assert_eq!(Code::RateLimited.http_status(), 429);
+        assert_eq!(Code::CallNotFound.http_status(), 404);
+        assert_eq!(Code::DeviceRequired.http_status(), 409);
+        assert_eq!(Code::Internal.http_status(), 500);
     }
 }

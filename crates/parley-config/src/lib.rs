@@ -178,6 +178,11 @@ pub struct CallsConfig {
     pub events_per_second: u32,
     /// Realtime events a socket may send in a burst. Default 200.
     pub events_burst: u32,
+    /// Devices (distinct `deviceId`s, i.e. browser tabs and apps) one user may have connected
+    /// at once; one more is refused with `connect_error` `RATE_LIMITED`. A device that connects
+    /// again with its id takes over its old connection and is not counted twice. 0 means no
+    /// limit. Default 10.
+    pub max_devices_per_user: u32,
 }
 
 impl Default for CallsConfig {
@@ -187,6 +192,7 @@ impl Default for CallsConfig {
             reconnect_grace_secs: 15,
             events_per_second: 50,
             events_burst: 200,
+            max_devices_per_user: 10,
         }
     }
 }

@@ -114,6 +114,37 @@ impl Store {
         Ok(())
     }
 
+    /// Those of `session_ids` that no longer authenticate anyone: revoked, expired, deleted, or
+    /// of a disabled or removed user. The daemon checks the sessions of connected sockets with
+    /// this, because `parley user ...` changes them from another process.
+    pub async fn unusable_sessions(&self, session_ids: &[i64]) -> Result<Vec<i64>> {
+        let now = unix_millis_now();
+        let mut unusable = Vec::new();
+        // Chunks keep each statement far below SQLite's bound-parameter limit.
+        for chunk in session_ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT s.id FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.id IN ({marks}) AND s.revoked_at IS NULL AND s.expires_at > ?
+                   AND u.disabled = 0 AND u.removed = 0"
+            );
+            // Only `?` placeholders are spliced in; every value is bound.
+            let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            let usable: std::collections::HashSet<i64> = query
+                .bind(now)
+                .fetch_all(self.pool())
+                .await?
+                .into_iter()
+                .map(|(id,)| id)
+                .collect();
+            unusable.extend(chunk.iter().copied().filter(|id| !usable.contains(id)));
+        }
+        Ok(unusable)
+    }
+
     /// Deletes sessions that expired or were revoked more than a day ago.
     pub async fn purge_old_sessions(&self) -> Result<u64> {
         let cutoff = unix_millis_now() - 24 * 3600 * 1000;

@@ -12,6 +12,7 @@
 
 mod driver;
 pub mod http;
+mod limits;
 pub mod openapi;
 pub mod payload;
 mod socket;
@@ -29,7 +30,7 @@ use parley_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
 pub use driver::Driver;
-pub use socket::socket_layer;
+pub use socket::{PendingLimit, RealtimeLayer, socket_layer};
 
 use crate::http::error::{ApiError, Code};
 
@@ -97,9 +98,23 @@ pub struct Handle {
     http_initiations: Arc<Mutex<HashMap<i64, TokenBucket>>>,
     events_per_second: u32,
     events_burst: u32,
+    /// The realtime limits' bookkeeping (devices, unauthenticated connections, stats window).
+    pub(crate) limits: Arc<Limits>,
+}
+
+/// What the realtime shell counts, shared by every socket.
+pub(crate) struct Limits {
+    pub(crate) devices: Arc<limits::Devices>,
+    pub(crate) pending: Arc<limits::Pending>,
+    pub(crate) stats: limits::StatsWindow,
 }
 
 impl Handle {
+    /// Whether the driver has stopped (shutdown), so background tasks can end too.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.commands.is_closed()
+    }
+
     /// Disconnects every socket authenticated with this login session (logout calls this).
     pub async fn disconnect_session(&self, session_id: i64) {
         let (done, wait) = oneshot::channel();
@@ -183,6 +198,11 @@ pub fn driver(config: &Config, store: Store) -> (Handle, Driver) {
         http_initiations: Arc::new(Mutex::new(HashMap::new())),
         events_per_second: config.calls.events_per_second,
         events_burst: config.calls.events_burst,
+        limits: Arc::new(Limits {
+            devices: limits::Devices::new(config.calls.max_devices_per_user),
+            pending: limits::Pending::new(config.http.max_unauthenticated_per_address),
+            stats: limits::StatsWindow::default(),
+        }),
     };
     (handle, Driver::new(board_config, store, receiver))
 }
@@ -219,20 +239,13 @@ pub(crate) fn user_info(user: &parley_store::User) -> UserInfo {
     }
 }
 
-/// The protocol error for a switchboard refusal.
+/// The protocol error for a switchboard refusal: the code is the core's (`Error::error_code`),
+/// the message its Display; an internal one is logged and not shown.
 pub(crate) fn call_error(error: &CallError) -> ApiError {
-    let code = match error {
-        CallError::CallNotFound => Code::CallNotFound,
-        CallError::SelfCall => Code::SelfCall,
-        CallError::CallerBusy => Code::CallerBusy,
-        CallError::RecipientOffline => Code::RecipientOffline,
-        CallError::RecipientBusy => Code::RecipientBusy,
-        CallError::Forbidden(_) => Code::Forbidden,
-        CallError::InvalidState(_) => Code::InvalidState,
-        CallError::DeviceRequired(_) => Code::DeviceRequired,
-        other => return ApiError::internal(other),
-    };
-    ApiError::new(code, error.to_string())
+    match error.error_code() {
+        Code::Internal => ApiError::internal(error),
+        code => ApiError::new(code, error.to_string()),
+    }
 }
 
 /// `CALL_NOT_FOUND` from the switchboard only means "not live". For a party of an ended call
@@ -285,6 +298,50 @@ pub(crate) async fn resolve_callee(
         Some(user) if !user.disabled => Ok(user_info(&user)),
         _ => Err(ApiError::new(Code::UserNotFound, "to: no such user")),
     }
+}
+
+/// `call` (a `Call` as JSON) with `quality`: the requesting user's side, or `null`.
+pub(crate) async fn with_quality(
+    store: &Store,
+    user: i64,
+    mut call: serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let quality = match call.get("id").and_then(serde_json::Value::as_str) {
+        Some(id) => store.call_quality(id, user).await?,
+        None => None,
+    };
+    if let Some(fields) = call.as_object_mut() {
+        fields.insert("quality".into(), serde_json::json!(quality));
+    }
+    Ok(call)
+}
+
+/// `quality` for each `HistoryEntry` of a page, in one query.
+pub(crate) async fn add_quality(
+    store: &Store,
+    user: i64,
+    entries: &mut [serde_json::Value],
+) -> Result<(), ApiError> {
+    let ids: Vec<String> = entries
+        .iter()
+        .filter_map(|e| {
+            e.get("id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut found = store.calls_quality(user, &ids).await?;
+    for entry in entries.iter_mut() {
+        let quality = entry
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|id| found.remove(id));
+        if let Some(fields) = entry.as_object_mut() {
+            fields.insert("quality".into(), serde_json::json!(quality));
+        }
+    }
+    Ok(())
 }
 
 /// Initiate, shared by the socket event and `POST /calls`.

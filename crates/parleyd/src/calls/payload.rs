@@ -3,6 +3,7 @@
 //! same way on both transports.
 
 use parley_call::{CallId, Media, SignalPayload};
+pub use parley_store::quality::StatsReport;
 use serde_json::{Map, Value};
 
 use crate::http::error::{ApiError, Code};
@@ -28,7 +29,7 @@ pub struct Initiate {
     pub device_id: Option<String>,
 }
 
-fn invalid(field: &str, what: &str) -> ApiError {
+fn invalid(field: &str, what: impl std::fmt::Display) -> ApiError {
     ApiError::new(Code::InvalidPayload, format!("{field}: {what}"))
 }
 
@@ -188,6 +189,114 @@ pub fn media_state(map: &Map<String, Value>) -> Result<SignalPayload, ApiError> 
     })
 }
 
+/// The largest `call:stats` payload: a full report is about 500 bytes; this leaves room for
+/// fields of newer clients (ignored) without letting a report be a way to make us parse more.
+pub const MAX_STATS_BYTES: usize = 4 * 1024;
+/// `rttMs` and `jitterMs` bound (one minute: anything longer is not a live call).
+pub const MAX_STATS_MS: f64 = 60_000.0;
+/// Bitrates above 10 Gbit/s are not a browser's.
+pub const MAX_STATS_KBPS: f64 = 10_000_000.0;
+/// Video dimensions and freeze counts.
+pub const MAX_VIDEO_DIMENSION: f64 = 16_384.0;
+pub const MAX_VIDEO_FREEZES: f64 = 1_000_000.0;
+pub const MAX_NETWORK_TYPE_CHARS: usize = 32;
+
+/// The `call:stats` report (spec: "Call quality"), checked field by field: a wrong type or an
+/// out-of-range value is `INVALID_PAYLOAD` naming the field, a payload over
+/// [`MAX_STATS_BYTES`] is `PAYLOAD_TOO_LARGE`, unknown fields are ignored. `callId`, `path`,
+/// `rttMs`, `jitterMs`, `lossInPct` and `lossOutPct` are required (the quality verdict needs
+/// them); every other field may be absent or `null`.
+pub fn call_stats(value: &Value) -> Result<(CallId, StatsReport), ApiError> {
+    let size = serde_json::to_vec(value)
+        .map(|bytes| bytes.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_STATS_BYTES {
+        return Err(too_large("payload", "4 KiB"));
+    }
+    let map = object(value)?;
+    let call_id = call_id(map)?;
+    let report = StatsReport {
+        path: one_of(map, "path", &["direct", "relay"])?
+            .ok_or_else(|| invalid("path", "missing field"))?,
+        local_candidate: one_of(map, "localCandidate", CANDIDATE_TYPES)?,
+        remote_candidate: one_of(map, "remoteCandidate", CANDIDATE_TYPES)?,
+        relay_protocol: one_of(map, "relayProtocol", &["udp", "tcp", "tls"])?,
+        rtt_ms: required(map, "rttMs", MAX_STATS_MS)?,
+        jitter_ms: required(map, "jitterMs", MAX_STATS_MS)?,
+        loss_in_pct: required(map, "lossInPct", 100.0)?,
+        loss_out_pct: required(map, "lossOutPct", 100.0)?,
+        bitrate_in_kbps: bounded(map, "bitrateInKbps", MAX_STATS_KBPS)?,
+        bitrate_out_kbps: bounded(map, "bitrateOutKbps", MAX_STATS_KBPS)?,
+        audio_concealed_pct: bounded(map, "audioConcealedPct", 100.0)?,
+        video_freezes: whole(map, "videoFreezes", MAX_VIDEO_FREEZES)?,
+        video_width: whole(map, "videoWidth", MAX_VIDEO_DIMENSION)?,
+        video_height: whole(map, "videoHeight", MAX_VIDEO_DIMENSION)?,
+        network_type: match optional_string(map, "networkType")? {
+            Some(text) if text.chars().count() > MAX_NETWORK_TYPE_CHARS => {
+                return Err(invalid("networkType", "at most 32 characters"));
+            }
+            other => other.map(str::to_owned),
+        },
+    };
+    Ok((call_id, report))
+}
+
+/// [`call_stats`] from the text of a JSON document (for tools and fuzzing).
+pub fn call_stats_str(text: &str) -> Result<(CallId, StatsReport), ApiError> {
+    if text.len() > MAX_STATS_BYTES * 2 {
+        return Err(too_large("payload", "4 KiB"));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| invalid("payload", format_args!("malformed JSON: {e}")))?;
+    call_stats(&value)
+}
+
+const CANDIDATE_TYPES: &[&str] = &["host", "srflx", "prflx", "relay"];
+
+/// An optional string field that must be one of `allowed`.
+fn one_of(
+    map: &Map<String, Value>,
+    field: &str,
+    allowed: &[&str],
+) -> Result<Option<String>, ApiError> {
+    match optional_string(map, field)? {
+        None => Ok(None),
+        Some(text) if allowed.contains(&text) => Ok(Some(text.to_owned())),
+        Some(_) => Err(invalid(
+            field,
+            &format!("expected one of {}", allowed.join(", ")),
+        )),
+    }
+}
+
+/// An optional number in `0..=max`.
+fn bounded(map: &Map<String, Value>, field: &str, max: f64) -> Result<Option<f64>, ApiError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(number)) => match number.as_f64() {
+            Some(n) if n.is_finite() && (0.0..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(invalid(
+                field,
+                &format!("expected a number from 0 to {max}"),
+            )),
+        },
+        Some(_) => Err(invalid(field, "expected a number")),
+    }
+}
+
+fn required(map: &Map<String, Value>, field: &str, max: f64) -> Result<f64, ApiError> {
+    bounded(map, field, max)?.ok_or_else(|| invalid(field, "missing field"))
+}
+
+/// An optional whole number in `0..=max` (`3.0` counts; `3.5` does not).
+fn whole(map: &Map<String, Value>, field: &str, max: f64) -> Result<Option<i64>, ApiError> {
+    match bounded(map, field, max)? {
+        Some(n) if n.fract() == 0.0 => Ok(Some(n as i64)),
+        Some(_) => Err(invalid(field, "expected a whole number")),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +368,134 @@ mod tests {
         let map = json!({"candidate": 5});
         assert!(
             message(candidate(map.as_object().unwrap())).starts_with("INVALID_PAYLOAD candidate")
+        );
+    }
+
+    fn full_report() -> Value {
+        serde_json::json!({
+            "callId": "c1", "path": "relay", "localCandidate": "relay", "remoteCandidate": "srflx",
+            "relayProtocol": "udp", "rttMs": 42.5, "jitterMs": 3, "lossInPct": 0.5,
+            "lossOutPct": 1, "bitrateInKbps": 64, "bitrateOutKbps": 60,
+            "audioConcealedPct": 0.1, "videoFreezes": 0, "videoWidth": 1280, "videoHeight": 720,
+            "networkType": "wifi", "someFutureField": {"ignored": true}
+        })
+    }
+
+    #[test]
+    fn call_stats_reads_a_full_report_and_ignores_unknown_fields() {
+        let (id, report) = call_stats(&full_report()).expect("valid");
+        assert_eq!(id, CallId("c1".into()));
+        assert_eq!(report.path, "relay");
+        assert_eq!(report.relay_protocol.as_deref(), Some("udp"));
+        assert_eq!((report.rtt_ms, report.loss_out_pct), (42.5, 1.0));
+        assert_eq!(
+            (report.video_width, report.video_height),
+            (Some(1280), Some(720))
+        );
+        let minimal = json!({"callId": "c1", "path": "direct", "rttMs": 1, "jitterMs": 0,
+            "lossInPct": 0, "lossOutPct": 0, "relayProtocol": null, "networkType": null});
+        let (_, report) = call_stats(&minimal).expect("optional fields may be null or absent");
+        assert_eq!((report.relay_protocol, report.video_freezes), (None, None));
+        let text = serde_json::to_string(&full_report()).unwrap();
+        assert!(call_stats_str(&text).is_ok());
+        assert!(
+            message(call_stats_str("{")).starts_with("INVALID_PAYLOAD payload: malformed JSON")
+        );
+    }
+
+    #[test]
+    fn call_stats_names_the_bad_field() {
+        let cases: &[(&str, Value, &str)] = &[
+            (
+                "path",
+                json!("carrier-pigeon"),
+                "INVALID_PAYLOAD path: expected one of direct, relay",
+            ),
+            ("path", Value::Null, "INVALID_PAYLOAD path: missing field"),
+            (
+                "rttMs",
+                json!("fast"),
+                "INVALID_PAYLOAD rttMs: expected a number",
+            ),
+            (
+                "rttMs",
+                json!(60_001),
+                "INVALID_PAYLOAD rttMs: expected a number from 0 to 60000",
+            ),
+            (
+                "jitterMs",
+                json!(-1),
+                "INVALID_PAYLOAD jitterMs: expected a number from 0 to 60000",
+            ),
+            (
+                "lossInPct",
+                json!(100.5),
+                "INVALID_PAYLOAD lossInPct: expected a number from 0 to 100",
+            ),
+            (
+                "lossOutPct",
+                Value::Null,
+                "INVALID_PAYLOAD lossOutPct: missing field",
+            ),
+            (
+                "audioConcealedPct",
+                json!(101),
+                "INVALID_PAYLOAD audioConcealedPct: expected a number from 0 to 100",
+            ),
+            (
+                "videoFreezes",
+                json!(1.5),
+                "INVALID_PAYLOAD videoFreezes: expected a whole number",
+            ),
+            (
+                "videoWidth",
+                json!(true),
+                "INVALID_PAYLOAD videoWidth: expected a number",
+            ),
+            (
+                "localCandidate",
+                json!("moon"),
+                "INVALID_PAYLOAD localCandidate: expected one of host, srflx, prflx, relay",
+            ),
+            (
+                "relayProtocol",
+                json!("quic"),
+                "INVALID_PAYLOAD relayProtocol: expected one of udp, tcp, tls",
+            ),
+            (
+                "networkType",
+                json!(5),
+                "INVALID_PAYLOAD networkType: expected a string",
+            ),
+            (
+                "networkType",
+                json!("x".repeat(33)),
+                "INVALID_PAYLOAD networkType: at most 32 characters",
+            ),
+            (
+                "callId",
+                json!(7),
+                "INVALID_PAYLOAD callId: expected a string",
+            ),
+        ];
+        for (field, bad, expected) in cases {
+            let mut report = full_report();
+            report[*field] = bad.clone();
+            assert_eq!(&message(call_stats(&report)), expected, "{field} = {bad}");
+        }
+        assert_eq!(
+            message(call_stats(&json!([1, 2]))),
+            "INVALID_PAYLOAD payload: expected a JSON object"
+        );
+    }
+
+    #[test]
+    fn an_oversized_report_is_payload_too_large() {
+        let mut report = full_report();
+        report["padding"] = json!("p".repeat(MAX_STATS_BYTES));
+        assert_eq!(
+            message(call_stats(&report)),
+            "PAYLOAD_TOO_LARGE payload: over the 4 KiB limit"
         );
     }
 }

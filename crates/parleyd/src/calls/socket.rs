@@ -17,15 +17,27 @@ use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Socket;
 
+use super::limits::{DeviceSlot, PendingSlot, StatsRefusal};
 use super::{Action, Command, call_error, payload, refine_not_found, run_initiate, user_info};
 use crate::http::error::{ApiError, Code};
 use crate::state::AppState;
+
+/// How often the daemon checks the login sessions of connected sockets against the database:
+/// `parley user passwd` / `disable` run in another process and only write the database, and
+/// tokens expire on their own. A revoked or expired session's sockets are disconnected within
+/// this time; `call:initiate` and `call:accept` also check the session themselves.
+const SESSION_SWEEP: Duration = Duration::from_secs(2);
+
+/// A client gets this long after opening its Engine.IO connection to send the Socket.IO
+/// CONNECT with its token (real clients send it at once). socketioxide's default is 45 s, and
+/// until then it keeps the connection's memory even after the client has gone.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The biggest Socket.IO message we read: a 64 KiB SDP plus its envelope. socketioxide's
 /// defaults (64 MiB messages, 16 MiB frames) would let one client make us buffer that much.
 const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
-const CLIENT_EVENTS: [&str; 9] = [
+const CLIENT_EVENTS: [&str; 10] = [
     "call:initiate",
     "call:accept",
     "call:decline",
@@ -35,6 +47,7 @@ const CLIENT_EVENTS: [&str; 9] = [
     "signal:answer",
     "signal:ice",
     "media:state",
+    "call:stats",
 ];
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -54,17 +67,57 @@ struct SocketAuth {
     registered: Arc<AtomicBool>,
     /// `iceServers`, `iceTransportPolicy`, `ttlSecs` for the `session` event.
     ice: Arc<Value>,
+    /// This socket's place among its user's devices (`calls.max_devices_per_user`).
+    device_slot: Arc<DeviceSlot>,
+    /// Calls this socket is a call device of, as far as it has seen: its own initiate or accept
+    /// succeeded, or the switchboard relayed its signaling. Checked by `call:stats`, which may
+    /// also come after the call ended (when the switchboard no longer knows the binding).
+    bound: Arc<Mutex<Vec<parley_call::CallId>>>,
 }
 
-/// The handshake refusal: `connect_error` with `{ message, data: { code } }` as the spec says.
+impl SocketAuth {
+    fn remember_bound(&self, call_id: &parley_call::CallId) {
+        let Ok(mut bound) = self.bound.lock() else {
+            return;
+        };
+        if !bound.contains(call_id) {
+            // A device is in one call at a time; a few recent ones cover the report window.
+            if bound.len() >= 4 {
+                bound.remove(0);
+            }
+            bound.push(call_id.clone());
+        }
+    }
+
+    fn is_bound(&self, call_id: &parley_call::CallId) -> bool {
+        self.bound.lock().is_ok_and(|bound| bound.contains(call_id))
+    }
+}
+
+/// The handshake refusal: `connect_error` with `{ message, data: { code } }` as the spec says
+/// (`message` is the code too, as clients match on it). `why` goes to the log.
 /// socketioxide sends the error's Display as the message; the vendored parser patch
 /// (vendor/README.md) sends a JSON object with a `message` key as the whole packet data.
 #[derive(Debug)]
-struct Unauthorized;
+struct Refusal {
+    code: Code,
+    why: &'static str,
+}
 
-impl fmt::Display for Unauthorized {
+#[allow(non_upper_case_globals)]
+const Unauthorized: Refusal = Refusal {
+    code: Code::Unauthorized,
+    why: "missing, invalid or expired token",
+};
+
+impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(r#"{"message":"UNAUTHORIZED","data":{"code":"UNAUTHORIZED"}}"#)
+        log::debug!("realtime connection refused: {}", self.why);
+        let body = json!({
+            "message": self.code.as_str(),
+            "data": { "code": self.code.as_str() },
+        });
+        write!(f, "{body}")
     }
 }
 
@@ -86,7 +139,9 @@ impl FromMessageParts<LocalAdapter> for HasAck {
 
 /// The Socket.IO layer with Parley's limits and handlers. `state.calls` must be the handle of
 /// the driver that will be spawned with the returned `SocketIo`.
-pub fn socket_layer(state: AppState) -> (SocketIoLayer, SocketIo) {
+pub fn socket_layer(state: AppState) -> (RealtimeLayer, SocketIo) {
+    let pending = state.calls.limits.pending.clone();
+    tokio::spawn(sweep_sessions(state.clone()));
     let (layer, io) = SocketIo::builder()
         .ws_max_message_size(MAX_MESSAGE_BYTES)
         .ws_max_frame_size(MAX_MESSAGE_BYTES)
@@ -95,17 +150,65 @@ pub fn socket_layer(state: AppState) -> (SocketIoLayer, SocketIo) {
         // socketioxide's 45 s, so its peer hears `call:peer-reconnecting` while it still matters.
         .ping_interval(Duration::from_secs(10))
         .ping_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
         .with_state(state)
         .build_layer();
     io.ns("/", on_connect.with(authenticate));
-    (layer, io)
+    (
+        RealtimeLayer {
+            sockets: layer,
+            pending,
+        },
+        io,
+    )
+}
+
+/// Disconnects the sockets of login sessions that were revoked (logout, `parley user passwd`,
+/// `parley user disable`, removal) or expired, checking every [`SESSION_SWEEP`]. Runs until the
+/// call driver stops.
+async fn sweep_sessions(state: AppState) {
+    let mut tick = tokio::time::interval(SESSION_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.calls.is_stopped() {
+            return;
+        }
+        let sessions = state.calls.limits.devices.sessions();
+        if sessions.is_empty() {
+            continue;
+        }
+        match state.store.unusable_sessions(&sessions).await {
+            Ok(gone) => {
+                for session_id in gone {
+                    log::info!(
+                        "session {session_id} was revoked or expired: disconnecting its sockets"
+                    );
+                    state.calls.disconnect_session(session_id).await;
+                }
+            }
+            Err(e) => log::warn!("checking the sessions of connected sockets failed: {e}"),
+        }
+    }
+}
+
+/// Whether a socket's login session still stands (for actions that start or join a call).
+async fn session_usable(state: &AppState, session_id: i64) -> Result<(), ApiError> {
+    match state.store.unusable_sessions(&[session_id]).await {
+        Ok(gone) if gone.is_empty() => Ok(()),
+        Ok(_) => {
+            state.calls.disconnect_session(session_id).await;
+            Err(ApiError::unauthorized())
+        }
+        Err(e) => Err(ApiError::from(e)),
+    }
 }
 
 async fn authenticate(
     socket: SocketRef,
     TryData(auth): TryData<Value>,
     State(state): State<AppState>,
-) -> Result<(), Unauthorized> {
+) -> Result<(), Refusal> {
     let auth = auth.map_err(|_| Unauthorized)?;
     let token = auth
         .get("token")
@@ -125,10 +228,27 @@ async fn authenticate(
         Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
         _ => format!("socket-{}", socket.id),
     };
+    let device_slot = state
+        .calls
+        .limits
+        .devices
+        .claim(user.id, &device_id, session.id)
+        .ok_or(Refusal {
+            code: Code::RateLimited,
+            why: "too many devices connected for this user (calls.max_devices_per_user); \
+                  close another tab or app",
+        })?;
+    // Authenticated: this connection no longer counts against its address's unauthenticated
+    // connections (http.max_unauthenticated_per_address).
+    if let Some(slot) = socket.req_parts().extensions.get::<Arc<PendingSlot>>() {
+        slot.release();
+    }
     let calls = &state.config.calls;
     let ice = serde_json::to_value(crate::relay::ice_servers(&state, user.id))
         .unwrap_or_else(|_| json!({}));
     socket.extensions.insert(SocketAuth {
+        device_slot: Arc::new(device_slot),
+        bound: Arc::new(Mutex::new(Vec::new())),
         registered: Arc::new(AtomicBool::new(false)),
         ice: Arc::new(ice),
         conn: ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed)),
@@ -183,6 +303,7 @@ async fn on_connect(socket: SocketRef) {
 
 async fn on_disconnect(socket: SocketRef, State(state): State<AppState>) {
     if let Some(auth) = socket.extensions.get::<SocketAuth>() {
+        auth.device_slot.release();
         state.calls.send(Command::Disconnect { conn: auth.conn });
     }
 }
@@ -255,11 +376,16 @@ enum Request {
     Initiate(payload::Initiate),
     Action(parley_call::CallId, Action),
     Signal(parley_call::CallId, SignalKind, parley_call::SignalPayload),
+    Stats(parley_call::CallId, payload::StatsReport),
 }
 
 fn parse(name: &str, data: &Value) -> Result<Request, ApiError> {
     if name == "call:initiate" {
         return payload::initiate(data).map(Request::Initiate);
+    }
+    if name == "call:stats" {
+        let (call_id, report) = payload::call_stats(data)?;
+        return Ok(Request::Stats(call_id, report));
     }
     let map = payload::object(data)?;
     let call_id = payload::call_id(map)?;
@@ -304,7 +430,13 @@ enum Pending {
     Queued {
         call_id: parley_call::CallId,
         reply: tokio::sync::oneshot::Receiver<Result<Reply, parley_call::Error>>,
+        /// Whether success makes this socket a call device (accept; relayed signaling).
+        binds: bool,
+        /// Whether the login session is checked first (accept joins a call).
+        check_session: bool,
     },
+    /// `call:stats`: checked against the call (live or recently ended), then stored.
+    Stats(parley_call::CallId, payload::StatsReport),
 }
 
 impl FromMessageParts<LocalAdapter> for Queued {
@@ -359,9 +491,14 @@ fn queue(auth: &SocketAuth, event: &str, data: &Value) -> Result<Pending, ApiErr
     }
     let origin = Origin::Socket(auth.conn);
     let (reply, wait) = tokio::sync::oneshot::channel();
+    let binds;
+    let check_session;
     let (call_id, command) = match request {
         Request::Initiate(initiate) => return Ok(Pending::Initiate(initiate)),
+        Request::Stats(call_id, report) => return Ok(Pending::Stats(call_id, report)),
         Request::Action(call_id, action) => {
+            binds = action == Action::Accept;
+            check_session = binds;
             let command = Command::Action {
                 action,
                 origin,
@@ -371,6 +508,8 @@ fn queue(auth: &SocketAuth, event: &str, data: &Value) -> Result<Pending, ApiErr
             (call_id, command)
         }
         Request::Signal(call_id, kind, payload) => {
+            binds = true;
+            check_session = false;
             let command = Command::Signal {
                 conn: auth.conn,
                 call_id: call_id.clone(),
@@ -389,6 +528,8 @@ fn queue(auth: &SocketAuth, event: &str, data: &Value) -> Result<Pending, ApiErr
     Ok(Pending::Queued {
         call_id,
         reply: wait,
+        binds,
+        check_session,
     })
 }
 
@@ -396,20 +537,39 @@ fn queue(auth: &SocketAuth, event: &str, data: &Value) -> Result<Pending, ApiErr
 async fn finish(state: &AppState, auth: &SocketAuth, pending: Pending) -> Result<Value, ApiError> {
     let reply = match pending {
         Pending::Initiate(initiate) => {
+            session_usable(state, auth.session_id).await?;
             let origin = Origin::Socket(auth.conn);
-            run_initiate(
+            let reply = run_initiate(
                 &state.calls,
                 &state.store,
                 auth.user.clone(),
                 origin,
                 initiate,
             )
-            .await?
+            .await?;
+            if let Reply::Call(call) = &reply {
+                auth.remember_bound(&call.id);
+            }
+            reply
         }
-        Pending::Queued { call_id, reply } => {
+        Pending::Stats(call_id, report) => return record_stats(state, auth, call_id, report).await,
+        Pending::Queued {
+            call_id,
+            reply,
+            binds,
+            check_session,
+        } => {
+            // The command is already queued (ordering); a revoked session's accept is undone
+            // by the disconnect that `session_usable` triggers, and refused here.
+            if check_session {
+                session_usable(state, auth.session_id).await?;
+            }
             let answer = reply
                 .await
                 .map_err(|_| ApiError::internal("the call driver dropped a request"))?;
+            if binds && answer.is_ok() {
+                auth.remember_bound(&call_id);
+            }
             match answer {
                 Ok(reply) => reply,
                 Err(parley_call::Error::CallNotFound) => {
@@ -423,4 +583,165 @@ async fn finish(state: &AppState, auth: &SocketAuth, pending: Pending) -> Result
         Reply::Call(call) => json!({ "ok": true, "call": call }),
         Reply::Relayed | Reply::Connected { .. } => json!({ "ok": true }),
     })
+}
+
+/// `call:stats` (spec: "Call quality"): only a call device of the call may report (anyone else
+/// gets `CALL_NOT_FOUND`, so the call's existence does not leak); while the call is active at
+/// most once every 5 s per party, then once more within 60 s after it ended. The latest report
+/// per party is stored; nothing is relayed.
+async fn record_stats(
+    state: &AppState,
+    auth: &SocketAuth,
+    call_id: parley_call::CallId,
+    report: payload::StatsReport,
+) -> Result<Value, ApiError> {
+    use parley_call::CallState;
+    let not_found = || ApiError::new(Code::CallNotFound, "call not found");
+    let user = auth.user.id;
+    let lookup = call_id.clone();
+    let live = state
+        .calls
+        .query(move |board| board.live_call(&lookup, user))
+        .await?;
+    let ended = match live {
+        Some(call) if !auth.is_bound(&call_id) => {
+            // A party's other device: not a call device of this call.
+            let _ = call;
+            return Err(not_found());
+        }
+        Some(call) if call.state == CallState::Active => false,
+        Some(_) => {
+            return Err(ApiError::new(
+                Code::InvalidState,
+                "call quality is reported once the call is active",
+            ));
+        }
+        None => {
+            let row = state.store.call_by_id(&call_id.0).await?;
+            let Some(row) = row.filter(|r| r.caller.id == user || r.callee.id == user) else {
+                return Err(not_found());
+            };
+            if !auth.is_bound(&call_id) {
+                return Err(not_found());
+            }
+            let ended_at = row.ended_at.unwrap_or(i64::MAX);
+            let window = super::limits::STATS_AFTER_END.as_millis() as i64;
+            if parley_store::unix_millis_now().saturating_sub(ended_at) > window {
+                return Err(ApiError::new(
+                    Code::InvalidState,
+                    "the call ended more than 60 s ago; its final report is no longer taken",
+                ));
+            }
+            true
+        }
+    };
+    state
+        .calls
+        .limits
+        .stats
+        .admit(&call_id.0, user, ended, Instant::now())
+        .map_err(|refusal| {
+            ApiError::new(
+                Code::RateLimited,
+                match refusal {
+                    StatsRefusal::TooSoon => {
+                        "call:stats at most once every 5 s while the call is active"
+                    }
+                    StatsRefusal::FinalSent => {
+                        "the final call:stats of this call was already taken"
+                    }
+                },
+            )
+        })?;
+    state
+        .store
+        .save_call_stats(&call_id.0, user, parley_store::unix_millis_now(), &report)
+        .await?;
+    Ok(json!({ "ok": true }))
+}
+
+/// The Socket.IO layer plus the cap on unauthenticated connections per client address
+/// (`http.max_unauthenticated_per_address`): a new Engine.IO connection (a `/socket.io/`
+/// request without `sid`) takes a place for its address, kept in the request's extensions,
+/// which engineioxide keeps for the connection's life; authenticating gives it back, and so
+/// does the connection going away. One over the cap is answered 429 `RATE_LIMITED`.
+#[derive(Clone)]
+pub struct RealtimeLayer {
+    sockets: SocketIoLayer,
+    pending: Arc<super::limits::Pending>,
+}
+
+impl<S: Clone> tower_layer::Layer<S> for RealtimeLayer {
+    type Service = PendingLimit<<SocketIoLayer as tower_layer::Layer<S>>::Service>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PendingLimit {
+            inner: tower_layer::Layer::layer(&self.sockets, inner),
+            pending: self.pending.clone(),
+        }
+    }
+}
+
+/// The service of [`RealtimeLayer`].
+#[derive(Clone)]
+pub struct PendingLimit<S> {
+    inner: S,
+    pending: Arc<super::limits::Pending>,
+}
+
+impl<S, B, RB> tower_service::Service<axum::http::Request<B>> for PendingLimit<S>
+where
+    S: tower_service::Service<axum::http::Request<B>, Response = axum::http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    RB::Error: Into<axum::BoxError>,
+{
+    type Response = axum::response::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        let opens_connection = request.uri().path().starts_with("/socket.io/")
+            && !request
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .any(|pair| pair.starts_with("sid="));
+        let peer = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        if let (true, Some(address)) = (opens_connection, peer) {
+            match self.pending.claim(address) {
+                Some(slot) => {
+                    request.extensions_mut().insert(Arc::new(slot));
+                }
+                None => {
+                    let refusal = ApiError::new(
+                        Code::RateLimited,
+                        "too many unauthenticated realtime connections from this address \
+                         (http.max_unauthenticated_per_address)",
+                    );
+                    return Box::pin(async move {
+                        Ok(axum::response::IntoResponse::into_response(refusal))
+                    });
+                }
+            }
+        }
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(axum::body::Body::new))
+        })
+    }
 }

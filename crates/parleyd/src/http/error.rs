@@ -8,68 +8,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// The protocol's error codes (spec: "Replies and errors").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Code {
-    Unauthorized,
-    Forbidden,
-    UserNotFound,
-    CallNotFound,
-    InvalidPayload,
-    SelfCall,
-    UsernameTaken,
-    RecipientOffline,
-    RecipientBusy,
-    CallerBusy,
-    InvalidState,
-    DeviceRequired,
-    PayloadTooLarge,
-    RateLimited,
-    NotFound,
-    Internal,
-}
+/// The protocol's error codes: defined once, in the call core, for every transport.
+pub use parley_call::Code;
 
-impl Code {
-    pub fn status(self) -> StatusCode {
-        match self {
-            Code::Unauthorized => StatusCode::UNAUTHORIZED,
-            Code::Forbidden => StatusCode::FORBIDDEN,
-            Code::UserNotFound | Code::CallNotFound | Code::NotFound => StatusCode::NOT_FOUND,
-            Code::InvalidPayload | Code::SelfCall => StatusCode::BAD_REQUEST,
-            Code::UsernameTaken
-            | Code::RecipientOffline
-            | Code::RecipientBusy
-            | Code::CallerBusy
-            | Code::InvalidState
-            | Code::DeviceRequired => StatusCode::CONFLICT,
-            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// The code as it appears on the wire, e.g. `"INVALID_PAYLOAD"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::Unauthorized => "UNAUTHORIZED",
-            Code::Forbidden => "FORBIDDEN",
-            Code::UserNotFound => "USER_NOT_FOUND",
-            Code::CallNotFound => "CALL_NOT_FOUND",
-            Code::InvalidPayload => "INVALID_PAYLOAD",
-            Code::SelfCall => "SELF_CALL",
-            Code::UsernameTaken => "USERNAME_TAKEN",
-            Code::RecipientOffline => "RECIPIENT_OFFLINE",
-            Code::RecipientBusy => "RECIPIENT_BUSY",
-            Code::CallerBusy => "CALLER_BUSY",
-            Code::InvalidState => "INVALID_STATE",
-            Code::DeviceRequired => "DEVICE_REQUIRED",
-            Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Code::RateLimited => "RATE_LIMITED",
-            Code::NotFound => "NOT_FOUND",
-            Code::Internal => "INTERNAL",
-        }
-    }
+/// The HTTP status of a code (the spec's table, kept as a number in the core).
+pub fn status(code: Code) -> StatusCode {
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// An error answer. Build it with [`ApiError::new`], or from any internal error with
@@ -125,7 +69,7 @@ impl IntoResponse for ApiError {
                 message: &self.message,
             },
         };
-        (self.code.status(), Json(body)).into_response()
+        (status(self.code), Json(body)).into_response()
     }
 }
 

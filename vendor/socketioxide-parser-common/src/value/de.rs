@@ -35,7 +35,49 @@ pub fn from_str_seed<'de, T: de::DeserializeSeed<'de>>(
 
 pub fn read_event(data: &str) -> serde_json::Result<&str> {
     let mut de = serde_json::Deserializer::from_str(data);
-    FirstElement::<&str>::default().deserialize(&mut de)
+    match FirstElement::<&str>::default().deserialize(&mut de) {
+        Ok(name) => Ok(name),
+        // Parley patch: a name with a JSON escape (`"\u00e9"`, `"a\nb"`) cannot be borrowed
+        // from the packet, and upstream closes the connection over it. When the first element
+        // is a valid string, return its raw (still escaped) text instead: it matches no handler
+        // (handler names have no backslash), so the fallback handler answers the client.
+        Err(error) => {
+            let mut de = serde_json::Deserializer::from_str(data);
+            match FirstElement::<String>::default().deserialize(&mut de) {
+                Ok(_) => raw_first_string(data).ok_or(error),
+                Err(_) => Err(error),
+            }
+        }
+    }
+}
+
+/// The text between the quotes of the first string of a JSON array, escapes left as they are.
+/// Only called once serde_json has accepted that string, so the scan cannot be fooled.
+fn raw_first_string(data: &str) -> Option<&str> {
+    let start = data.find('"')? + 1;
+    let mut escaped = false;
+    for (offset, byte) in data.as_bytes()[start..].iter().enumerate() {
+        match (escaped, byte) {
+            (true, _) => escaped = false,
+            (false, b'\\') => escaped = true,
+            (false, b'"') => return Some(&data[start..start + offset]),
+            (false, _) => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod parley_patch_tests {
+    use super::read_event;
+
+    #[test]
+    fn an_escaped_event_name_is_read_raw_instead_of_failing() {
+        assert_eq!(read_event(r#"["\u00e9",1]"#).unwrap(), r"\u00e9");
+        assert_eq!(read_event(r#"[ "a\nb\"c",{}]"#).unwrap(), r#"a\nb\"c"#);
+        assert_eq!(read_event(r#"["plain",1]"#).unwrap(), "plain");
+        assert!(read_event(r#"[1,2]"#).is_err());
+    }
 }
 
 struct Deserializer<'a, D> {

@@ -1,0 +1,244 @@
+//! Call quality: the latest `call:stats` report of each party, and the summary (`quality`) that
+//! `Call` and `HistoryEntry` carry for the requesting user's side.
+//!
+//! The daemon has already checked every value against the protocol's bounds; this module only
+//! stores and reads them, plus [`verdict`], the one rule that turns numbers into good/fair/poor.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+/// One checked `call:stats` report (spec: "Call quality"). Optional fields are those a client
+/// may not know (no video in an audio call, no relay on a direct path).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsReport {
+    /// `direct` or `relay`.
+    pub path: String,
+    /// `host`, `srflx`, `prflx` or `relay`.
+    pub local_candidate: Option<String>,
+    pub remote_candidate: Option<String>,
+    /// `udp`, `tcp` or `tls`; `None` on a direct path.
+    pub relay_protocol: Option<String>,
+    pub rtt_ms: f64,
+    pub jitter_ms: f64,
+    pub loss_in_pct: f64,
+    pub loss_out_pct: f64,
+    pub bitrate_in_kbps: Option<f64>,
+    pub bitrate_out_kbps: Option<f64>,
+    pub audio_concealed_pct: Option<f64>,
+    pub video_freezes: Option<i64>,
+    pub video_width: Option<i64>,
+    pub video_height: Option<i64>,
+    pub network_type: Option<String>,
+}
+
+/// How a call went for one party.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Good,
+    Fair,
+    Poor,
+}
+
+/// Round-trip time, in ms, up to which a call is still good / beyond which it is poor. A round
+/// trip of 300 ms is ITU-T G.114's 150 ms one-way mouth-to-ear budget.
+pub const GOOD_MAX_RTT_MS: f64 = 300.0;
+pub const POOR_OVER_RTT_MS: f64 = 600.0;
+/// Packet loss, in percent of the worse direction.
+pub const GOOD_MAX_LOSS_PCT: f64 = 1.0;
+pub const POOR_OVER_LOSS_PCT: f64 = 5.0;
+/// Jitter, in ms: beyond about 30 ms jitter buffers start to add audible delay.
+pub const GOOD_MAX_JITTER_MS: f64 = 30.0;
+pub const POOR_OVER_JITTER_MS: f64 = 75.0;
+
+/// The "good / fair / poor" rule: poor when any of round-trip time, loss or jitter is past its
+/// poor threshold; good when all three are within their good limits; fair otherwise.
+pub fn verdict(rtt_ms: f64, loss_pct: f64, jitter_ms: f64) -> Verdict {
+    if rtt_ms > POOR_OVER_RTT_MS || loss_pct > POOR_OVER_LOSS_PCT || jitter_ms > POOR_OVER_JITTER_MS
+    {
+        Verdict::Poor
+    } else if rtt_ms <= GOOD_MAX_RTT_MS
+        && loss_pct <= GOOD_MAX_LOSS_PCT
+        && jitter_ms <= GOOD_MAX_JITTER_MS
+    {
+        Verdict::Good
+    } else {
+        Verdict::Fair
+    }
+}
+
+/// The `quality` object of `Call` and `HistoryEntry`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quality {
+    pub path: String,
+    pub relay_protocol: Option<String>,
+    pub rtt_ms: f64,
+    /// The worse of the two directions' loss.
+    pub loss_pct: f64,
+    pub jitter_ms: f64,
+    pub verdict: Verdict,
+}
+
+impl Quality {
+    fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(String, Quality)> {
+        let loss_pct = row
+            .try_get::<f64, _>("loss_in_pct")?
+            .max(row.try_get::<f64, _>("loss_out_pct")?);
+        let rtt_ms: f64 = row.try_get("rtt_ms")?;
+        let jitter_ms: f64 = row.try_get("jitter_ms")?;
+        Ok((
+            row.try_get("call_id")?,
+            Quality {
+                path: row.try_get("path")?,
+                relay_protocol: row.try_get("relay_protocol")?,
+                rtt_ms,
+                loss_pct,
+                jitter_ms,
+                verdict: verdict(rtt_ms, loss_pct, jitter_ms),
+            },
+        ))
+    }
+}
+
+/// The columns `Quality::from_row` reads (a macro so that the queries stay static strings).
+macro_rules! quality_columns {
+    () => {
+        "call_id, path, relay_protocol, rtt_ms, jitter_ms, loss_in_pct, loss_out_pct"
+    };
+}
+
+impl Store {
+    /// Stores `report` as `user`'s latest for `call_id`, replacing an older one.
+    pub async fn save_call_stats(
+        &self,
+        call_id: &str,
+        user_id: i64,
+        reported_at: i64,
+        report: &StatsReport,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO call_quality (call_id, user_id, reported_at, path, local_candidate,
+                 remote_candidate, relay_protocol, rtt_ms, jitter_ms, loss_in_pct, loss_out_pct,
+                 bitrate_in_kbps, bitrate_out_kbps, audio_concealed_pct, video_freezes,
+                 video_width, video_height, network_type)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (call_id, user_id) DO UPDATE SET
+                 reported_at = excluded.reported_at, path = excluded.path,
+                 local_candidate = excluded.local_candidate,
+                 remote_candidate = excluded.remote_candidate,
+                 relay_protocol = excluded.relay_protocol, rtt_ms = excluded.rtt_ms,
+                 jitter_ms = excluded.jitter_ms, loss_in_pct = excluded.loss_in_pct,
+                 loss_out_pct = excluded.loss_out_pct, bitrate_in_kbps = excluded.bitrate_in_kbps,
+                 bitrate_out_kbps = excluded.bitrate_out_kbps,
+                 audio_concealed_pct = excluded.audio_concealed_pct,
+                 video_freezes = excluded.video_freezes, video_width = excluded.video_width,
+                 video_height = excluded.video_height, network_type = excluded.network_type",
+        )
+        .bind(call_id)
+        .bind(user_id)
+        .bind(reported_at)
+        .bind(&report.path)
+        .bind(&report.local_candidate)
+        .bind(&report.remote_candidate)
+        .bind(&report.relay_protocol)
+        .bind(report.rtt_ms)
+        .bind(report.jitter_ms)
+        .bind(report.loss_in_pct)
+        .bind(report.loss_out_pct)
+        .bind(report.bitrate_in_kbps)
+        .bind(report.bitrate_out_kbps)
+        .bind(report.audio_concealed_pct)
+        .bind(report.video_freezes)
+        .bind(report.video_width)
+        .bind(report.video_height)
+        .bind(&report.network_type)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// `user`'s side of a call's quality, `None` when that party sent no report.
+    pub async fn call_quality(&self, call_id: &str, user_id: i64) -> Result<Option<Quality>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            quality_columns!(),
+            " FROM call_quality WHERE call_id = ? AND user_id = ?"
+        ))
+        .bind(call_id)
+        .bind(user_id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref()
+            .map(Quality::from_row)
+            .transpose()
+            .map(|found| found.map(|(_, quality)| quality))
+    }
+
+    /// `user`'s side of the quality of each of `call_ids` that has a report (a history page).
+    pub async fn calls_quality(
+        &self,
+        user_id: i64,
+        call_ids: &[&str],
+    ) -> Result<HashMap<String, Quality>> {
+        let mut found = HashMap::new();
+        // A history page has at most 200 entries: well under SQLite's 32766 bound parameters.
+        if call_ids.is_empty() {
+            return Ok(found);
+        }
+        let marks = vec!["?"; call_ids.len()].join(", ");
+        let sql = format!(
+            concat!(
+                "SELECT ",
+                quality_columns!(),
+                " FROM call_quality WHERE user_id = ? AND call_id IN ({})"
+            ),
+            marks
+        );
+        // Only `?` placeholders are spliced in; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
+        for id in call_ids {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(self.pool()).await? {
+            let (call_id, quality) = Quality::from_row(&row)?;
+            found.insert(call_id, quality);
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_is_good_only_when_all_three_are_within_the_good_limits() {
+        assert_eq!(verdict(40.0, 0.0, 5.0), Verdict::Good);
+        assert_eq!(
+            verdict(300.0, 1.0, 30.0),
+            Verdict::Good,
+            "limits are inclusive"
+        );
+        assert_eq!(verdict(301.0, 0.0, 5.0), Verdict::Fair);
+        assert_eq!(verdict(40.0, 1.5, 5.0), Verdict::Fair);
+        assert_eq!(verdict(40.0, 0.0, 31.0), Verdict::Fair);
+        assert_eq!(
+            verdict(600.0, 5.0, 75.0),
+            Verdict::Fair,
+            "poor starts past the limit"
+        );
+    }
+
+    #[test]
+    fn verdict_is_poor_when_any_one_is_past_its_poor_threshold() {
+        assert_eq!(verdict(601.0, 0.0, 5.0), Verdict::Poor);
+        assert_eq!(verdict(40.0, 5.1, 5.0), Verdict::Poor);
+        assert_eq!(verdict(40.0, 0.0, 76.0), Verdict::Poor);
+        assert_eq!(verdict(60_000.0, 100.0, 60_000.0), Verdict::Poor);
+    }
+}
