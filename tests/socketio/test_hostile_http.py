@@ -300,3 +300,29 @@ def test_ordinary_display_names_are_kept_and_the_directory_shows_usernames_besid
     listed = first.http("GET", "/api/v1/users").json()["users"]
     same = [u for u in listed if u["displayName"] == "Same Name"]
     assert len(same) >= 2 and len({u["username"] for u in same}) == len(same)
+
+
+def test_login_flood_leaves_the_cpu_to_everyone_else_issue_10(make_daemon):
+    d = make_daemon(login_limit=10)
+    user = d.register("busy")
+    sources = [f"127.0.{30 + i // 200}.{1 + i % 200}" for i in range(200)]
+    done = threading.Event()
+    latencies = []
+
+    def probe():
+        while not done.is_set():
+            started = time.monotonic()
+            assert user.http("GET", "/api/v1/me").status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        results = concurrently([lambda s=s: login_from(d, s, "nobody-here", "wrong-password") for s in sources])
+    finally:
+        done.set()
+        prober.join(timeout=30)
+    assert not [r for r in results if isinstance(r, Exception)]
+    # Unbounded, 200 hashes at once took both cores for seconds; bounded, one core stays free.
+    assert latencies and max(latencies) < 1.0, f"slowest authenticated request {max(latencies):.2f} s"
