@@ -254,10 +254,9 @@ export function instrumentation({ hidden = false, notifications } = {}) {
         return stream;
       };
     }
-    if ("setAppBadge" in navigator) {
-      navigator.setAppBadge = (count) => { probe.badges.push(count ?? 0); return Promise.resolve(); };
-      navigator.clearAppBadge = () => { probe.badges.push(0); return Promise.resolve(); };
-    }
+    // The Badging API exists only for installed apps on some platforms: record calls to it either way.
+    navigator.setAppBadge = (count) => { probe.badges.push(count ?? 0); return Promise.resolve(); };
+    navigator.clearAppBadge = () => { probe.badges.push(0); return Promise.resolve(); };
     const createOscillator = AudioContext.prototype.createOscillator;
     AudioContext.prototype.createOscillator = function () { probe.oscillators++; return createOscillator.call(this); };
     // Visibility the test controls (setHidden): headless pages are always visible.
