@@ -285,11 +285,17 @@ mod tests {
         a_again.release();
         a_again.release();
         assert_eq!(devices.count(1), 1, "released once, however often called");
-        assert!(devices.claim(1, "c", 10).is_some());
+        let c = devices
+            .claim(1, "c", 12)
+            .expect("a freed place is taken again");
         drop(b);
-        let mut sessions = devices.sessions();
-        sessions.sort();
-        assert_eq!(sessions, vec![10]);
+        assert_eq!(
+            devices.sessions(),
+            vec![12],
+            "sessions in use follow the sockets"
+        );
+        drop(c);
+        assert!(devices.sessions().is_empty());
         assert!(
             Devices::new(0).claim(1, "any", 1).is_some(),
             "0 means no limit"

@@ -364,3 +364,36 @@ pub(crate) async fn run_initiate(
         .await?;
     answer.map_err(|error| call_error(&error))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    /// The OpenAPI document lists the codes by hand; this keeps it equal to the one definition.
+    #[test]
+    fn the_openapi_error_codes_are_the_core_codes() {
+        let document: serde_json::Value =
+            serde_json::from_str(super::openapi::DOCUMENT).expect("valid JSON");
+        let listed: Vec<String> = document["components"]["schemas"]["Error"]["properties"]["error"]
+            ["properties"]["code"]["enum"]
+            .as_array()
+            .expect("the Error schema lists its codes")
+            .iter()
+            .map(|c| c.as_str().expect("codes are strings").to_owned())
+            .collect();
+        let core: Vec<String> = Code::ALL.iter().map(|c| c.as_str().to_owned()).collect();
+        assert_eq!(listed, core);
+    }
+
+    #[test]
+    fn a_switchboard_refusal_keeps_its_code_and_an_internal_one_says_nothing() {
+        let refusal = super::call_error(&parley_call::Error::RecipientBusy);
+        assert_eq!(refusal.code, Code::RecipientBusy);
+        let internal = super::call_error(&parley_call::Error::UnknownValue {
+            kind: "status",
+            value: "x".into(),
+        });
+        assert_eq!(internal.code, Code::Internal);
+        assert!(!internal.message.contains("status"));
+    }
+}

@@ -67,18 +67,6 @@ fn raw_first_string(data: &str) -> Option<&str> {
     None
 }
 
-#[cfg(test)]
-mod parley_patch_tests {
-    use super::read_event;
-
-    #[test]
-    fn an_escaped_event_name_is_read_raw_instead_of_failing() {
-        assert_eq!(read_event(r#"["\u00e9",1]"#).unwrap(), r"\u00e9");
-        assert_eq!(read_event(r#"[ "a\nb\"c",{}]"#).unwrap(), r#"a\nb\"c"#);
-        assert_eq!(read_event(r#"["plain",1]"#).unwrap(), "plain");
-        assert!(read_event(r#"[1,2]"#).is_err());
-    }
-}
 
 struct Deserializer<'a, D> {
     inner: D,
