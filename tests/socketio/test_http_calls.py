@@ -84,7 +84,7 @@ def test_history_is_paginated_newest_first_with_a_cursor(daemon, clients):
     entry = alice.http("GET", "/api/v1/calls?limit=1").json()["items"][0]
     assert set(entry) == {
         "id", "peer", "direction", "media", "status", "reason", "missed", "seen", "message",
-        "createdAt", "answeredAt", "endedAt", "durationSecs",
+        "createdAt", "answeredAt", "endedAt", "durationSecs", "quality",
     }
     assert entry["peer"] == {"id": bob.id, "username": bob.name, "displayName": bob.name}
 
