@@ -22,8 +22,9 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
     manifest-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; \
     object-src 'none'";
 
-/// Camera and microphone for this origin only; nothing else the client does not use.
-const PERMISSIONS_POLICY: &str = "camera=(self), microphone=(self), display-capture=(), \
+/// Camera, microphone and screen capture (Share screen) for this origin only; nothing else the
+/// client does not use.
+const PERMISSIONS_POLICY: &str = "camera=(self), microphone=(self), display-capture=(self), \
     geolocation=(), payment=(), usb=(), interest-cohort=()";
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
