@@ -258,7 +258,10 @@ async fn login(
     let ApiJson(body) = body?;
     let now = Instant::now();
     let address = address_key(peer.ip());
-    let user_key = format!("{}@{address}", body.username.to_lowercase());
+    // Usernames are at most 32 characters; a longer one cannot exist, and is cut so that a key
+    // cannot be a 64 KiB string (the map holds up to MAX_KEYS of them).
+    let username: String = body.username.chars().take(33).collect();
+    let user_key = format!("{}@{address}", username.to_lowercase());
     let limiter = &state.login_limiter;
     // Counted before the hash, given back when the login succeeds or is shed.
     if !limiter.per_user_and_address.try_take(&user_key, now) {
