@@ -264,7 +264,7 @@ fn one_of(
         Some(text) if allowed.contains(&text) => Ok(Some(text.to_owned())),
         Some(_) => Err(invalid(
             field,
-            &format!("expected one of {}", allowed.join(", ")),
+            format!("expected one of {}", allowed.join(", ")),
         )),
     }
 }
@@ -275,10 +275,7 @@ fn bounded(map: &Map<String, Value>, field: &str, max: f64) -> Result<Option<f64
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(number)) => match number.as_f64() {
             Some(n) if n.is_finite() && (0.0..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(invalid(
-                field,
-                &format!("expected a number from 0 to {max}"),
-            )),
+            _ => Err(invalid(field, format!("expected a number from 0 to {max}"))),
         },
         Some(_) => Err(invalid(field, "expected a number")),
     }

@@ -376,7 +376,7 @@ enum Request {
     Initiate(payload::Initiate),
     Action(parley_call::CallId, Action),
     Signal(parley_call::CallId, SignalKind, parley_call::SignalPayload),
-    Stats(parley_call::CallId, payload::StatsReport),
+    Stats(parley_call::CallId, Box<payload::StatsReport>),
 }
 
 fn parse(name: &str, data: &Value) -> Result<Request, ApiError> {
@@ -385,7 +385,7 @@ fn parse(name: &str, data: &Value) -> Result<Request, ApiError> {
     }
     if name == "call:stats" {
         let (call_id, report) = payload::call_stats(data)?;
-        return Ok(Request::Stats(call_id, report));
+        return Ok(Request::Stats(call_id, Box::new(report)));
     }
     let map = payload::object(data)?;
     let call_id = payload::call_id(map)?;
@@ -436,7 +436,7 @@ enum Pending {
         check_session: bool,
     },
     /// `call:stats`: checked against the call (live or recently ended), then stored.
-    Stats(parley_call::CallId, payload::StatsReport),
+    Stats(parley_call::CallId, Box<payload::StatsReport>),
 }
 
 impl FromMessageParts<LocalAdapter> for Queued {
@@ -593,7 +593,7 @@ async fn record_stats(
     state: &AppState,
     auth: &SocketAuth,
     call_id: parley_call::CallId,
-    report: payload::StatsReport,
+    report: Box<payload::StatsReport>,
 ) -> Result<Value, ApiError> {
     use parley_call::CallState;
     let not_found = || ApiError::new(Code::CallNotFound, "call not found");
