@@ -241,4 +241,97 @@ mod tests {
         assert_eq!(verdict(40.0, 0.0, 76.0), Verdict::Poor);
         assert_eq!(verdict(60_000.0, 100.0, 60_000.0), Verdict::Poor);
     }
+
+    fn report(rtt_ms: f64, loss_out_pct: f64) -> StatsReport {
+        StatsReport {
+            path: "relay".into(),
+            local_candidate: Some("relay".into()),
+            remote_candidate: None,
+            relay_protocol: Some("tcp".into()),
+            rtt_ms,
+            jitter_ms: 3.0,
+            loss_in_pct: 0.5,
+            loss_out_pct,
+            bitrate_in_kbps: None,
+            bitrate_out_kbps: Some(40.0),
+            audio_concealed_pct: None,
+            video_freezes: Some(2),
+            video_width: None,
+            video_height: None,
+            network_type: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_latest_report_per_party_is_kept_and_read_back_for_that_party_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("parley.db"))
+            .await
+            .expect("open");
+        let alice = store
+            .create_user("alice", None, "password-123")
+            .await
+            .unwrap();
+        let bob = store
+            .create_user("bob", None, "password-123")
+            .await
+            .unwrap();
+        store
+            .save_call(&crate::calls::CallWrite {
+                id: "c1",
+                caller_id: alice.id,
+                callee_id: bob.id,
+                media: "audio",
+                state: "active",
+                status: None,
+                reason: None,
+                ended_by: None,
+                message: None,
+                created_at: 1,
+                answered_at: Some(2),
+                ended_at: None,
+            })
+            .await
+            .expect("call");
+        assert_eq!(store.call_quality("c1", alice.id).await.unwrap(), None);
+        store
+            .save_call_stats("c1", alice.id, 10, &report(40.0, 0.0))
+            .await
+            .unwrap();
+        store
+            .save_call_stats("c1", alice.id, 20, &report(700.0, 2.0))
+            .await
+            .unwrap();
+        let quality = store
+            .call_quality("c1", alice.id)
+            .await
+            .unwrap()
+            .expect("saved");
+        assert_eq!(
+            quality,
+            Quality {
+                path: "relay".into(),
+                relay_protocol: Some("tcp".into()),
+                rtt_ms: 700.0,
+                loss_pct: 2.0,
+                jitter_ms: 3.0,
+                verdict: Verdict::Poor,
+            }
+        );
+        assert_eq!(store.call_quality("c1", bob.id).await.unwrap(), None);
+        let page = store
+            .calls_quality(alice.id, &["c1", "nope"])
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page["c1"].verdict, Verdict::Poor);
+        assert!(
+            store
+                .calls_quality(bob.id, &["c1"])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.calls_quality(alice.id, &[]).await.unwrap().is_empty());
+    }
 }
