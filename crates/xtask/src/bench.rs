@@ -243,8 +243,12 @@ impl Daemon {
         let http = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let turn = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let config = format!(
-            "[http]\nlisten = \"{http}\"\n[storage]\ndata_dir = \"{}\"\n\
+            // Every simulated user connects from 127.0.0.1: the per-address limits that protect
+            // a real server from one attacker would throttle the whole benchmark.
+            "[http]\nlisten = \"{http}\"\nmax_unauthenticated_per_address = 0\n\
+             [storage]\ndata_dir = \"{}\"\n\
              [auth]\nregistration = \"open\"\nlogin_attempts_per_minute = 1000000\n\
+             password_hash_queue = 1000000\n\
              [turn]\nlisten = \"{turn}\"\ntls_listen = \"\"\n[log]\nlevel = \"warn\"\n",
             dir.join("data").display()
         );
