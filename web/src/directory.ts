@@ -45,7 +45,14 @@ export function renderPeople(): void {
           "li",
           { class: "person", "data-user-id": person.id },
           h("span", { class: "avatar", "aria-hidden": "true" }, name.slice(0, 1).toUpperCase()),
-          h("span", { class: "who" }, h("span", { class: "name" }, name), h("span", { class: "status" })),
+          h(
+            "span",
+            { class: "who" },
+            // Display names are free text: the username beside one tells two "Bob"s apart.
+            h("span", { class: "name" }, name),
+            person.displayName && person.displayName !== person.username ? h("span", { class: "username" }, `@${person.username}`) : null,
+            h("span", { class: "status" }),
+          ),
           button("audio"),
           button("video"),
         ),
