@@ -26,8 +26,11 @@ pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
     /// When the last write probe ran and what it found (`writable`).
-    probe: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>>,
+    probe: std::sync::Arc<tokio::sync::Mutex<Option<ProbeResult>>>,
 }
+
+/// When a write probe ran, and its outcome (the database's error, for the log).
+type ProbeResult = (std::time::Instant, Result<(), String>);
 
 /// What went wrong with the database, worded for the admin.
 #[derive(Debug, thiserror::Error)]
