@@ -326,3 +326,23 @@ def test_login_flood_leaves_the_cpu_to_everyone_else_issue_10(make_daemon):
     assert not [r for r in results if isinstance(r, Exception)]
     # Unbounded, 200 hashes at once took both cores for seconds; bounded, one core stays free.
     assert latencies and max(latencies) < 1.0, f"slowest authenticated request {max(latencies):.2f} s"
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/api/v1/calls/%FF%FE/decline"),
+        ("POST", "/api/v1/calls/%FF%FE/accept"),
+        ("GET", "/api/v1/calls/%FF%FE"),
+        ("DELETE", "/api/v1/calls/%C0"),
+        ("GET", "/api/v1/calls?before=%FF"),
+    ],
+)
+def test_fuzz_finding_path_utf8_is_answered_in_the_protocols_error_shape(daemon, method, path):
+    """Found by the `http_api` fuzz target (docs/security.md, `path-utf8`): a call id or query
+    that is not UTF-8 after percent-decoding got axum's text/plain 400, which clients cannot read."""
+    user = daemon.register("utf8")
+    r = user.http(method, path, json={} if method == "POST" else None)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    assert r.json()["error"]["code"] == "INVALID_PAYLOAD", r.text

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::{Action, payload, run_action, run_initiate, user_info};
 use crate::http::auth::AuthUser;
-use crate::http::error::{ApiError, Code};
+use crate::http::error::{ApiError, ApiPath, ApiQuery, Code};
 use crate::state::AppState;
 
 const DEFAULT_PAGE: u32 = 50;
@@ -127,7 +127,7 @@ async fn initiate(
 async fn accept(
     State(state): State<AppState>,
     me: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let call_id = payload::path_call_id(&id)?;
@@ -152,7 +152,7 @@ async fn accept(
 async fn decline(
     State(state): State<AppState>,
     me: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let call_id = payload::path_call_id(&id)?;
@@ -199,7 +199,7 @@ async fn simple_action(
 async fn cancel(
     State(state): State<AppState>,
     me: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     simple_action(state, me, id, body, Action::Cancel).await
@@ -208,7 +208,7 @@ async fn cancel(
 async fn end(
     State(state): State<AppState>,
     me: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     simple_action(state, me, id, body, Action::End).await
@@ -251,7 +251,7 @@ fn record_from_row(row: &CallRow) -> Result<CallRecord, ApiError> {
 async fn get_call(
     State(state): State<AppState>,
     me: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let call_id = payload::path_call_id(&id)?;
     let user = me.id;
@@ -277,7 +277,7 @@ async fn get_call(
 async fn delete_call(
     State(state): State<AppState>,
     me: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let call_id = payload::path_call_id(&id)?;
     match state.store.hide_call(me.id, &call_id.0).await? {
@@ -363,7 +363,7 @@ fn history_entry(row: &CallRow, user: i64) -> Result<Value, ApiError> {
 async fn history(
     State(state): State<AppState>,
     me: AuthUser,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let query = history_query(&params)?;
     let (rows, next) = state.store.call_history(me.id, &query).await?;
