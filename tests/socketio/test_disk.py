@@ -301,6 +301,30 @@ def test_full_disk_login_never_hands_out_an_unstored_token(disk):
     assert "refused" in outcomes, outcomes
 
 
+def test_full_disk_registration_is_refused_and_never_logged_as_done(disk):
+    """Issue 10, item 6: on a full disk a registration logged "registered user X" for an account
+    that was never stored (`INSERT ... RETURNING` hid the failed commit)."""
+    loop, d = disk
+    d.register("warmup")
+    os.sync()
+    loop.fill()
+    names = [f"newcomer{i}" for i in range(3)]
+    refused = []
+    for name in names:
+        r = d.http("POST", "/api/v1/auth/register", json={"username": name, "password": PASSWORD})
+        if r.status_code == 201:
+            token = r.json()["token"]
+            me = d.http("GET", "/api/v1/me", token=token)
+            assert me.status_code == 200, f"registered but the token does not work: {me.text}"
+        else:
+            assert r.status_code == 500 and r.json()["error"]["code"] == "INTERNAL", r.text
+            refused.append(name)
+    assert refused, "the disk was full, yet every registration was stored"
+    log = d.log_text()
+    for name in refused:
+        assert f"registered user {name} " not in log, f"{name} was refused but logged as registered"
+
+
 def test_failing_io_refuses_cancel_and_readyz_says_so(disk):
     """Issue 10, items 6 and 9: with every I/O failing, `call:cancel` was acknowledged unwritten
     and `/readyz` still said 200 "database up"."""

@@ -275,25 +275,29 @@ impl Store {
         validate_display_name(display_name)?;
         let hash = hash_password(password).await?;
         let now = unix_millis_now();
-        let result = sqlx::query_as::<_, UserRow>(concat!(
+        // `execute`, not `INSERT ... RETURNING` with `fetch_one`: the latter hands back the row
+        // before the statement commits, and a commit that then fails (disk full) went
+        // unreported, logging a registration that was never stored (issue 10).
+        let result = sqlx::query(
             "INSERT INTO users (username, display_name, password_hash, created_at)
-             VALUES (?, ?, ?, ?) RETURNING ",
-            user_columns!(),
-            ""
-        ))
+             VALUES (?, ?, ?, ?)",
+        )
         .bind(username)
         .bind(display_name)
         .bind(hash)
         .bind(now)
-        .fetch_one(self.pool())
+        .execute(self.pool())
         .await;
-        match result {
-            Ok(row) => Ok(user_from(row)),
+        let id = match result {
+            Ok(done) => done.last_insert_rowid(),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::UsernameTaken(username.to_owned()))
+                return Err(StoreError::UsernameTaken(username.to_owned()));
             }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        self.user_by_id(id)
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
     }
 
     /// The user with this username and password, if both match and the account is enabled.

@@ -354,8 +354,11 @@ async fn register(
                 .await
         })
         .await??;
-    log::info!("registered user {} (id {})", user.username, user.id);
-    Ok((StatusCode::CREATED, Json(new_session(&state, user).await?)))
+    let (username, id) = (user.username.clone(), user.id);
+    let reply = new_session(&state, user).await?;
+    // Only now is everything the client will rely on stored.
+    log::info!("registered user {username} (id {id})");
+    Ok((StatusCode::CREATED, Json(reply)))
 }
 
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
