@@ -176,17 +176,9 @@ fuzz_target!(|data: &[u8]| {
     if status.is_client_error() {
         let shaped = serde_json::from_slice::<Value>(&answer)
             .is_ok_and(|v| v["error"]["code"].is_string() && v["error"]["message"].is_string());
-        let masked = *MASK_PATH_UTF8 && text.starts_with("Invalid URL: Invalid UTF-8");
         assert!(
-            shaped || masked,
+            shaped,
             "{uri} answered {status} without the error shape: {text}"
         );
     }
-});
-
-/// Finding `path-utf8` (docs/security.md): a call id that is not UTF-8 gets axum's plain-text
-/// 400, not the protocol's error body. `PARLEY_FUZZ_MASK=path-utf8` tolerates it, for a long
-/// campaign to look past it until it is fixed; CI never sets it, so CI fails while it is open.
-static MASK_PATH_UTF8: LazyLock<bool> = LazyLock::new(|| {
-    std::env::var("PARLEY_FUZZ_MASK").is_ok_and(|mask| mask.split(',').any(|m| m == "path-utf8"))
 });
