@@ -38,8 +38,12 @@ def free_port():
 class Daemon:
     """One `parley serve` process."""
 
-    def __init__(self, calls="", extra="", data_dir=None, login_limit=100000):
+    def __init__(self, calls="", extra="", data_dir=None, login_limit=100000, db_dir=None, ring_timeout_secs=2):
+        """`db_dir`: where the database lives, when not beside the config and log in `data_dir`
+        (the disk tests put it on a small loop-mounted file system)."""
         self.login_limit = login_limit
+        self.db_dir = db_dir
+        self.ring_timeout_secs = ring_timeout_secs
         if not BINARY.exists():
             raise RuntimeError(f"{BINARY} is missing: run `cargo build -p parleyd` first")
         self._tmp = None
@@ -61,7 +65,7 @@ class Daemon:
 [http]
 listen = "127.0.0.1:{self.port}"
 [storage]
-data_dir = "{self.data_dir}"
+data_dir = "{self.db_dir or self.data_dir}"
 [turn]
 enabled = false
 [auth]
@@ -70,7 +74,7 @@ login_attempts_per_minute = {self.login_limit}
 [log]
 level = "info"
 [calls]
-ring_timeout_secs = 2
+ring_timeout_secs = {self.ring_timeout_secs}
 reconnect_grace_secs = 2
 {self.calls}
 {self.extra}

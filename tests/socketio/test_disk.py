@@ -26,7 +26,6 @@ import threading
 import time
 
 import pytest
-import requests
 
 from conftest import PASSWORD, Daemon, error_code
 
@@ -105,62 +104,6 @@ class LoopDisk:
         self.tmp.cleanup()
 
 
-class DiskDaemon(Daemon):
-    """`Daemon`, with the data directory (the database) on `db_dir` and everything else (config,
-    log) on the ordinary temp directory."""
-
-    def __init__(self, db_dir, **kwargs):
-        self.db_dir = pathlib.Path(db_dir)
-        super().__init__(**kwargs)
-
-    def start(self):
-        self._start_with(self.data_dir)
-
-    def _start_with(self, config_dir):
-        from conftest import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = config_dir / "parley.toml"
-        config.write_text(
-            f"""
-[http]
-listen = "127.0.0.1:{self.port}"
-[storage]
-data_dir = "{self.db_dir}"
-[turn]
-enabled = false
-[auth]
-login_attempts_per_minute = {self.login_limit}
-[log]
-level = "info"
-[calls]
-ring_timeout_secs = 30
-reconnect_grace_secs = 2
-{self.calls}
-{self.extra}
-"""
-        )
-        self.log = open(config_dir / "daemon.log", "ab")
-        self.proc = subprocess.Popen(
-            [str(pathlib.Path(__file__).resolve().parents[2] / "target" / "debug" / "parley"),
-             "--config", str(config), "serve"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"parley exited with {self.proc.returncode}: {self.log_text()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"parley did not become healthy: {self.log_text()}")
-
-
 @pytest.fixture
 def disk():
     """A loop-mounted 16 MiB ext4 disk with a daemon whose database lives on it."""
@@ -169,7 +112,7 @@ def disk():
     try:
         loop.attach()
         db_dir = loop.mountpoint / "data"
-        daemon = DiskDaemon(db_dir)
+        daemon = Daemon(db_dir=db_dir, ring_timeout_secs=30)
         yield loop, daemon
     finally:
         if daemon is not None:
