@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import socket
+import statistics
 import threading
 import time
 
@@ -324,8 +325,13 @@ def test_login_flood_leaves_the_cpu_to_everyone_else_issue_10(make_daemon):
         done.set()
         prober.join(timeout=30)
     assert not [r for r in results if isinstance(r, Exception)]
-    # Unbounded, 200 hashes at once took both cores for seconds; bounded, one core stays free.
-    assert latencies and max(latencies) < 1.0, f"slowest authenticated request {max(latencies):.2f} s"
+    # Unbounded, 200 hashes at once took both cores for seconds (slowest request 9.6 s);
+    # bounded, one core stays free. The bounds leave room for a machine that is busy anyway
+    # (seen: 1.07 s slowest beside stress-ng on both cores and two fuzzers).
+    assert latencies, "the prober never completed a request"
+    slowest, typical = max(latencies), statistics.median(latencies)
+    assert slowest < 3.0, f"slowest authenticated request {slowest:.2f} s"
+    assert typical < 0.5, f"median authenticated request {typical:.2f} s"
 
 
 @pytest.mark.parametrize(
