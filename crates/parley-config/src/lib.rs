@@ -526,7 +526,10 @@ impl Config {
             bad("auth.token_ttl_secs", "must be at least 1".into());
         }
         if self.auth.password_hash_concurrency == 0 {
-            bad("auth.password_hash_concurrency", "must be at least 1".into());
+            bad(
+                "auth.password_hash_concurrency",
+                "must be at least 1".into(),
+            );
         }
         if self.http.header_timeout_secs == 0 || self.http.body_timeout_secs == 0 {
             bad(

@@ -124,7 +124,11 @@ fn ci(args: &[String]) -> anyhow::Result<()> {
     // `--under-load`: a CPU hog on every core for the whole run, as a busy CI machine has, to
     // prove that no test depends on an idle machine's timing.
     let under_load = args.iter().any(|a| a == "--under-load");
-    let only: Vec<String> = args.iter().filter(|a| *a != "--under-load").cloned().collect();
+    let only: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--under-load")
+        .cloned()
+        .collect();
     let _load = if under_load {
         Some(CpuHog::start()?)
     } else {
@@ -196,7 +200,10 @@ impl CpuHog {
             .args(["--cpu", "0", "--timeout", "3h", "--quiet"])
             .spawn()
             .context("cannot run stress-ng (run `cargo xtask ci deps` first)")?;
-        eprintln!("ci: running under load (stress-ng --cpu 0, pid {})", child.id());
+        eprintln!(
+            "ci: running under load (stress-ng --cpu 0, pid {})",
+            child.id()
+        );
         Ok(CpuHog(child))
     }
 }
