@@ -1,6 +1,7 @@
 // One call's media and WebRTC state. The server owns the call lifecycle; this
 // class only owns the peer connection, the local devices and what the UI shows.
 
+import { StatsReporter } from "./stats";
 import { sameId, type Call, type Id, type IceServer, type Media, type User } from "./types";
 
 /** `starting`: the caller clicked and the camera is opening; the server knows nothing yet. */
@@ -112,6 +113,8 @@ export class CallSession {
   private statsTimer: number | undefined;
   private disconnectedSince: number | null = null;
   private lastPackets: { received: number; lost: number } | null = null;
+  /** Sends `call:stats` for the server's call log (stats.ts). */
+  private reporter = new StatsReporter(() => this.id, (event, payload) => this.env.send(event, payload));
 
   constructor(
     public call: Call,
@@ -154,6 +157,7 @@ export class CallSession {
     if (this.answeredAt === null) this.answeredAt = Date.now();
     const pc = new RTCPeerConnection(this.env.ice());
     this.pc = pc;
+    this.reporter.watch(pc);
     this.makingOffer = false;
     this.ignoreOffer = false;
     this.pendingCandidates = [];
@@ -221,6 +225,7 @@ export class CallSession {
       case "failed":
         // The path died (network change, relay restart): gather new candidates.
         this.link = "reconnecting";
+        this.reporter.failed(pc);
         pc.restartIce();
         break;
       default:
@@ -521,6 +526,7 @@ export class CallSession {
   dispose(): void {
     this.phase = "ended";
     this.connectionReady(); // lets queued signaling drain (and be dropped)
+    this.reporter.finish(this.pc); // before closing: stats asked for after close() never come
     this.closePeerConnection();
     for (const track of this.local?.getTracks() ?? []) track.stop();
     this.local = null;

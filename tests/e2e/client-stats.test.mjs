@@ -1,0 +1,160 @@
+// Unit tests of web/src/stats.ts: the call quality summary (`getStats()` entries in, the
+// spec's `call:stats` report out) and the history's wording of `quality`. Compiled with the
+// client's own esbuild, no browser needed.
+
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { pathToFileURL } from "node:url";
+import { repoRoot } from "./harness.mjs";
+
+let stats;
+let dir;
+
+before(async () => {
+  const require = createRequire(join(repoRoot, "web/package.json"));
+  const { build } = require("esbuild");
+  dir = await mkdtemp(join(tmpdir(), "parley-stats-"));
+  const outfile = join(dir, "stats.mjs");
+  await build({ entryPoints: [join(repoRoot, "web/src/stats.ts")], bundle: true, format: "esm", platform: "neutral", outfile, logLevel: "warning" });
+  stats = await import(pathToFileURL(outfile).href);
+});
+
+after(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+const context = { iceState: "connected", networkType: null };
+
+/**
+ * A Chromium-shaped report of a relayed call at time `at` (ms), with running totals taken
+ * from `totals`: two local candidates (host, and a relay over `protocol`), the peer's relay
+ * candidate, and one audio and one video stream each way.
+ */
+function relayedReport(at, totals, { protocol = "tcp", rtt = 0.042 } = {}) {
+  const entries = [
+    { id: "T1", type: "transport", selectedCandidatePairId: "CP1" },
+    { id: "CP1", type: "candidate-pair", localCandidateId: "L2", remoteCandidateId: "R1", state: "succeeded", nominated: true, currentRoundTripTime: rtt },
+    { id: "CP0", type: "candidate-pair", localCandidateId: "L1", remoteCandidateId: "R1", state: "failed" },
+    { id: "L1", type: "local-candidate", candidateType: "host", networkType: "ethernet" },
+    { id: "L2", type: "local-candidate", candidateType: "relay", relayProtocol: protocol, networkType: "ethernet" },
+    { id: "R1", type: "remote-candidate", candidateType: "relay" },
+    {
+      id: "IA", type: "inbound-rtp", kind: "audio", jitter: 0.012, packetsReceived: totals.audioIn, packetsLost: totals.lostIn,
+      bytesReceived: totals.audioIn * 100, totalSamplesReceived: totals.samples, concealedSamples: totals.concealed,
+    },
+    { id: "IV", type: "inbound-rtp", kind: "video", jitter: 0.03, packetsReceived: totals.videoIn, packetsLost: 0, bytesReceived: totals.videoIn * 1000, freezeCount: 2, frameWidth: 640, frameHeight: 480 },
+    { id: "OA", type: "outbound-rtp", kind: "audio", packetsSent: totals.sent, bytesSent: totals.sent * 100 },
+    { id: "RIA", type: "remote-inbound-rtp", kind: "audio", packetsLost: totals.lostOut, roundTripTime: 0.05 },
+  ];
+  return new Map(entries.map((entry) => [entry.id, { timestamp: at, ...entry }]));
+}
+
+test("a relayed call reports the selected pair's candidate types, the relay protocol and the RTT in ms", () => {
+  const { report } = stats.summariseStats(relayedReport(1000, { audioIn: 500, videoIn: 300, lostIn: 0, sent: 500, lostOut: 0, samples: 48000, concealed: 0 }), null, context);
+  assert.equal(report.path, "relay");
+  assert.equal(report.localCandidate, "relay");
+  assert.equal(report.remoteCandidate, "relay");
+  assert.equal(report.relayProtocol, "tcp");
+  assert.equal(report.rttMs, 42, "the pair's current round trip, not the RTCP one");
+  assert.equal(report.jitterMs, 12, "audio jitter first: it is what people hear");
+  assert.deepEqual([report.videoWidth, report.videoHeight, report.videoFreezes], [640, 480, 2]);
+  assert.equal(report.networkType, "ethernet");
+  assert.deepEqual(report.localCandidateTypes, ["host", "relay"]);
+  assert.deepEqual(report.remoteCandidateTypes, ["relay"]);
+  assert.deepEqual(report.relayProtocols, ["tcp"]);
+  assert.equal(report.iceState, "connected");
+  assert.equal(stats.complete(report), true);
+});
+
+test("loss, bitrates and concealment are over the interval since the previous report", () => {
+  const first = stats.summariseStats(
+    relayedReport(10_000, { audioIn: 500, videoIn: 0, lostIn: 0, sent: 500, lostOut: 0, samples: 480_000, concealed: 0 }),
+    null,
+    context,
+  );
+  assert.equal(first.report.lossInPct, 0);
+  assert.equal(first.report.bitrateInKbps, null, "no interval yet, no rate");
+  // Ten seconds later: 460 packets arrived and 40 were lost (8 %); the peer lost 25 of our 500 (5 %).
+  const second = stats.summariseStats(
+    relayedReport(20_000, { audioIn: 960, videoIn: 0, lostIn: 40, sent: 1000, lostOut: 25, samples: 960_000, concealed: 48_000 }),
+    first.counters,
+    context,
+  );
+  assert.equal(second.report.lossInPct, 8);
+  assert.equal(second.report.lossOutPct, 5);
+  assert.equal(second.report.audioConcealedPct, 10);
+  // 460 packets × 100 bytes × 8 bits in 10 s = 36.8 kbit/s; 500 × 100 × 8 / 10 s = 40 kbit/s out.
+  assert.equal(second.report.bitrateInKbps, 36.8);
+  assert.equal(second.report.bitrateOutKbps, 40);
+});
+
+test("a new peer connection (after a resume) counts from zero instead of reporting negative deltas", () => {
+  const before = stats.summariseStats(relayedReport(10_000, { audioIn: 5000, videoIn: 0, lostIn: 100, sent: 5000, lostOut: 0, samples: 1, concealed: 0 }), null, context);
+  const fresh = stats.summariseStats(relayedReport(20_000, { audioIn: 90, videoIn: 0, lostIn: 10, sent: 100, lostOut: 0, samples: 1, concealed: 0 }), before.counters, context);
+  assert.equal(fresh.report.lossInPct, 10);
+  assert.equal(fresh.report.bitrateInKbps, null);
+});
+
+test("a direct path over host candidates has no relay protocol; UDP and TLS relays are told apart", () => {
+  const direct = new Map([
+    ["T", { id: "T", type: "transport", selectedCandidatePairId: "P" }],
+    ["P", { id: "P", type: "candidate-pair", localCandidateId: "L", remoteCandidateId: "R", currentRoundTripTime: 0.001 }],
+    ["L", { id: "L", type: "local-candidate", candidateType: "host", networkType: "unknown" }],
+    ["R", { id: "R", type: "remote-candidate", candidateType: "prflx" }],
+    ["O", { id: "O", type: "outbound-rtp", packetsSent: 10, bytesSent: 1000 }],
+  ]);
+  const { report } = stats.summariseStats(direct, null, { iceState: "completed", networkType: "wifi" });
+  assert.equal(report.path, "direct");
+  assert.equal(report.relayProtocol, null);
+  assert.equal(report.rttMs, 1);
+  assert.equal(report.networkType, "wifi", "the browser's own network type when the candidate says unknown");
+  assert.equal(report.jitterMs, 0, "media flowing with no jitter measured yet");
+  for (const protocol of ["udp", "tls"]) {
+    const { report: relayed } = stats.summariseStats(relayedReport(1000, { audioIn: 1, videoIn: 1, lostIn: 0, sent: 1, lostOut: 0, samples: 1, concealed: 0 }, { protocol }), null, context);
+    assert.equal(relayed.relayProtocol, protocol);
+  }
+});
+
+test("a connection that never chose a pair is incomplete but still says what ICE saw", () => {
+  const failed = new Map([
+    ["L", { id: "L", type: "local-candidate", candidateType: "host" }],
+    ["R1", { id: "R1", type: "remote-candidate", candidateType: "srflx" }],
+    ["R2", { id: "R2", type: "remote-candidate", candidateType: "host" }],
+  ]);
+  const { report } = stats.summariseStats(failed, null, { iceState: "failed", networkType: null });
+  assert.equal(report.path, null);
+  assert.equal(report.rttMs, null);
+  assert.equal(stats.complete(report), false, "the server requires path, RTT, jitter and loss");
+  assert.equal(report.iceState, "failed");
+  assert.deepEqual(report.localCandidateTypes, ["host"], "no relay candidate: the clue for a blocked network");
+  assert.deepEqual(report.remoteCandidateTypes, ["host", "srflx"]);
+  assert.deepEqual(report.relayProtocols, []);
+});
+
+test("values stay within the spec's bounds", () => {
+  const wild = relayedReport(1000, { audioIn: 1, videoIn: 0, lostIn: 0, sent: 1, lostOut: 0, samples: 1, concealed: 0 }, { rtt: 120 });
+  wild.get("L2").networkType = "a-network-type-name-far-longer-than-thirty-two";
+  const { report } = stats.summariseStats(wild, null, context);
+  assert.equal(report.rttMs, 60_000);
+  assert.ok(report.networkType.length <= 32);
+  const ahead = stats.summariseStats(relayedReport(2000, { audioIn: 1, videoIn: 0, lostIn: 50, sent: 1, lostOut: 9, samples: 1, concealed: 0 }), null, context);
+  assert.ok(ahead.report.lossInPct <= 100 && ahead.report.lossOutPct <= 100);
+});
+
+test("the history says the verdict, the path in words and the round trip", () => {
+  const good = { path: "relay", relayProtocol: "tls", rttMs: 42.4, lossPct: 0, jitterMs: 3, verdict: "good" };
+  assert.equal(stats.describeQuality(good), "Good connection, relayed over TLS, 42 ms round trip");
+  assert.equal(stats.describeQuality({ ...good, path: "direct", relayProtocol: null, rttMs: 1 }), "Good connection, direct, 1 ms round trip");
+  assert.equal(stats.describeQuality({ ...good, relayProtocol: null }), "Good connection, relayed, 42 ms round trip");
+  const lossy = { path: "direct", relayProtocol: null, rttMs: 120, lossPct: 8, jitterMs: 20, verdict: "poor" };
+  assert.equal(stats.describeQuality(lossy), "Poor connection: 8% loss, direct, 120 ms round trip");
+  const slow = { path: "relay", relayProtocol: "udp", rttMs: 450, lossPct: 0.5, jitterMs: 10, verdict: "fair" };
+  assert.equal(stats.describeQuality(slow), "Fair connection: 450 ms delay, relayed over UDP, 450 ms round trip");
+  assert.equal(stats.describeQuality({ ...slow, rttMs: 40, jitterMs: 50 }), "Fair connection: 50 ms jitter, relayed over UDP, 40 ms round trip");
+  assert.equal(stats.describeQuality({ ...lossy, lossPct: 2.5, rttMs: 10, jitterMs: 0 }), "Poor connection: 2.5% loss, direct, 10 ms round trip");
+  assert.equal(stats.describeQuality(null), "", "no report, nothing to say");
+});
