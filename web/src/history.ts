@@ -8,6 +8,7 @@ import { describeEntry, displayName, formatDuration } from "./callstate";
 import { startCall } from "./directory";
 import { clear, formatTime, h } from "./dom";
 import { icon } from "./icons";
+import { describeQuality, type Quality } from "./stats";
 import { sameId, type HistoryEntry } from "./types";
 
 const PAGE = 20;
@@ -89,6 +90,7 @@ export function renderHistory(): void {
             entry.status === "completed" ? h("span", { class: "duration" }, ` · ${formatDuration(entry.durationSecs)}`) : null,
             entry.message ? h("span", { class: "message" }, ` · “${entry.message}”`) : null,
           ),
+          qualityLine(entry),
         ),
         h("time", { datetime: entry.createdAt }, formatTime(entry.createdAt)),
         h("button", { class: "ghost call-back", "aria-label": `Call back ${name}`, title: `Call back ${name}`, disabled: app.link !== "connected", onclick: () => startCall(entry.peer.id, entry.media) }, icon(entry.media === "video" ? "video" : "phone")),
@@ -104,6 +106,17 @@ export function renderHistory(): void {
   }
   const more = document.getElementById("load-more");
   if (more) more.hidden = nextCursor === null;
+}
+
+/** How the media went for me, from the server's `quality` (words, with the verdict as a mark too). */
+function qualityLine(entry: HistoryEntry & { quality?: Quality | null }): HTMLElement | null {
+  const quality = entry.quality;
+  if (!quality) return null;
+  return h(
+    "span",
+    { class: "quality", "data-verdict": quality.verdict, "data-path": quality.path, "data-relay-protocol": quality.relayProtocol ?? "" },
+    describeQuality(quality),
+  );
 }
 
 export async function loadHistory(more: boolean): Promise<void> {
