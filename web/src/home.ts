@@ -1,6 +1,7 @@
 // The home screen: a tablist with People and History and their two panels.
 
-import { app } from "./app";
+import { api, app } from "./app";
+import { openConnectionTest } from "./conntest";
 import { peoplePanel, renderPeople } from "./directory";
 import { h } from "./dom";
 import { historyPanel, loadHistory, markMissedSeen, renderHistory } from "./history";
@@ -25,6 +26,10 @@ export function buildHome(): HTMLElement {
     h("div", { class: "tabs", role: "tablist", "aria-label": "Sections" }, tab("people", "People"), tab("history", "History", h("span", { class: "badge", id: "missed-badge", hidden: true }))),
     peoplePanel(),
     historyPanel(),
+    h("p", { class: "home-footer" }, h("a", { class: "test-link", href: "#test-connection", onclick: (event: Event) => {
+      event.preventDefault();
+      openConnectionTest(api.token, event.currentTarget as HTMLElement);
+    } }, "Test my connection")),
   );
 }
 

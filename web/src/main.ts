@@ -5,6 +5,7 @@ import { api, app, deviceId, renderScreen, renderShell, savedToken, savedUser, s
 import { guardUnload, offerNotifications, showUnseen } from "./alerts";
 import { applyPresence, loadPeople, onStartCall, renderPeople } from "./directory";
 import { openDeviceSettings } from "./devices";
+import { openConnectionTest } from "./conntest";
 import { buildHome, homeShown } from "./home";
 import { flushDeletes, historyLoaded, loadHistory, markMissedSeen, refreshMissed, renderHistory, resetHistory } from "./history";
 import {
@@ -135,3 +136,5 @@ if (token) {
 } else {
   renderLogin();
 }
+// An administrator can send people straight to the connection test: https://host/#test-connection
+if (location.hash === "#test-connection") openConnectionTest(api.token);

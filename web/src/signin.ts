@@ -2,6 +2,7 @@
 
 import { ApiError } from "./api";
 import { api, app, root, saveSession, setLoginScreen, views } from "./app";
+import { openConnectionTest } from "./conntest";
 import { clear, h } from "./dom";
 import { icon } from "./icons";
 
@@ -71,6 +72,10 @@ export function renderLogin(message = ""): void {
     ),
     error,
     h("div", { class: "row" }, signIn, create),
+    h("a", { class: "test-link", href: "#test-connection", onclick: (event: Event) => {
+      event.preventDefault();
+      openConnectionTest(null, event.currentTarget as HTMLElement);
+    } }, "Test my connection"),
   );
   create.addEventListener("click", () => void submit("register"));
   root.append(h("main", { class: "login-page" }, form));
