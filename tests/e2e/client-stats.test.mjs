@@ -1,6 +1,6 @@
-// Unit tests of web/src/stats.ts: the call quality summary (`getStats()` entries in, the
-// spec's `call:stats` report out) and the history's wording of `quality`. Compiled with the
-// client's own esbuild, no browser needed.
+// Unit tests of web/src/stats.ts (the call quality summary: `getStats()` entries in, the
+// spec's `call:stats` report out; the history's wording of `quality`) and of the connection
+// test's rules in web/src/netprobe.ts. Compiled with the client's own esbuild, no browser.
 
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -12,6 +12,7 @@ import { pathToFileURL } from "node:url";
 import { repoRoot } from "./harness.mjs";
 
 let stats;
+let probe;
 let dir;
 
 before(async () => {
@@ -21,6 +22,9 @@ before(async () => {
   const outfile = join(dir, "stats.mjs");
   await build({ entryPoints: [join(repoRoot, "web/src/stats.ts")], bundle: true, format: "esm", platform: "neutral", outfile, logLevel: "warning" });
   stats = await import(pathToFileURL(outfile).href);
+  const probeFile = join(dir, "netprobe.mjs");
+  await build({ entryPoints: [join(repoRoot, "web/src/netprobe.ts")], bundle: true, format: "esm", platform: "neutral", outfile: probeFile, logLevel: "warning" });
+  probe = await import(pathToFileURL(probeFile).href);
 });
 
 after(async () => {
@@ -157,4 +161,52 @@ test("the history says the verdict, the path in words and the round trip", () =>
   assert.equal(stats.describeQuality({ ...slow, rttMs: 40, jitterMs: 50 }), "Fair connection: 50 ms jitter, relayed over UDP, 40 ms round trip");
   assert.equal(stats.describeQuality({ ...lossy, lossPct: 2.5, rttMs: 10, jitterMs: 0 }), "Poor connection: 2.5% loss, direct, 10 ms round trip");
   assert.equal(stats.describeQuality(null), "", "no report, nothing to say");
+});
+
+const works = (rttMs) => ({ ok: true, rttMs, error: null });
+const fails = (error = "no relay candidate: the relay could not be reached") => ({ ok: false, rttMs: null, error });
+const allMedia = { microphone: true, camera: true };
+
+test("connection test: all working, or UDP blocked, says whether calls work and over what", () => {
+  assert.equal(probe.verdict({ udp: works(3), tcp: works(4), tls: works(5) }, allMedia), "Calls will work.");
+  assert.equal(
+    probe.verdict({ udp: fails(), tcp: works(4), tls: fails(probe.NOT_OFFERED) }, allMedia),
+    "Calls will work. Your network blocks UDP, so calls will use the relay over TCP.",
+  );
+  assert.equal(
+    probe.verdict({ udp: fails(), tcp: fails(), tls: works(9) }, allMedia),
+    "Calls will work. Your network blocks UDP and TCP, so calls will use the relay over TLS.",
+  );
+});
+
+test("connection test: nothing gets through; a transport the server lacks is not called blocked", () => {
+  assert.equal(
+    probe.verdict({ udp: fails(), tcp: fails(), tls: fails(probe.NOT_OFFERED) }, allMedia),
+    "Calls will not work from this network: it blocks the relay over UDP and TCP. Ask your administrator to turn on the relay over TLS, which gets through most networks.",
+  );
+  assert.match(probe.verdict({ udp: fails(), tcp: fails(), tls: fails() }, allMedia), /blocks the relay over UDP, TCP and TLS\. Try another network/);
+});
+
+test("connection test: a missing microphone or camera is said after the network verdict", () => {
+  const ok = { udp: works(3), tcp: works(4), tls: works(5) };
+  assert.equal(probe.verdict(ok, { microphone: true, camera: false }), "Calls will work. Your camera could not be opened: audio calls still work.");
+  assert.match(probe.verdict(ok, { microphone: false, camera: true }), /microphone could not be opened, so others would not hear you/);
+  assert.match(probe.verdict(ok, { microphone: false, camera: false }), /microphone and camera could not be opened/);
+});
+
+test("connection test: each probe gets only its transport's relay URL, with the credentials", () => {
+  const servers = [
+    { urls: ["stun:parley.test:3478"] },
+    {
+      urls: ["turn:parley.test:3478?transport=udp", "turn:parley.test:3478?transport=tcp", "turns:parley.test:443?transport=tcp"],
+      username: "1700000000:7",
+      credential: "secret",
+    },
+  ];
+  assert.deepEqual(probe.relayFor(servers, "udp"), { urls: ["turn:parley.test:3478?transport=udp"], username: "1700000000:7", credential: "secret" });
+  assert.deepEqual(probe.relayFor(servers, "tcp").urls, ["turn:parley.test:3478?transport=tcp"]);
+  assert.deepEqual(probe.relayFor(servers, "tls").urls, ["turns:parley.test:443?transport=tcp"]);
+  assert.deepEqual(probe.relayFor([{ urls: "turn:h:3478", username: "u", credential: "c" }], "udp").urls, ["turn:h:3478"], "no transport means UDP");
+  assert.equal(probe.relayFor(servers.slice(0, 1), "udp"), null, "a STUN server has no relay");
+  assert.equal(probe.relayFor([servers[1]].map((s) => ({ ...s, urls: s.urls.slice(0, 2) })), "tls"), null);
 });
