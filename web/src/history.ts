@@ -21,6 +21,10 @@ let loaded = false;
 let loading = 0;
 let filter: "missed" | null = null;
 const pendingDeletes = new Map<string, { entry: HistoryEntry; timer: number }>();
+/** Calls whose quality report was waited for once already (see `awaitQuality`). */
+const qualityAwaited = new Set<string>();
+/** The final quality report follows the end by a moment (and may take up to the spec's 60 s). */
+const QUALITY_RETRY_MS = 3000;
 
 export function resetHistory(): void {
   flushDeletes();
@@ -131,9 +135,27 @@ export async function loadHistory(more: boolean): Promise<void> {
     nextCursor = page.nextCursor;
     loaded = true;
     renderHistory();
+    if (!more) awaitQuality();
   } catch (error) {
     if (error instanceof ApiError && error.status !== 401) notify(`Could not load the call history: ${error.message}`);
   }
+}
+
+/**
+ * A call that just ended is listed before its parties' final quality reports have landed
+ * (they are sent as the call closes, the list is fetched at the same moment): look once more
+ * shortly after, so the row gains its "Good connection, relayed over UDP…" line.
+ */
+function awaitQuality(): void {
+  const fresh = entries.filter(
+    (entry: HistoryEntry & { quality?: Quality | null }) =>
+      entry.answeredAt && !entry.quality && entry.endedAt && Date.now() - Date.parse(entry.endedAt) < 60_000 && !qualityAwaited.has(String(entry.id)),
+  );
+  if (fresh.length === 0) return;
+  for (const entry of fresh) qualityAwaited.add(String(entry.id));
+  window.setTimeout(() => {
+    if (loaded) void loadHistory(false);
+  }, QUALITY_RETRY_MS);
 }
 
 export function historyLoaded(): boolean {
