@@ -353,6 +353,14 @@ def test_long_polling_enforces_the_message_limit(daemon):
     sid = json.loads(opened.text[1:])["sid"]
     url = f"{daemon.url}/socket.io/?EIO=4&transport=polling&sid={sid}"
     assert requests.post(url, data="40" + json.dumps({"token": alice.token}), timeout=5).ok
+    # As every Socket.IO client does, wait for the namespace CONNECT reply before emitting: an
+    # event that overtakes a connect still being authenticated finds no socket and closes the
+    # session (socketioxide's rule), which is not what this test is about.
+    connected = ""
+    deadline = time.monotonic() + 5
+    while '40{"sid"' not in connected and time.monotonic() < deadline:
+        connected += requests.get(url, timeout=5).text
+    assert '40{"sid"' in connected, connected[:300]
     sdp = "v" * (70 * 1024)
     body = '421["signal:offer",' + json.dumps({"callId": "x", "sdp": sdp}) + "]"
     assert requests.post(url, data=body, timeout=5).ok

@@ -32,9 +32,10 @@ struct Options {
 
 fn usage() -> String {
     "usage: cargo xtask bench [startup|idle|burst|calls|relay|all ...] [--users N] \
-     [--burst-users N] [--spread SECS] [--rate R] [--duration SECS] [--pairs P] [--hold SECS]\n\
+     [--burst-users N] [--spread SECS] [--rate R] [--duration SECS] [--pairs P] [--hold SECS] \
+     [paced|paced-tcp|flood ...] [--reps N]\n\
      defaults: idle 10000 users held 30 s; burst 2000 users within 3 s; calls 500 setups/s \
-     for 20 s on 250 pairs"
+     for 20 s on 250 pairs; relay: paced, paced-tcp and flood against coturn, 3 reps"
         .to_owned()
 }
 
@@ -49,8 +50,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         pairs: "250".into(),
         hold: "30".into(),
     };
+    // Options of the relay benchmark, passed through to it.
+    let mut relay_args: Vec<String> = Vec::new();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
+        if arg == "--reps" {
+            relay_args.push(arg.clone());
+            relay_args.push(iter.next().context("--reps needs a value")?.clone());
+            continue;
+        }
+        if ["paced", "paced-tcp", "flood"].contains(&arg.as_str()) {
+            relay_args.push(arg.clone());
+            if !selected.contains(&"relay") {
+                selected.push("relay");
+            }
+            continue;
+        }
         let mut value = |name: &str| -> anyhow::Result<String> {
             let value = iter
                 .next()
@@ -107,7 +122,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "startup" => startup(&parley).map(|line| {
                 startup_line = line;
             }),
-            "relay" => relay(),
+            "relay" => relay(&parley, &relay_args),
             _ => {
                 let args = loadgen_args(scenario, &options);
                 with_daemon(&parley, |daemon| {
@@ -207,7 +222,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// A loopback port free for both TCP and UDP right now.
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     for _ in 0..100 {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = tcp.local_addr()?.port();
@@ -390,23 +405,7 @@ fn startup(parley: &Path) -> anyhow::Result<String> {
     ))
 }
 
-/// The relay benchmark is the relay's own (see docs/benchmarks.md, "Relay"): its harness
-/// compares the embedded relay with coturn.
-fn relay() -> anyhow::Result<()> {
-    // The coturn side-by-side harness was a copy of one handed to the project; copies are not
-    // the project's own code, so it went. The project's own relay benchmark (driving
-    // turnutils_uclient against coturn and parley) is issue 14's work; until then run the
-    // harness from where it is kept, beside the project.
-    let script = super::root().join("../shared/bench/turn/run-all.sh");
-    if !script.exists() {
-        bail!(
-            "the relay benchmark is not in this tree yet: run the shared harness from its own \
-             folder ({} is missing here)",
-            script.display()
-        );
-    }
-    super::run(
-        "bash",
-        &[script.to_str().expect("the repository path is UTF-8")],
-    )
+/// The relay against coturn (crates/xtask/src/bench_relay.rs; docs/benchmarks.md, "Relay").
+fn relay(parley: &Path, args: &[String]) -> anyhow::Result<()> {
+    super::bench_relay::run(args, parley)
 }

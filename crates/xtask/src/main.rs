@@ -8,6 +8,7 @@
 //! Plain `std::process::Command`: the tasks are sequences of commands and need no more.
 
 mod bench;
+mod bench_relay;
 mod deb;
 mod fuzz;
 
