@@ -61,6 +61,10 @@ pub struct HttpConfig {
     /// for the moment between opening its connection and sending its token. 0 means no limit.
     /// Default 256.
     pub max_unauthenticated_per_address: u32,
+    /// Address of a plain-HTTP listener (usually `"0.0.0.0:80"`) that answers ACME HTTP-01
+    /// challenges and redirects every other request to the HTTPS `http.public_url` with a 308.
+    /// Default `""`: off.
+    pub redirect_listen: String,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +76,7 @@ impl Default for HttpConfig {
             header_timeout_secs: 20,
             body_timeout_secs: 20,
             max_unauthenticated_per_address: 256,
+            redirect_listen: String::new(),
         }
     }
 }
@@ -88,6 +93,19 @@ pub struct TlsConfig {
     /// With `tls.enabled` and no `tls.cert`, generate a self-signed certificate for the public
     /// host name into `<data_dir>/tls/` at first start. Default `true`.
     pub self_signed: bool,
+    /// Get and renew a certificate for the host of `http.public_url` from an ACME server (Let's
+    /// Encrypt by default), stored under `<data_dir>/tls/acme/`; the self-signed certificate
+    /// serves until the first one is issued. Challenges: TLS-ALPN-01 on `http.listen` (which
+    /// must be reachable on port 443 under that name), or HTTP-01 on `http.redirect_listen` when
+    /// set (port 80). Ignored when `tls.cert` is set. Default `false`.
+    pub acme: bool,
+    /// Contact address given to the ACME server for expiry and policy mail. Default `""`: none.
+    pub acme_email: String,
+    /// Directory URL of the ACME server. Default Let's Encrypt's production directory.
+    pub acme_directory: String,
+    /// PEM file of extra root certificates to trust for the ACME server's own HTTPS (a company
+    /// ACME server, a test one), in addition to the system's roots. Default `""`: none.
+    pub acme_ca_roots: PathBuf,
 }
 
 impl Default for TlsConfig {
@@ -97,6 +115,10 @@ impl Default for TlsConfig {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             self_signed: true,
+            acme: false,
+            acme_email: String::new(),
+            acme_directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            acme_ca_roots: PathBuf::new(),
         }
     }
 }
@@ -483,6 +505,45 @@ impl Config {
                 "tls.cert and tls.key must be set together".into(),
             );
         }
+        if self.tls.acme && self.tls.cert.as_os_str().is_empty() {
+            if !self.tls.enabled {
+                bad(
+                    "tls.acme",
+                    "ACME needs HTTPS: set tls.enabled = true as well".into(),
+                );
+            }
+            if acme_host(&self.http.public_url).is_none() {
+                bad(
+                    "tls.acme",
+                    format!(
+                        "ACME needs the public DNS name of this server: set http.public_url to \
+                         e.g. \"https://parley.example.org\" (found {:?}; an IP address or \
+                         localhost cannot get a certificate)",
+                        self.http.public_url
+                    ),
+                );
+            }
+            if !self.tls.acme_directory.starts_with("https://") {
+                bad(
+                    "tls.acme_directory",
+                    format!(
+                        "expected an https:// URL, found {:?}",
+                        self.tls.acme_directory
+                    ),
+                );
+            }
+        }
+        if !self.http.redirect_listen.trim().is_empty()
+            && self.http.redirect_listen.parse::<SocketAddr>().is_err()
+        {
+            bad(
+                "http.redirect_listen",
+                format!(
+                    "expected an address like \"0.0.0.0:80\" (or \"\" to disable), found {:?}",
+                    self.http.redirect_listen
+                ),
+            );
+        }
         if self.turn.tls_cert.as_os_str().is_empty() != self.turn.tls_key.as_os_str().is_empty() {
             bad(
                 "turn.tls_cert",
@@ -584,6 +645,29 @@ impl Config {
         let scheme = if self.tls.enabled { "https" } else { "http" };
         format!("{scheme}://{}", self.http.listen)
     }
+}
+
+/// The DNS name an ACME certificate can be issued for: the host of `url`, unless it is empty,
+/// an IP literal or `localhost` (no public CA issues for those).
+pub fn acme_host(url: &str) -> Option<String> {
+    let after_scheme = url
+        .trim()
+        .split_once("://")
+        .map_or(url.trim(), |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?', '#']).next()?;
+    if authority.starts_with('[') {
+        return None;
+    }
+    let host = authority.split(':').next()?.trim_end_matches('.');
+    let host = host.to_ascii_lowercase();
+    let usable = !host.is_empty()
+        && host != "localhost"
+        && host.parse::<IpAddr>().is_err()
+        && host.contains('.')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    usable.then_some(host)
 }
 
 /// `"LOW-HIGH"` → `(LOW, HIGH)`, ports below 1024 refused.

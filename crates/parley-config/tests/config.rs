@@ -294,3 +294,37 @@ fn redacted_output_hides_secrets() {
     let reparsed: toml::Table = toml::from_str(&shown).expect("check-config output is TOML");
     assert!(reparsed.contains_key("calls"));
 }
+
+#[test]
+fn acme_needs_https_and_a_public_dns_name() {
+    Jail::expect_with(|jail| {
+        let message = load_err(jail, "a.toml", "[tls]\nacme = true\n");
+        assert!(message.contains("a.toml: tls.acme"), "{message}");
+        assert!(message.contains("tls.enabled = true"), "{message}");
+        assert!(message.contains("http.public_url"), "{message}");
+        let message = load_err(
+            jail,
+            "b.toml",
+            "[http]\npublic_url = \"https://192.0.2.1\"\n[tls]\nenabled = true\nacme = true\n",
+        );
+        assert!(message.contains("an IP address"), "{message}");
+        jail.create_file(
+            "c.toml",
+            "[http]\npublic_url = \"https://Call.Example.org:8443/\"\nredirect_listen = \"0.0.0.0:80\"\n\
+             [tls]\nenabled = true\nacme = true\nacme_email = \"admin@example.org\"\n",
+        )?;
+        let (config, _) = Config::load(Some(Path::new("c.toml"))).expect("valid");
+        assert!(config.tls.acme);
+        assert_eq!(config.http.redirect_listen, "0.0.0.0:80");
+        assert_eq!(
+            parley_config::acme_host(&config.http.public_url).as_deref(),
+            Some("call.example.org")
+        );
+        let message = load_err(jail, "d.toml", "[http]\nredirect_listen = \"80\"\n");
+        assert!(
+            message.contains("d.toml: http.redirect_listen"),
+            "{message}"
+        );
+        Ok(())
+    });
+}
