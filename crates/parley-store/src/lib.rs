@@ -12,6 +12,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub mod admin;
 pub mod calls;
 pub mod quality;
 mod sessions;

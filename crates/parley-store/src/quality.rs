@@ -33,6 +33,31 @@ pub struct StatsReport {
     pub video_width: Option<i64>,
     pub video_height: Option<i64>,
     pub network_type: Option<String>,
+    /// Parley extensions (docs/api.md), for "why did this call fail": the peer connection's
+    /// `iceConnectionState` when the report was taken.
+    pub ice_state: Option<String>,
+    /// The candidate types each side gathered (`None` when the client did not say; an empty
+    /// list when it gathered none), and the TURN transports that produced a local relay
+    /// candidate. Each list is kept sorted and without duplicates.
+    pub local_candidate_types: Option<Vec<String>>,
+    pub remote_candidate_types: Option<Vec<String>>,
+    pub relay_protocols: Option<Vec<String>>,
+}
+
+/// A list column: `NULL` when the client did not report the list, else its entries joined with
+/// `,` (an empty string for an empty list, which says something: nothing was gathered).
+pub(crate) fn join_list(list: &Option<Vec<String>>) -> Option<String> {
+    list.as_ref().map(|items| items.join(","))
+}
+
+/// The inverse of [`join_list`].
+pub(crate) fn split_list(text: Option<String>) -> Option<Vec<String>> {
+    text.map(|text| {
+        text.split(',')
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
 }
 
 /// How a call went for one party.
@@ -125,8 +150,9 @@ impl Store {
             "INSERT INTO call_quality (call_id, user_id, reported_at, path, local_candidate,
                  remote_candidate, relay_protocol, rtt_ms, jitter_ms, loss_in_pct, loss_out_pct,
                  bitrate_in_kbps, bitrate_out_kbps, audio_concealed_pct, video_freezes,
-                 video_width, video_height, network_type)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 video_width, video_height, network_type, ice_state, local_candidate_types,
+                 remote_candidate_types, relay_protocols)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (call_id, user_id) DO UPDATE SET
                  reported_at = excluded.reported_at, path = excluded.path,
                  local_candidate = excluded.local_candidate,
@@ -137,7 +163,11 @@ impl Store {
                  bitrate_out_kbps = excluded.bitrate_out_kbps,
                  audio_concealed_pct = excluded.audio_concealed_pct,
                  video_freezes = excluded.video_freezes, video_width = excluded.video_width,
-                 video_height = excluded.video_height, network_type = excluded.network_type",
+                 video_height = excluded.video_height, network_type = excluded.network_type,
+                 ice_state = excluded.ice_state,
+                 local_candidate_types = excluded.local_candidate_types,
+                 remote_candidate_types = excluded.remote_candidate_types,
+                 relay_protocols = excluded.relay_protocols",
         )
         .bind(call_id)
         .bind(user_id)
@@ -157,6 +187,10 @@ impl Store {
         .bind(report.video_width)
         .bind(report.video_height)
         .bind(&report.network_type)
+        .bind(&report.ice_state)
+        .bind(join_list(&report.local_candidate_types))
+        .bind(join_list(&report.remote_candidate_types))
+        .bind(join_list(&report.relay_protocols))
         .execute(self.pool())
         .await?;
         Ok(())
@@ -259,6 +293,10 @@ mod tests {
             video_width: None,
             video_height: None,
             network_type: None,
+            ice_state: Some("connected".into()),
+            local_candidate_types: Some(vec!["host".into(), "relay".into()]),
+            remote_candidate_types: Some(vec![]),
+            relay_protocols: None,
         }
     }
 
@@ -290,6 +328,8 @@ mod tests {
                 created_at: 1,
                 answered_at: Some(2),
                 ended_at: None,
+                caller_device: None,
+                callee_device: None,
             })
             .await
             .expect("call");

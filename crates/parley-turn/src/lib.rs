@@ -24,6 +24,7 @@ mod gate;
 mod guard;
 pub mod metrics;
 pub mod nonce;
+mod pktinfo;
 pub mod policy;
 pub mod probe;
 pub mod quota;

@@ -13,10 +13,11 @@ use crate::RelayError;
 use crate::credentials::Secrets;
 use crate::guard::{GuardAuth, GuardConn, Shared};
 use crate::metrics::Metrics;
+use crate::pktinfo::PktinfoConn;
 use crate::policy::PeerPolicy;
 use crate::quota::Quotas;
 use crate::relay_socket::PortRangeGenerator;
-use crate::stream::{StreamLimits, StreamMux, StreamTimeouts, accept_loop};
+use crate::stream::{FrontDoor, StreamLimits, StreamMux, StreamTimeouts, accept_loop};
 
 /// Everything the relay needs to know, as plain data (the daemon maps its config to this).
 #[derive(Debug, Clone)]
@@ -268,8 +269,9 @@ impl RelayCore {
                 .map_err(|e| RelayError::Bind("UDP", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
             let up = Arc::new(AtomicBool::new(true));
             for socket in sockets.udp {
-                let socket = tokio::net::UdpSocket::from_std(socket)
-                    .map_err(|e| RelayError::Bind("UDP", address, e))?;
+                // Answers leave from the address each client sent to (see `pktinfo`).
+                let socket =
+                    PktinfoConn::new(socket).map_err(|e| RelayError::Bind("UDP", address, e))?;
                 let guard = GuardConn::new(Arc::new(socket), Arc::clone(&shared), Arc::clone(&up))
                     .map_err(|e| RelayError::Bind("UDP", address, e))?;
                 conn_configs.push(turn::server::config::ConnConfig {

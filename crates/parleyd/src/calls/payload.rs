@@ -237,6 +237,10 @@ pub fn call_stats(value: &Value) -> Result<(CallId, StatsReport), ApiError> {
             }
             other => other.map(str::to_owned),
         },
+        ice_state: one_of(map, "iceState", ICE_STATES)?,
+        local_candidate_types: list_of(map, "localCandidateTypes", CANDIDATE_TYPES)?,
+        remote_candidate_types: list_of(map, "remoteCandidateTypes", CANDIDATE_TYPES)?,
+        relay_protocols: list_of(map, "relayProtocols", RELAY_PROTOCOLS)?,
     };
     Ok((call_id, report))
 }
@@ -252,6 +256,58 @@ pub fn call_stats_str(text: &str) -> Result<(CallId, StatsReport), ApiError> {
 }
 
 const CANDIDATE_TYPES: &[&str] = &["host", "srflx", "prflx", "relay"];
+const RELAY_PROTOCOLS: &[&str] = &["udp", "tcp", "tls"];
+/// `RTCIceConnectionState`.
+const ICE_STATES: &[&str] = &[
+    "new",
+    "checking",
+    "connected",
+    "completed",
+    "disconnected",
+    "failed",
+    "closed",
+];
+
+/// An optional array of at most `allowed.len()` entries, each one of `allowed` (a Parley
+/// extension field: `localCandidateTypes`, `remoteCandidateTypes`, `relayProtocols`). Returned
+/// sorted in `allowed`'s order without duplicates, so that equal sets are stored equal.
+fn list_of(
+    map: &Map<String, Value>,
+    field: &str,
+    allowed: &[&str],
+) -> Result<Option<Vec<String>>, ApiError> {
+    let items = match map.get(field) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(invalid(field, "expected an array")),
+    };
+    if items.len() > allowed.len() {
+        return Err(invalid(field, format!("at most {} entries", allowed.len())));
+    }
+    let mut seen = vec![false; allowed.len()];
+    for item in items {
+        match item
+            .as_str()
+            .and_then(|text| allowed.iter().position(|a| *a == text))
+        {
+            Some(index) => seen[index] = true,
+            None => {
+                return Err(invalid(
+                    field,
+                    format!("expected entries among {}", allowed.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(Some(
+        allowed
+            .iter()
+            .zip(seen)
+            .filter(|(_, seen)| *seen)
+            .map(|(name, _)| (*name).to_owned())
+            .collect(),
+    ))
+}
 
 /// An optional string field that must be one of `allowed`.
 fn one_of(
@@ -374,7 +430,9 @@ mod tests {
             "relayProtocol": "udp", "rttMs": 42.5, "jitterMs": 3, "lossInPct": 0.5,
             "lossOutPct": 1, "bitrateInKbps": 64, "bitrateOutKbps": 60,
             "audioConcealedPct": 0.1, "videoFreezes": 0, "videoWidth": 1280, "videoHeight": 720,
-            "networkType": "wifi", "someFutureField": {"ignored": true}
+            "networkType": "wifi", "someFutureField": {"ignored": true},
+            "iceState": "connected", "localCandidateTypes": ["relay", "host", "relay"],
+            "remoteCandidateTypes": [], "relayProtocols": ["tls", "udp"]
         })
     }
 
@@ -389,10 +447,26 @@ mod tests {
             (report.video_width, report.video_height),
             (Some(1280), Some(720))
         );
+        assert_eq!(report.ice_state.as_deref(), Some("connected"));
+        assert_eq!(
+            report.local_candidate_types,
+            Some(vec!["host".to_owned(), "relay".to_owned()]),
+            "sorted, without duplicates"
+        );
+        assert_eq!(report.remote_candidate_types, Some(vec![]));
+        assert_eq!(
+            report.relay_protocols,
+            Some(vec!["udp".to_owned(), "tls".to_owned()])
+        );
         let minimal = json!({"callId": "c1", "path": "direct", "rttMs": 1, "jitterMs": 0,
             "lossInPct": 0, "lossOutPct": 0, "relayProtocol": null, "networkType": null});
         let (_, report) = call_stats(&minimal).expect("optional fields may be null or absent");
         assert_eq!((report.relay_protocol, report.video_freezes), (None, None));
+        assert_eq!(
+            (report.ice_state, report.local_candidate_types),
+            (None, None),
+            "the extension fields are optional"
+        );
         let text = serde_json::to_string(&full_report()).unwrap();
         assert!(call_stats_str(&text).is_ok());
         assert!(
@@ -473,6 +547,38 @@ mod tests {
                 "callId",
                 json!(7),
                 "INVALID_PAYLOAD callId: expected a string",
+            ),
+            (
+                "iceState",
+                json!("melted"),
+                "INVALID_PAYLOAD iceState: expected one of new, checking, connected, completed, \
+                 disconnected, failed, closed",
+            ),
+            (
+                "localCandidateTypes",
+                json!("host"),
+                "INVALID_PAYLOAD localCandidateTypes: expected an array",
+            ),
+            (
+                "remoteCandidateTypes",
+                json!(["host", "moon"]),
+                "INVALID_PAYLOAD remoteCandidateTypes: expected entries among host, srflx, prflx, \
+                 relay",
+            ),
+            (
+                "localCandidateTypes",
+                json!(["host", "host", "host", "host", "host"]),
+                "INVALID_PAYLOAD localCandidateTypes: at most 4 entries",
+            ),
+            (
+                "relayProtocols",
+                json!(["udp", "tcp", "tls", "udp"]),
+                "INVALID_PAYLOAD relayProtocols: at most 3 entries",
+            ),
+            (
+                "relayProtocols",
+                json!([7]),
+                "INVALID_PAYLOAD relayProtocols: expected entries among udp, tcp, tls",
             ),
         ];
         for (field, bad, expected) in cases {
