@@ -38,7 +38,7 @@ pub use credentials::{Secrets, mint};
 pub use metrics::Metrics;
 pub use policy::{Cidr, CidrError, PeerPolicy};
 pub use server::{ListenerStatus, Relay, RelayOptions, RelaySockets, Transport, parse_port_range};
-pub use stream::StreamTimeouts;
+pub use stream::{FrontDoor, StreamTimeouts};
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]

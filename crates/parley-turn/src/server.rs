@@ -82,6 +82,8 @@ pub struct RelaySockets {
     udp: Vec<std::net::UdpSocket>,
     tcp: Option<std::net::TcpListener>,
     tls: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
+    /// TURN over TCP/TLS on the daemon's HTTPS port, accepted there (see `FrontDoor`).
+    front_door: Option<SocketAddr>,
 }
 
 /// Listener receive buffer: absorbs bursts while the server task is scheduled away; the
@@ -178,6 +180,12 @@ impl RelaySockets {
         Ok(())
     }
 
+    /// Also serves TURN connections that the daemon's HTTPS listener on `local` hands over
+    /// ([`Relay::front_door`]).
+    pub fn add_front_door(&mut self, local: SocketAddr) {
+        self.front_door = Some(local);
+    }
+
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp.first().and_then(|s| s.local_addr().ok())
     }
@@ -231,6 +239,7 @@ struct RelayCore {
     shutdown_tx: watch::Sender<bool>,
     stream_tasks: Vec<JoinHandle<()>>,
     close_drain: JoinHandle<()>,
+    front_door: Option<FrontDoor>,
 }
 
 impl RelayCore {
@@ -331,6 +340,24 @@ impl RelayCore {
             });
         }
 
+        let mut front_door = None;
+        if let Some(local) = sockets.front_door {
+            let limits = StreamLimits {
+                max_connections: options.max_stream_connections.max(1),
+                timeouts: options.stream_timeouts,
+            };
+            let (door, mux) =
+                FrontDoor::new(local, Arc::clone(&shared), limits, shutdown_rx.clone());
+            let up = Arc::new(AtomicBool::new(true));
+            let guard = GuardConn::new(mux, Arc::clone(&shared), up)
+                .map_err(|e| RelayError::Bind("TCP", local, e))?;
+            conn_configs.push(turn::server::config::ConnConfig {
+                conn: Arc::new(guard) as Arc<dyn Conn + Send + Sync>,
+                relay_addr_generator: generator(),
+            });
+            front_door = Some(door);
+        }
+
         if conn_configs.is_empty() {
             return Err(RelayError::NoListeners);
         }
@@ -367,6 +394,7 @@ impl RelayCore {
             shutdown_tx,
             stream_tasks,
             close_drain,
+            front_door,
         })
     }
 
@@ -397,12 +425,13 @@ pub struct Relay {
     listeners: Vec<Listener>,
     stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
     done_rx: tokio::sync::oneshot::Receiver<()>,
+    front_door: Option<FrontDoor>,
 }
 
 impl Relay {
     /// Starts serving on `sockets` on a new relay thread.
     pub async fn start(options: RelayOptions, sockets: RelaySockets) -> Result<Relay, RelayError> {
-        type Ready = Result<(Arc<Shared>, Vec<Listener>), RelayError>;
+        type Ready = Result<(Arc<Shared>, Vec<Listener>, Option<FrontDoor>), RelayError>;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Ready>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -431,7 +460,9 @@ impl Relay {
                                     up: Arc::clone(&l.up),
                                 })
                                 .collect();
-                            let _ = ready_tx.send(Ok((Arc::clone(&core.shared), listeners)));
+                            let ready =
+                                (Arc::clone(&core.shared), listeners, core.front_door.clone());
+                            let _ = ready_tx.send(Ok(ready));
                             // Also returns when the `Relay` is dropped without `shutdown`.
                             let _ = stop_rx.await;
                             core.shutdown().await;
@@ -444,12 +475,14 @@ impl Relay {
                 let _ = done_tx.send(());
             })
             .map_err(RelayError::Runtime)?;
-        let (shared, listeners) = ready_rx.await.map_err(|_| RelayError::ThreadDied)??;
+        let (shared, listeners, front_door) =
+            ready_rx.await.map_err(|_| RelayError::ThreadDied)??;
         Ok(Relay {
             shared,
             listeners,
             stop_tx: Some(stop_tx),
             done_rx,
+            front_door,
         })
     }
 
@@ -463,6 +496,12 @@ impl Relay {
                 up: l.up.load(Ordering::Relaxed),
             })
             .collect()
+    }
+
+    /// The entry for TURN connections accepted by the HTTPS listener, if
+    /// [`RelaySockets::add_front_door`] asked for one.
+    pub fn front_door(&self) -> Option<FrontDoor> {
+        self.front_door.clone()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -200,11 +200,13 @@ impl ReadDeadline {
 async fn read_frames<R: AsyncRead + Unpin>(
     mut reader: R,
     peer: SocketAddr,
+    already_read: &[u8],
     frames: &mpsc::Sender<(Vec<u8>, SocketAddr)>,
     mut deadline: ReadDeadline,
     shared: &Shared,
 ) {
     let mut buffer = FrameBuffer::default();
+    buffer.push(already_read);
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         loop {
@@ -262,10 +264,12 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     let _ = writer.shutdown().await;
 }
 
-/// Serves one accepted connection until it ends.
+/// Serves one accepted connection until it ends; `already_read` are bytes the caller read
+/// from it before (the front door's classifier), framed before anything else.
 async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
+    already_read: Vec<u8>,
     mux: Arc<StreamMux>,
     shared: Arc<Shared>,
     deadline: ReadDeadline,
@@ -283,7 +287,15 @@ async fn serve_connection<S>(
         },
     );
     let writer_task = tokio::spawn(write_frames(writer, control_rx, data_rx));
-    read_frames(reader, peer, &mux.frames_tx, deadline, &shared).await;
+    read_frames(
+        reader,
+        peer,
+        &already_read,
+        &mux.frames_tx,
+        deadline,
+        &shared,
+    )
+    .await;
     mux.writers().remove(&peer);
     writer_task.abort();
     // The allocation ends with its connection (RFC 6062 / RFC 8656 3.1); `turn` has no hook
@@ -352,6 +364,7 @@ pub(crate) async fn accept_loop(
                 tasks.spawn(serve_connection(
                     stream,
                     peer,
+                    Vec::new(),
                     mux,
                     shared_for_task,
                     deadline,
@@ -362,7 +375,7 @@ pub(crate) async fn accept_loop(
                 tasks.spawn(async move {
                     match tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve_connection(tls_stream, peer, mux, shared_for_task, deadline)
+                            serve_connection(tls_stream, peer, Vec::new(), mux, shared_for_task, deadline)
                                 .await
                         }
                         Ok(Err(err)) => {
@@ -393,6 +406,123 @@ pub(crate) async fn accept_loop(
         .metrics
         .stream_connections
         .store(0, Ordering::Relaxed);
+}
+
+/// TURN over TCP and TLS on a port that another server owns: the daemon's HTTPS port (issue 11,
+/// "one front door"). That server accepts, does the TLS handshake, tells STUN from HTTP by the
+/// first bytes, and hands each TURN connection here with the bytes it has already read.
+///
+/// Behind it is one more [`StreamMux`] registered with the `turn` server like a listener of
+/// its own, so the connections keep every limit of the relay's own listeners: framing, the
+/// handshake and idle deadlines, the connection cap, quotas and the peer policy (the gate sees
+/// every request). TCP and TLS connections share the mux: each client's address is distinct.
+#[derive(Clone)]
+pub struct FrontDoor {
+    mux: Arc<StreamMux>,
+    shared: Arc<Shared>,
+    limits: StreamLimits,
+    open: Arc<AtomicUsize>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for FrontDoor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontDoor")
+            .field("local", &self.mux.local)
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Takes one place among a front door's open connections; gives it back when dropped.
+struct OpenSlot(Arc<AtomicUsize>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl FrontDoor {
+    /// The front door for connections accepted on `local`, and the `Conn` to register with the
+    /// `turn` server for it.
+    pub(crate) fn new(
+        local: SocketAddr,
+        shared: Arc<Shared>,
+        limits: StreamLimits,
+        shutdown: watch::Receiver<bool>,
+    ) -> (FrontDoor, Arc<StreamMux>) {
+        let mux = StreamMux::new(local);
+        let door = FrontDoor {
+            mux: Arc::clone(&mux),
+            shared,
+            limits,
+            open: Arc::new(AtomicUsize::new(0)),
+            shutdown,
+        };
+        (door, mux)
+    }
+
+    /// The address the connections were accepted on (the server side of their 5-tuple).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.mux.local
+    }
+
+    /// TURN connections open through this door now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Serves one TURN connection until it ends, the relay stops, or a deadline passes.
+    ///
+    /// `already_read` are the bytes the caller read to classify the connection (after the TLS
+    /// handshake for `Transport::Tls`); they are framed first. `accepted_at` is when the TCP
+    /// connection was accepted: the first whole STUN message is due within
+    /// `turn.handshake_timeout_secs` of it, classification and TLS handshake included.
+    pub async fn serve_stream<S>(
+        &self,
+        io: S,
+        peer: SocketAddr,
+        already_read: Vec<u8>,
+        accepted_at: Instant,
+        transport: crate::Transport,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let mut shutdown = self.shutdown.clone();
+        if *shutdown.borrow() {
+            return;
+        }
+        let max = self.limits.max_connections;
+        if self.open.fetch_add(1, Ordering::Relaxed) >= max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            if self.shared.may_log() {
+                log::warn!(
+                    "turn: refusing {} connection from {peer} on the HTTPS port: {max} connections open",
+                    transport.as_str()
+                );
+            }
+            return; // dropping `io` closes it
+        }
+        let _slot = OpenSlot(Arc::clone(&self.open));
+        let deadline = ReadDeadline::new(self.limits.timeouts, accepted_at);
+        let serve = serve_connection(
+            io,
+            peer,
+            already_read,
+            Arc::clone(&self.mux),
+            Arc::clone(&self.shared),
+            deadline,
+        );
+        tokio::select! {
+            () = serve => {}
+            _ = shutdown.wait_for(|stopped| *stopped) => {
+                // The relay is stopping and closes every allocation itself; dropping the
+                // queues ends the writer task, which closes the connection.
+                self.mux.writers().remove(&peer);
+            }
+        }
+    }
 }
 
 #[async_trait]
