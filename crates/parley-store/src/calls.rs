@@ -35,6 +35,9 @@ pub struct CallRow {
     pub answered_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub callee_seen: bool,
+    /// The `deviceId` bound on each side (see migration 0003); what restoring a call needs.
+    pub caller_device: Option<String>,
+    pub callee_device: Option<String>,
 }
 
 /// What the driver writes: a full snapshot, inserted or updated by `id`.
@@ -52,6 +55,8 @@ pub struct CallWrite<'a> {
     pub created_at: i64,
     pub answered_at: Option<i64>,
     pub ended_at: Option<i64>,
+    pub caller_device: Option<&'a str>,
+    pub callee_device: Option<&'a str>,
 }
 
 /// `filter=` of the history endpoint.
@@ -88,7 +93,8 @@ macro_rules! call_select {
         "SELECT c.seq, c.id, c.caller_id, cu.username, cu.display_name,
                 c.callee_id, eu.username, eu.display_name,
                 c.media, c.state, c.status, c.reason, c.ended_by, c.message,
-                c.created_at, c.answered_at, c.ended_at, c.callee_seen
+                c.created_at, c.answered_at, c.ended_at, c.callee_seen,
+                c.caller_device, c.callee_device
          FROM calls c
          JOIN users cu ON cu.id = c.caller_id
          JOIN users eu ON eu.id = c.callee_id "
@@ -119,6 +125,8 @@ fn call_from(row: SqliteRow) -> Result<CallRow> {
         answered_at: row.try_get(15)?,
         ended_at: row.try_get(16)?,
         callee_seen: row.try_get(17)?,
+        caller_device: row.try_get(18)?,
+        callee_device: row.try_get(19)?,
     })
 }
 
@@ -141,7 +149,7 @@ impl Store {
         let mut sql = String::from(UPSERT_HEAD);
         for i in 0..calls.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         sql.push_str(UPSERT_TAIL);
         // Built from constants and placeholders only; every value is bound.
@@ -159,7 +167,9 @@ impl Store {
                 .bind(call.message)
                 .bind(call.created_at)
                 .bind(call.answered_at)
-                .bind(call.ended_at);
+                .bind(call.ended_at)
+                .bind(call.caller_device)
+                .bind(call.callee_device);
         }
         query.execute(self.pool()).await?;
         Ok(())
@@ -174,22 +184,18 @@ impl Store {
         row.map(call_from).transpose()
     }
 
-    /// Start-up after a crash: every call still ringing or active ends with `server_restart`,
-    /// `completed` if it was answered, else `missed`. Returns how many were closed.
-    pub async fn close_live_calls(&self, now_ms: i64) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE calls SET
-                state = 'ended',
-                status = CASE WHEN answered_at IS NOT NULL THEN 'completed' ELSE 'missed' END,
-                reason = 'server_restart',
-                ended_by = NULL,
-                ended_at = ?
-             WHERE state != 'ended'",
-        )
-        .bind(now_ms)
-        .execute(self.pool())
+    /// The calls the log shows live (ringing or active): those the previous process left
+    /// when it stopped, gracefully or not, in the order they started. The store decides
+    /// nothing about them; the daemon hands them to the switchboard, which restores or ends
+    /// each one and writes the outcome back like any other change.
+    pub async fn live_calls(&self) -> Result<Vec<CallRow>> {
+        let rows = sqlx::query(concat!(
+            call_select!(),
+            "WHERE c.state != 'ended' ORDER BY c.seq"
+        ))
+        .fetch_all(self.pool())
         .await?;
-        Ok(done.rows_affected())
+        rows.into_iter().map(call_from).collect()
     }
 
     /// A page of `user`'s ended calls, newest first, without the ones they hid. The second value
@@ -299,10 +305,13 @@ impl Store {
 
 const UPSERT_HEAD: &str =
     "INSERT INTO calls (id, caller_id, callee_id, media, state, status, reason,
-                                ended_by, message, created_at, answered_at, ended_at)
+                                ended_by, message, created_at, answered_at, ended_at,
+                                caller_device, callee_device)
                  VALUES ";
 const UPSERT_TAIL: &str = "
                  ON CONFLICT(id) DO UPDATE SET
                     state = excluded.state, status = excluded.status, reason = excluded.reason,
                     ended_by = excluded.ended_by, message = excluded.message,
-                    answered_at = excluded.answered_at, ended_at = excluded.ended_at";
+                    answered_at = excluded.answered_at, ended_at = excluded.ended_at,
+                    caller_device = excluded.caller_device,
+                    callee_device = excluded.callee_device";
