@@ -15,7 +15,7 @@ pub use output::{
     Code, Ended, Error, Event, Output, PresenceChange, Reply, Signal, SignalKind, SignalPayload,
 };
 pub use rate::TokenBucket;
-pub use switchboard::{Config, Origin, Side, Switchboard, Timer};
+pub use switchboard::{Config, Origin, Restored, Side, Switchboard, Timer};
 pub use types::{
     CallId, CallRecord, CallState, CallView, ConnId, Media, Now, PresenceStatus, Reason, RequestId,
     Status, UserId, UserInfo, rfc3339,

@@ -37,6 +37,15 @@ impl Default for Config {
     }
 }
 
+/// What `Switchboard::restore` did with the calls the log showed live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Active calls put back, waiting for their devices.
+    pub restored: usize,
+    /// Calls ended `server_restart` (ringing, or not resumable).
+    pub closed: usize,
+}
+
 /// Which party of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -362,13 +371,21 @@ impl Switchboard {
                         binding.conn = Some(conn);
                         binding.grace_deadline = None;
                         log::debug!("call {call_id}: {side:?} device resumed");
-                        if let Some(peer) = call.conn_of(other(side)) {
-                            emits.push((
+                        match call.conn_of(other(side)) {
+                            Some(peer) => emits.push((
                                 peer,
                                 Event::PeerResumed {
                                     call_id: call_id.clone(),
                                 },
-                            ));
+                            )),
+                            // Both were away (a server restart): this side waits for the
+                            // other, and hears `call:peer-resumed` when it is back.
+                            None => emits.push((
+                                conn,
+                                Event::PeerReconnecting {
+                                    call_id: call_id.clone(),
+                                },
+                            )),
                         }
                     }
                 }
@@ -487,6 +504,11 @@ impl Switchboard {
             Ok(conn) => conn,
             Err(error) => return self.reply(request, Err(error)),
         };
+        let caller_device = self
+            .conns
+            .get(&caller_conn)
+            .map(|c| c.device.clone())
+            .unwrap_or_default();
         let mut record = CallRecord {
             id: call_id.clone(),
             caller,
@@ -500,6 +522,8 @@ impl Switchboard {
             created_at_ms: now.unix_ms,
             answered_at_ms: None,
             ended_at_ms: None,
+            caller_device: Some(caller_device.clone()),
+            callee_device: None,
         };
         let callee_conns: BTreeSet<ConnId> = self
             .devices
@@ -524,11 +548,6 @@ impl Switchboard {
             return self.reply(request, Err(error));
         }
 
-        let caller_device = self
-            .conns
-            .get(&caller_conn)
-            .map(|c| c.device.clone())
-            .unwrap_or_default();
         let call = LiveCall {
             caller: Binding {
                 device: caller_device,
@@ -621,6 +640,7 @@ impl Switchboard {
         }
         let others = std::mem::take(&mut call.ringing);
         call.ring_deadline = None;
+        call.record.callee_device = Some(device.clone());
         call.callee = Some(Binding {
             device,
             conn: Some(conn),
@@ -812,18 +832,104 @@ impl Switchboard {
         }
     }
 
-    /// SIGTERM: every live call ends with `server_shutdown`; answered ones count as completed.
+    /// SIGTERM. A restart ends no answered call by itself (spec "Restarts"): media does not
+    /// pass through signaling, so an active call stays active, in memory and in the log, and
+    /// the next start restores it (`restore`). A call still ringing ends `missed` with
+    /// `server_shutdown`: nobody answered it, and nobody would be there to ring it after the
+    /// restart. Its devices hear the ending before their sockets close.
     pub fn handle_shutdown(&mut self, now: Now) {
-        let ids: Vec<CallId> = self.calls.keys().cloned().collect();
-        for id in ids {
-            let answered = self.calls[&id].record.answered_at_ms.is_some();
-            let status = if answered {
-                Status::Completed
-            } else {
-                Status::Missed
-            };
-            self.end_call(&id, Ending::by_server(status, Reason::ServerShutdown), now);
+        let ringing: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.record.state == CallState::Ringing)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ringing {
+            self.end_call(
+                &id,
+                Ending::by_server(Status::Missed, Reason::ServerShutdown),
+                now,
+            );
         }
+    }
+
+    /// Start-up: `calls` are the calls the log still shows live, left by the previous process
+    /// however it stopped. This is the one place that decides what a stop does to a call.
+    /// Each active call comes back with both devices away in their reconnect grace, counted
+    /// from `now`; a device that connects again with its `deviceId` resumes it (see
+    /// `handle_connect`), and a side that does not come back ends it `connection_lost` as for
+    /// any dropped device. A call still ringing was never answered and nobody rings it any
+    /// more: it ends `missed` with `server_restart` (a graceful stop already ended its ringing
+    /// calls, so only a crash leaves one). A live record that cannot be resumed (no device
+    /// recorded, as in logs written before devices were kept, or a party already in a
+    /// restored call) ends the same way: `completed` if it was answered, else `missed`.
+    /// Call this once, before any connection.
+    pub fn restore(&mut self, calls: Vec<CallRecord>, now: Now) -> Restored {
+        let mut summary = Restored::default();
+        for record in calls {
+            let id = record.id.clone();
+            let parties = [record.caller.id, record.callee.id];
+            let resumable = record.state == CallState::Active
+                && record.answered_at_ms.is_some()
+                && !self.calls.contains_key(&id)
+                && parties.iter().all(|u| !self.live_by_user.contains_key(u));
+            let devices = record
+                .caller_device
+                .clone()
+                .zip(record.callee_device.clone());
+            let grace = now.instant + self.config.reconnect_grace;
+            let away = |device: String| Binding {
+                device,
+                conn: None,
+                grace_deadline: Some(grace),
+            };
+            let call = match devices {
+                Some((caller, callee)) if resumable => LiveCall {
+                    caller: away(caller),
+                    callee: Some(away(callee)),
+                    ringing: BTreeSet::new(),
+                    ring_deadline: None,
+                    record,
+                },
+                _ => {
+                    // Entered as live only so that `end_call` records and announces it the one
+                    // way every ending goes; none of its devices is connected yet.
+                    let status = if record.answered_at_ms.is_some() {
+                        Status::Completed
+                    } else {
+                        Status::Missed
+                    };
+                    let call = LiveCall {
+                        caller: Binding {
+                            device: record.caller_device.clone().unwrap_or_default(),
+                            conn: None,
+                            grace_deadline: None,
+                        },
+                        callee: None,
+                        ringing: BTreeSet::new(),
+                        ring_deadline: None,
+                        record,
+                    };
+                    if self.calls.contains_key(&id) {
+                        // The same id twice: the log's unique key makes this impossible; keep
+                        // the first rather than end a restored call.
+                        continue;
+                    }
+                    self.calls.insert(id.clone(), call);
+                    self.end_call(&id, Ending::by_server(status, Reason::ServerRestart), now);
+                    summary.closed += 1;
+                    continue;
+                }
+            };
+            log::debug!("call {id}: restored, waiting for both devices");
+            self.calls.insert(id.clone(), call);
+            for user in parties {
+                self.live_by_user.insert(user, id.clone());
+                self.mark_presence(user, now);
+            }
+            summary.restored += 1;
+        }
+        summary
     }
 
     /// The shell could not write a record of `call_id` (disk full, failing device): the change

@@ -149,6 +149,11 @@ pub struct CallRecord {
     pub created_at_ms: i64,
     pub answered_at_ms: Option<i64>,
     pub ended_at_ms: Option<i64>,
+    /// The `deviceId` the call is bound to on the caller's side (the device that started it).
+    /// Kept in the log so that a restart can restore the call to the same devices.
+    pub caller_device: Option<String>,
+    /// The callee's device that accepted the call; `None` until then.
+    pub callee_device: Option<String>,
 }
 
 impl CallRecord {

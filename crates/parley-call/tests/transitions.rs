@@ -4,7 +4,10 @@
 
 mod harness;
 
-use harness::{Fixture, Input, check};
+use std::time::Duration;
+
+use harness::{A1, ALICE, B1, CAROL, Fixture, Harness, Input, check, render};
+use parley_call::{CallId, CallState, Output, PresenceStatus};
 
 mod ringing {
     use super::*;
@@ -421,12 +424,8 @@ mod active {
     }
 
     #[test]
-    fn shutdown_completes_an_answered_call() {
-        check(
-            Fixture::Active,
-            Input::Shutdown,
-            "log=ended:completed/server_shutdown:server A1<ended(completed) B1<ended(completed) live=none",
-        );
+    fn shutdown_leaves_an_answered_call_active_for_the_next_start() {
+        check(Fixture::Active, Input::Shutdown, "live=active");
     }
 }
 
@@ -641,12 +640,8 @@ mod active_caller_away {
     }
 
     #[test]
-    fn shutdown_completes_the_call() {
-        check(
-            Fixture::ActiveCallerAway,
-            Input::Shutdown,
-            "log=ended:completed/server_shutdown:server B1<ended(completed) live=none",
-        );
+    fn shutdown_leaves_the_call_active_for_the_next_start() {
+        check(Fixture::ActiveCallerAway, Input::Shutdown, "live=active");
     }
 }
 
@@ -861,12 +856,8 @@ mod active_callee_away {
     }
 
     #[test]
-    fn shutdown_completes_the_call() {
-        check(
-            Fixture::ActiveCalleeAway,
-            Input::Shutdown,
-            "log=ended:completed/server_shutdown:server A1<ended(completed) live=none",
-        );
+    fn shutdown_leaves_the_call_active_for_the_next_start() {
+        check(Fixture::ActiveCalleeAway, Input::Shutdown, "live=active");
     }
 }
 
@@ -1067,5 +1058,217 @@ mod ended {
     #[test]
     fn shutdown_has_nothing_to_end() {
         check(Fixture::Ended, Input::Shutdown, "live=none");
+    }
+}
+
+/// A call that was active when the server stopped, restored at the next start with both
+/// devices in the reconnect grace (spec "Restarts"). The fixture's B1 and A1 are the devices
+/// bound before the restart; B2 is bob's other device, C1 carol.
+mod restored {
+    use super::*;
+
+    #[test]
+    fn caller_coming_back_gets_the_call_and_hears_the_callee_is_still_away() {
+        check(
+            Fixture::Restored,
+            Input::CallerReconnects,
+            "reply=session(active) N<peer-reconnecting live=active",
+        );
+    }
+
+    #[test]
+    fn callee_coming_back_gets_the_call_and_hears_the_caller_is_still_away() {
+        check(
+            Fixture::Restored,
+            Input::CalleeReconnects,
+            "reply=session(active) N<peer-reconnecting live=active",
+        );
+    }
+
+    #[test]
+    fn another_device_of_a_party_sees_the_call_but_does_not_take_it_over() {
+        check(
+            Fixture::Restored,
+            Input::CalleeNewDevice,
+            "reply=session(active) live=active",
+        );
+    }
+
+    #[test]
+    fn nobody_coming_back_within_the_grace_ends_it_as_connection_lost_once() {
+        check(
+            Fixture::Restored,
+            Input::GraceTimeout,
+            "log=ended:completed/connection_lost:server live=none",
+        );
+    }
+
+    #[test]
+    fn a_party_can_end_it_from_a_device_not_bound_to_it() {
+        check(
+            Fixture::Restored,
+            Input::EndByCallee,
+            "reply=DEVICE_REQUIRED live=active",
+        );
+    }
+
+    #[test]
+    fn stranger_cannot_touch_it() {
+        check(
+            Fixture::Restored,
+            Input::EndByStranger,
+            "reply=CALL_NOT_FOUND live=active",
+        );
+    }
+
+    #[test]
+    fn shutdown_again_keeps_it_active() {
+        check(Fixture::Restored, Input::Shutdown, "live=active");
+    }
+
+    #[test]
+    fn the_second_party_coming_back_resumes_it_for_both() {
+        check(
+            Fixture::RestoredCallerBack,
+            Input::CalleeReconnects,
+            "reply=session(active) A1<peer-resumed live=active",
+        );
+    }
+
+    #[test]
+    fn the_returned_caller_may_signal_while_the_callee_is_away() {
+        check(
+            Fixture::RestoredCallerBack,
+            Input::OfferFromCaller,
+            "reply=ok live=active",
+        );
+    }
+
+    #[test]
+    fn the_callee_not_coming_back_ends_it_for_the_caller() {
+        check(
+            Fixture::RestoredCallerBack,
+            Input::GraceTimeout,
+            "log=ended:completed/connection_lost:server A1<ended(completed) live=none",
+        );
+    }
+
+    #[test]
+    fn the_returned_caller_can_hang_up() {
+        check(
+            Fixture::RestoredCallerBack,
+            Input::EndByCaller,
+            "log=ended:completed/hangup:alice reply=ok A1<ended(completed) live=none",
+        );
+    }
+
+    #[test]
+    fn the_returned_caller_dropping_again_waits_for_it_again() {
+        check(
+            Fixture::RestoredCallerBack,
+            Input::CallerDisconnects,
+            "live=active",
+        );
+    }
+
+    #[test]
+    fn resumed_by_one_side_then_the_other_relays_again_and_ends_once_spanning_the_restart() {
+        let before = Fixture::Active.build();
+        let answered = before.last_record().expect("recorded").answered_at_ms;
+        let (mut h, restored) = before.restart_after(Duration::from_secs(60));
+        assert_eq!(
+            render(&h, &restored),
+            "live=active",
+            "restoring writes nothing"
+        );
+        assert_eq!(
+            {
+                let out = h.connect(A1);
+                render(&h, &out)
+            },
+            "reply=session(active) A1<peer-reconnecting live=active"
+        );
+        h.advance(Duration::from_secs(3));
+        assert_eq!(
+            {
+                let out = h.connect(B1);
+                render(&h, &out)
+            },
+            "reply=session(active) A1<peer-resumed live=active"
+        );
+        assert_eq!(
+            {
+                let out = h.offer(A1);
+                render(&h, &out)
+            },
+            "reply=ok B1<signal:offer live=active"
+        );
+        // The grace timers are gone: nothing ends the call by itself any more.
+        let later = h.now.after(Duration::from_secs(120));
+        assert_eq!(
+            {
+                let out = h.run_until(later);
+                render(&h, &out)
+            },
+            "live=active"
+        );
+        let out = h.end(B1);
+        assert_eq!(
+            render(&h, &out),
+            "log=ended:completed/hangup:bob reply=ok A1<ended(completed) B1<ended(completed) live=none"
+        );
+        let ended = h.last_record().expect("the ending is recorded");
+        assert_eq!(ended.answered_at_ms, answered, "one call, answered once");
+        // Answered 2 s before the stop, 60 s down, 3 s to reconnect, 120 s after.
+        assert_eq!(ended.duration_secs(), 2 + 60 + 3 + 120);
+        let endings = h
+            .log
+            .iter()
+            .filter(|o| matches!(o, Output::Persist(r) if r.state == CallState::Ended))
+            .count();
+        assert_eq!(endings, 1);
+    }
+
+    #[test]
+    fn a_call_ringing_at_a_crash_ends_missed_with_server_restart() {
+        // A crash leaves the ringing record (a graceful stop would have ended it).
+        let before = Fixture::Ringing.build();
+        let (h, out) = before.restart_after(Duration::from_secs(5));
+        assert_eq!(
+            render(&h, &out),
+            "log=ended:missed/server_restart:server live=none"
+        );
+        assert_eq!(h.board.live_call_count(), 0);
+    }
+
+    #[test]
+    fn an_active_record_without_its_devices_cannot_be_resumed_and_is_completed() {
+        let before = Fixture::Active.build();
+        let mut record = before.last_record().expect("recorded");
+        record.callee_device = None;
+        let mut h = Harness::new();
+        let summary = h.board.restore(vec![record], h.now);
+        assert_eq!((summary.restored, summary.closed), (0, 1));
+        assert_eq!(
+            {
+                let out = h.drain();
+                render(&h, &out)
+            },
+            "log=ended:completed/server_restart:server live=none"
+        );
+    }
+
+    #[test]
+    fn the_restore_counts_what_it_restored_and_closed() {
+        let active = Fixture::Active.build().last_record().expect("recorded");
+        let mut ringing = Fixture::Ringing.build().last_record().expect("recorded");
+        ringing.id = CallId("call-2".into());
+        ringing.caller = harness::user(CAROL);
+        ringing.callee = harness::user(99);
+        let mut h = Harness::new();
+        let summary = h.board.restore(vec![active, ringing], h.now);
+        assert_eq!((summary.restored, summary.closed), (1, 1));
+        assert_eq!(h.board.user_status(ALICE), PresenceStatus::Busy);
+        assert_eq!(h.board.user_status(CAROL), PresenceStatus::Offline);
     }
 }

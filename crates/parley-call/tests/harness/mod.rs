@@ -228,6 +228,29 @@ impl Harness {
         self.board.handle_shutdown(self.now);
         self.drain()
     }
+
+    /// The last snapshot of the call this harness sent to the log.
+    pub fn last_record(&self) -> Option<CallRecord> {
+        self.log.iter().rev().find_map(|o| match o {
+            Output::Persist(record) if record.id == call_id() => Some(record.clone()),
+            _ => None,
+        })
+    }
+
+    /// A new process after `downtime`: a fresh switchboard given what this one left in the log
+    /// (the call as last recorded, if it was not ended), with no device connected yet.
+    pub fn restart_after(&self, downtime: Duration) -> (Harness, Vec<Output>) {
+        let mut next = Harness::new();
+        next.now = self.now.after(downtime);
+        let live: Vec<CallRecord> = self
+            .last_record()
+            .into_iter()
+            .filter(|r| r.state != CallState::Ended)
+            .collect();
+        next.board.restore(live, next.now);
+        let outputs = next.drain();
+        (next, outputs)
+    }
 }
 
 /// The states a call can be in for the transition tests.
@@ -243,18 +266,39 @@ pub enum Fixture {
     ActiveCalleeAway,
     /// Ringing, then alice cancelled.
     Ended,
+    /// Active, then the server stopped and started again 60 s later: the call is restored and
+    /// neither A1 nor B1 is back yet (bob's phone B2 and carol are connected).
+    Restored,
+    /// Restored, then alice's A1 connected again with its deviceId; bob's B1 is still away.
+    RestoredCallerBack,
 }
 
 impl Fixture {
-    pub const ALL: [Fixture; 5] = [
+    pub const ALL: [Fixture; 7] = [
         Fixture::Ringing,
         Fixture::Active,
         Fixture::ActiveCallerAway,
         Fixture::ActiveCalleeAway,
         Fixture::Ended,
+        Fixture::Restored,
+        Fixture::RestoredCallerBack,
     ];
 
     pub fn build(self) -> Harness {
+        if matches!(self, Fixture::Restored | Fixture::RestoredCallerBack) {
+            let before = Fixture::Active.build();
+            before.board.live_call(&call_id(), ALICE).expect("active");
+            let (mut h, _) = before.restart_after(Duration::from_secs(60));
+            h.connect(B2);
+            h.connect(C1);
+            h.advance(Duration::from_secs(2));
+            if self == Fixture::RestoredCallerBack {
+                h.connect(A1);
+            }
+            let settle = h.now.after(Duration::from_millis(500));
+            h.run_until(settle);
+            return h;
+        }
         let mut h = Harness::new();
         for conn in [A1, B1, B2, C1] {
             h.connect(conn);
@@ -269,6 +313,7 @@ impl Fixture {
             Fixture::Ended => {
                 h.cancel(A1);
             }
+            Fixture::Restored | Fixture::RestoredCallerBack => unreachable!("built above"),
         }
         h.advance(Duration::from_secs(2));
         match self {
