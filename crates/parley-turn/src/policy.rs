@@ -127,8 +127,11 @@ pub const DENIED_BY_DEFAULT: &[Cidr] = &[
 ];
 
 /// The IPv4 address an IPv6 address stands for, if it is IPv4-mapped (`::ffff:a.b.c.d`),
-/// IPv4-compatible (`::a.b.c.d`, deprecated but still routed by some stacks), or in the
-/// well-known NAT64 prefix (`64:ff9b::a.b.c.d`, which a NAT64 gateway turns into IPv4).
+/// IPv4-translated (`::ffff:0:a.b.c.d`, SIIT), IPv4-compatible (`::a.b.c.d`, deprecated but
+/// still routed by some stacks), in the well-known NAT64 prefix (`64:ff9b::a.b.c.d`, which a
+/// NAT64 gateway turns into IPv4), 6to4 (`2002:AABB:CCDD::/48`, which a 6to4 relay delivers
+/// to the IPv4 address AABBCCDD), or Teredo (`2001:0::/32`, whose last 32 bits are the
+/// client's IPv4 address inverted; a Teredo relay delivers there).
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(mapped) = ip.to_ipv4_mapped() {
         return Some(mapped);
@@ -143,8 +146,16 @@ pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if segments[..6] == [0; 6] && u32::from(low) > 1 {
         return Some(low); // ::a.b.c.d, but not :: and ::1 which are IPv6's own
     }
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return Some(low);
+    }
+    if segments[0] == 0x2002 {
+        return Some(Ipv4Addr::from(
+            (u32::from(segments[1]) << 16) | u32::from(segments[2]),
+        ));
+    }
+    if segments[..2] == [0x2001, 0] {
+        return Some(Ipv4Addr::from(!u32::from(low)));
     }
     None
 }
@@ -210,6 +221,9 @@ mod tests {
             "172.32.0.1",
             "2001:4860:4860::8888",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:0808:0808::1",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7", // Teredo for client 8.8.8.8
         ] {
             assert!(policy.allows(ip(good)), "{good}");
         }
@@ -250,8 +264,42 @@ mod tests {
             "::127.0.0.1",
             "64:ff9b::7f00:1",
             "64:ff9b::a00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::8.8.8.8",
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "2002:c0a8:0101::1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe:1::5",
+            "2002:0a00:0001::",
+            "2001:0:4136:e378:8000:63bf:f5ff:fffe", // Teredo for client 10.0.0.1
+            "fdff:ffff::1",
         ] {
             assert!(!policy.allows(ip(bad)), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn every_ipv6_form_embeds_the_same_ipv4_address() {
+        for (form, embedded) in [
+            ("::ffff:10.1.2.3", "10.1.2.3"),
+            ("::ffff:0:10.1.2.3", "10.1.2.3"),
+            ("::10.1.2.3", "10.1.2.3"),
+            ("64:ff9b::10.1.2.3", "10.1.2.3"),
+            ("2002:0a01:0203::", "10.1.2.3"),
+            ("2002:0a01:0203:ffff::1", "10.1.2.3"),
+            ("2001:0:1:2:3:4:f5fe:fdfc", "10.1.2.3"),
+        ] {
+            let form: Ipv6Addr = form.parse().unwrap();
+            assert_eq!(
+                embedded_ipv4(form),
+                Some(embedded.parse().unwrap()),
+                "{form}"
+            );
+        }
+        for plain in ["2001:db8::1", "::", "::1", "fd00::1", "2001:4860::1"] {
+            let plain: Ipv6Addr = plain.parse().unwrap();
+            assert_eq!(embedded_ipv4(plain), None, "{plain}");
         }
     }
 
