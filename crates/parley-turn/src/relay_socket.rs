@@ -24,9 +24,86 @@ const MAX_PORT_ATTEMPTS: u32 = 64;
 /// Relay socket buffers: a video keyframe burst must fit while the task is scheduled away.
 const RELAY_SOCKET_BUFFER: usize = 1 << 20;
 
+/// Where one address family's relay sockets bind, and the address their candidates carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RelayFamily {
+    pub bind: IpAddr,
+    pub advertised: IpAddr,
+}
+
+/// The relayed-address families this server offers (RFC 6156).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RelayFamilies {
+    pub v4: Option<RelayFamily>,
+    pub v6: Option<RelayFamily>,
+}
+
+impl RelayFamilies {
+    /// From `relay_bind`/`relay_address` (either family) and an optional IPv6 relay address.
+    /// `is_local` says whether an address is one of this host's.
+    ///
+    /// A wildcard bind is narrowed to the advertised address when that is local: a relay
+    /// socket on `0.0.0.0` sends to peers from the kernel's choice of source, and on a host
+    /// with several addresses a peer that sent its ICE checks to the relayed address would get
+    /// the answers from another one and drop them (ICE needs symmetric addresses).
+    pub fn new(
+        bind: IpAddr,
+        advertised: IpAddr,
+        advertised_v6: Option<IpAddr>,
+        is_local: impl Fn(IpAddr) -> bool,
+    ) -> RelayFamilies {
+        let narrow = |bind: IpAddr, advertised: IpAddr| {
+            if bind.is_unspecified()
+                && bind.is_ipv4() == advertised.is_ipv4()
+                && !advertised.is_unspecified()
+                && is_local(advertised)
+            {
+                advertised
+            } else {
+                bind
+            }
+        };
+        let primary = RelayFamily {
+            bind: narrow(bind, advertised),
+            advertised,
+        };
+        let mut families = RelayFamilies::default();
+        if advertised.is_ipv4() {
+            families.v4 = Some(primary);
+        } else {
+            families.v6 = Some(primary);
+        }
+        if let Some(v6) = advertised_v6.filter(|a| a.is_ipv6())
+            && families.v6.is_none()
+        {
+            families.v6 = Some(RelayFamily {
+                bind: narrow(IpAddr::from([0u16; 8]), v6),
+                advertised: v6,
+            });
+        }
+        families
+    }
+
+    /// The family of a new allocation. `turn` passes `use_ipv4 = false` only for
+    /// REQUESTED-ADDRESS-FAMILY IPv6, and `true` both for an explicit IPv4 request and for
+    /// none (RFC 6156: no attribute means IPv4, which also bridges an IPv6 client to IPv4
+    /// peers); a server with IPv6 relays only serves the latter from IPv6 rather than fail.
+    pub fn for_allocation(&self, use_ipv4: bool) -> Option<RelayFamily> {
+        if use_ipv4 {
+            self.v4.or(self.v6)
+        } else {
+            self.v6
+        }
+    }
+}
+
+/// Whether `ip` is an address of this host (it can be bound).
+pub(crate) fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 pub(crate) struct PortRangeGenerator {
-    pub bind_ip: IpAddr,
-    pub advertised_ip: IpAddr,
+    pub families: RelayFamilies,
     pub low: u16,
     pub high: u16,
     pub shared: Arc<Shared>,
@@ -72,6 +149,10 @@ impl PortRangeGenerator {
 fn bind_relay_socket(address: SocketAddr) -> std::io::Result<UdpSocket> {
     let domain = socket2::Domain::for_address(address);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if address.is_ipv6() {
+        // An IPv6 relay carries IPv6 peers only; IPv4 peers have their own family's relay.
+        socket.set_only_v6(true)?;
+    }
     // Larger buffers are a best effort: the kernel caps them at net.core.{r,w}mem_max.
     let _ = socket.set_recv_buffer_size(RELAY_SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(RELAY_SOCKET_BUFFER);
@@ -94,9 +175,10 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
         use_ipv4: bool,
         requested_port: u16,
     ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
-        if use_ipv4 != self.bind_ip.is_ipv4() {
+        let Some(family) = self.families.for_allocation(use_ipv4) else {
+            // `turn` answers 508; RFC 6156 would say 440 (see docs/relay.md).
             return Err(turn::Error::ErrInvalidRequestedFamilyValue);
-        }
+        };
         let ports: Vec<u16> = if requested_port != 0 {
             if !(self.low..=self.high).contains(&requested_port) {
                 return Err(turn::Error::ErrMaxRetriesExceeded);
@@ -106,7 +188,7 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
             self.candidate_ports()
         };
         for port in ports {
-            let Ok(socket) = bind_relay_socket(SocketAddr::new(self.bind_ip, port)) else {
+            let Ok(socket) = bind_relay_socket(SocketAddr::new(family.bind, port)) else {
                 continue;
             };
             if requested_port == 0 {
@@ -127,11 +209,12 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
                 ))
             });
             let conn = RelayConn {
+                is_v4: family.bind.is_ipv4(),
                 socket,
                 shared: Arc::clone(&self.shared),
                 buckets: bucket,
             };
-            return Ok((Arc::new(conn), SocketAddr::new(self.advertised_ip, port)));
+            return Ok((Arc::new(conn), SocketAddr::new(family.advertised, port)));
         }
         if self.shared.may_log() {
             log::warn!(
@@ -147,6 +230,8 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
 /// One allocation's relay socket.
 struct RelayConn {
     socket: UdpSocket,
+    /// The socket's family: a peer of the other family cannot be reached from it.
+    is_v4: bool,
     shared: Arc<Shared>,
     /// (to peers, from peers) when a bandwidth limit is set.
     buckets: Option<Mutex<(TokenBucket, TokenBucket)>>,
@@ -220,7 +305,12 @@ impl Conn for RelayConn {
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         // Dropped like a congested link drops: not an error for `turn` to log.
-        if !self.peer_allowed(target) || !self.allowed(buf.len(), true) {
+        // A peer of the other family (a permission `turn` accepted without checking RFC
+        // 6156's family match) is unreachable from this socket.
+        if target.is_ipv4() != self.is_v4
+            || !self.peer_allowed(target)
+            || !self.allowed(buf.len(), true)
+        {
             return Ok(buf.len());
         }
         let n = self.socket.send_to(buf, target).await?;
@@ -266,8 +356,12 @@ mod tests {
             Arc::new(Metrics::default()),
         );
         PortRangeGenerator {
-            bind_ip: IpAddr::from([127, 0, 0, 1]),
-            advertised_ip: IpAddr::from([127, 0, 0, 1]),
+            families: RelayFamilies::new(
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([127, 0, 0, 1]),
+                Some("::1".parse().unwrap()),
+                is_local_address,
+            ),
             low: 1024,
             high: 65535,
             shared: Arc::new(shared),
@@ -296,6 +390,123 @@ mod tests {
             .refused_peers
             .load(Ordering::Relaxed);
         (received, refused)
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_wildcard_relay_binds_to_the_relay_address_when_it_is_local() {
+        let local = |a: IpAddr| a == ip("203.0.113.9") || a == ip("2001:db8::9");
+        let families = RelayFamilies::new(
+            ip("0.0.0.0"),
+            ip("203.0.113.9"),
+            Some(ip("2001:db8::9")),
+            local,
+        );
+        assert_eq!(
+            families.v4,
+            Some(RelayFamily {
+                bind: ip("203.0.113.9"),
+                advertised: ip("203.0.113.9")
+            })
+        );
+        assert_eq!(
+            families.v6,
+            Some(RelayFamily {
+                bind: ip("2001:db8::9"),
+                advertised: ip("2001:db8::9")
+            })
+        );
+    }
+
+    #[test]
+    fn behind_1_to_1_nat_the_relay_stays_on_the_wildcard() {
+        let families = RelayFamilies::new(ip("0.0.0.0"), ip("198.51.100.1"), None, |_| false);
+        assert_eq!(
+            families.v4,
+            Some(RelayFamily {
+                bind: ip("0.0.0.0"),
+                advertised: ip("198.51.100.1")
+            })
+        );
+        assert_eq!(families.v6, None);
+    }
+
+    #[test]
+    fn a_configured_bind_address_is_kept() {
+        let families = RelayFamilies::new(ip("10.0.0.5"), ip("198.51.100.1"), None, |_| true);
+        assert_eq!(families.v4.unwrap().bind, ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn the_allocation_family_follows_rfc_6156() {
+        let both = RelayFamilies::new(
+            ip("0.0.0.0"),
+            ip("198.51.100.1"),
+            Some(ip("2001:db8::1")),
+            |_| false,
+        );
+        // No attribute or IPv4 requested: IPv4 (bridging an IPv6 client to IPv4 peers).
+        assert_eq!(
+            both.for_allocation(true).unwrap().advertised,
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            both.for_allocation(false).unwrap().advertised,
+            ip("2001:db8::1")
+        );
+        let v4_only = RelayFamilies::new(ip("0.0.0.0"), ip("198.51.100.1"), None, |_| false);
+        assert_eq!(
+            v4_only.for_allocation(false),
+            None,
+            "no IPv6 relay: refused"
+        );
+        let v6_only = RelayFamilies::new(ip("::"), ip("2001:db8::1"), None, |_| false);
+        assert_eq!(
+            v6_only.for_allocation(true).unwrap().advertised,
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            v6_only.for_allocation(false).unwrap().advertised,
+            ip("2001:db8::1")
+        );
+    }
+
+    #[test]
+    fn relay_address_v6_is_ignored_when_the_relay_address_is_already_ipv6() {
+        let families =
+            RelayFamilies::new(ip("::"), ip("2001:db8::1"), Some(ip("2001:db8::2")), |_| {
+                false
+            });
+        assert_eq!(families.v6.unwrap().advertised, ip("2001:db8::1"));
+        assert_eq!(families.v4, None);
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_allocation_relays_to_an_ipv6_peer_and_never_to_an_ipv4_one() {
+        let generator = generator(PeerPolicy::from_ranges(&["127.0.0.0/8", "::1"]).unwrap());
+        let (conn, relayed) = generator.allocate_conn(false, 0).await.unwrap();
+        assert_eq!(relayed.ip(), ip("::1"));
+        let peer6 = UdpSocket::bind("[::1]:0").await.unwrap();
+        let peer4 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        conn.send_to(b"six", peer6.local_addr().unwrap())
+            .await
+            .unwrap();
+        conn.send_to(b"four", peer4.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let got6 =
+            tokio::time::timeout(Duration::from_millis(300), peer6.recv_from(&mut buf)).await;
+        assert!(matches!(got6, Ok(Ok((3, _)))), "{got6:?}");
+        let got4 =
+            tokio::time::timeout(Duration::from_millis(300), peer4.recv_from(&mut buf)).await;
+        assert!(
+            got4.is_err(),
+            "an IPv4 peer got a datagram from an IPv6 relay"
+        );
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::pktinfo::PktinfoConn;
 use crate::policy::PeerPolicy;
 use crate::quota::Quotas;
-use crate::relay_socket::PortRangeGenerator;
+use crate::relay_socket::{PortRangeGenerator, RelayFamilies, is_local_address};
 use crate::stream::{FrontDoor, StreamLimits, StreamMux, StreamTimeouts, accept_loop};
 
 /// Everything the relay needs to know, as plain data (the daemon maps its config to this).
@@ -31,6 +31,11 @@ pub struct RelayOptions {
     pub relay_bind: IpAddr,
     /// Address written into relayed candidates (differs from `relay_bind` behind 1:1 NAT).
     pub relay_address: IpAddr,
+    /// IPv6 address written into IPv6 relayed candidates when `relay_address` is IPv4 (RFC 6156:
+    /// clients that ask for an IPv6 relayed address with REQUESTED-ADDRESS-FAMILY get one);
+    /// `None`: relayed addresses only in `relay_address`'s family. Its sockets bind to it when
+    /// it is local, else to `[::]`.
+    pub relay_address_v6: Option<IpAddr>,
     /// Inclusive relay port range.
     pub relay_ports: (u16, u16),
     /// 0 = unlimited.
@@ -54,6 +59,7 @@ impl RelayOptions {
             peer_policy: PeerPolicy::default(),
             relay_bind: relay_address,
             relay_address,
+            relay_address_v6: None,
             relay_ports: (49152, 65535),
             max_allocations: 1000,
             max_allocations_per_user: 10,
@@ -80,6 +86,8 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), RelayError> {
 #[derive(Debug, Default)]
 pub struct RelaySockets {
     udp: Vec<std::net::UdpSocket>,
+    /// More UDP listeners (`turn.udp_listen_extra`, e.g. UDP 443), each on its own address.
+    udp_extra: Vec<std::net::UdpSocket>,
     tcp: Option<std::net::TcpListener>,
     tls: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
     /// TURN over TCP/TLS on the daemon's HTTPS port, accepted there (see `FrontDoor`).
@@ -99,11 +107,21 @@ fn udp_socket(address: SocketAddr, reuse_port: bool) -> std::io::Result<std::net
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
+    dual_stack(&socket, address)?;
     let _ = socket.set_recv_buffer_size(LISTENER_BUFFER);
     let _ = socket.set_send_buffer_size(LISTENER_BUFFER);
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     Ok(socket.into())
+}
+
+/// A listener on the IPv6 wildcard (`[::]:3478`) also serves IPv4 (as `::ffff:a.b.c.d`),
+/// whatever `net.ipv6.bindv6only` says: one setting then covers both families.
+fn dual_stack(socket: &socket2::Socket, address: SocketAddr) -> std::io::Result<()> {
+    if address.is_ipv6() && address.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    Ok(())
 }
 
 fn tcp_listener(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -113,6 +131,7 @@ fn tcp_listener(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    dual_stack(&socket, address)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;
@@ -186,6 +205,22 @@ impl RelaySockets {
         self.front_door = Some(local);
     }
 
+    /// Binds one more UDP STUN/TURN listener (`turn.udp_listen_extra`), such as UDP 443
+    /// for networks that let QUIC out but not UDP 3478.
+    pub fn bind_udp_extra(&mut self, listen: SocketAddr) -> Result<(), RelayError> {
+        let socket = udp_socket(listen, false).map_err(|e| RelayError::Bind("UDP", listen, e))?;
+        self.udp_extra.push(socket);
+        Ok(())
+    }
+
+    /// The addresses of the extra UDP listeners, in configuration order.
+    pub fn udp_extra_addrs(&self) -> Vec<SocketAddr> {
+        self.udp_extra
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp.first().and_then(|s| s.local_addr().ok())
     }
@@ -255,10 +290,22 @@ impl RelayCore {
         ));
         let cursor = Arc::new(AtomicU32::new(rand_seed()));
         let odd_streak = Arc::new(AtomicU32::new(0));
+        let families = RelayFamilies::new(
+            options.relay_bind,
+            options.relay_address,
+            options.relay_address_v6,
+            is_local_address,
+        );
+        for family in [families.v4, families.v6].into_iter().flatten() {
+            log::info!(
+                "turn: relayed addresses {} (relay sockets on {})",
+                family.advertised,
+                family.bind
+            );
+        }
         let generator = || -> Box<dyn turn::relay::RelayAddressGenerator + Send + Sync> {
             Box::new(PortRangeGenerator {
-                bind_ip: options.relay_bind,
-                advertised_ip: options.relay_address,
+                families,
                 low: options.relay_ports.0,
                 high: options.relay_ports.1,
                 shared: Arc::clone(&shared),
@@ -288,6 +335,27 @@ impl RelayCore {
                     relay_addr_generator: generator(),
                 });
             }
+            listeners.push(Listener {
+                transport: Transport::Udp,
+                address,
+                up,
+            });
+        }
+        // Extra UDP listeners (UDP 443): each one a listener of its own, after the main one.
+        for socket in sockets.udp_extra {
+            let fallback = SocketAddr::from(([0, 0, 0, 0], 0));
+            let address = socket
+                .local_addr()
+                .map_err(|e| RelayError::Bind("UDP", fallback, e))?;
+            let up = Arc::new(AtomicBool::new(true));
+            let socket =
+                PktinfoConn::new(socket).map_err(|e| RelayError::Bind("UDP", address, e))?;
+            let guard = GuardConn::new(Arc::new(socket), Arc::clone(&shared), Arc::clone(&up))
+                .map_err(|e| RelayError::Bind("UDP", address, e))?;
+            conn_configs.push(turn::server::config::ConnConfig {
+                conn: Arc::new(guard) as Arc<dyn Conn + Send + Sync>,
+                relay_addr_generator: generator(),
+            });
             listeners.push(Listener {
                 transport: Transport::Udp,
                 address,
@@ -547,6 +615,55 @@ mod tests {
             let error = parse_port_range(bad).unwrap_err();
             assert!(error.to_string().contains("turn.relay_ports"), "{error}");
         }
+    }
+
+    #[tokio::test]
+    async fn extra_udp_listeners_are_listed_after_the_main_one() {
+        let mut sockets =
+            RelaySockets::bind("127.0.0.1:0".parse().unwrap(), true, 1, true).unwrap();
+        sockets
+            .bind_udp_extra("127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let main = sockets.udp_addr().unwrap();
+        let extra = sockets.udp_extra_addrs();
+        assert_eq!(extra.len(), 1);
+        assert_ne!(extra[0], main);
+        let relay = Relay::start(
+            RelayOptions::new("s".into(), IpAddr::from([127, 0, 0, 1])),
+            sockets,
+        )
+        .await
+        .unwrap();
+        let listed: Vec<(Transport, SocketAddr)> = relay
+            .listeners()
+            .iter()
+            .map(|l| (l.transport, l.address))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (Transport::Udp, main),
+                (Transport::Udp, extra[0]),
+                (Transport::Tcp, main)
+            ]
+        );
+        relay.shutdown().await;
+    }
+
+    #[test]
+    fn a_wildcard_ipv6_listener_is_dual_stack() {
+        let socket = udp_socket("[::]:0".parse().unwrap(), false).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"v4", ("127.0.0.1", port)).unwrap();
+        socket.set_nonblocking(false).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        let (n, from) = socket.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"v4");
+        assert_eq!(from.ip().to_string(), "::ffff:127.0.0.1");
     }
 
     #[tokio::test]
