@@ -48,7 +48,7 @@ function localRelays(result) {
 }
 
 function describe(result) {
-  const end = (c) => (c ? `${c.candidateType}${c.relayProtocol ? `/${c.relayProtocol}` : ""}(${c.protocol} ${c.address}${c.url ? ` via ${c.url}` : ""})` : "none");
+  const end = (c) => (c ? `${c.candidateType}${c.relayProtocol ? `/${c.relayProtocol}` : ""}(${c.protocol} ${c.address}${c.relatedAddress ? ` from ${c.relatedAddress}` : ""}${c.url ? ` via ${c.url}` : ""})` : "none");
   return `Alice ${end(result.alice.local)} ↔ ${end(result.alice.remote)}; Bob ${end(result.bob.local)} ↔ ${end(result.bob.remote)}`;
 }
 
@@ -205,7 +205,12 @@ test("4. only TCP 443 out for both: relay over TLS on the shared HTTPS port, pag
       return {
         daemon: {
           reach: PUBLIC,
-          config: { http: { listen: `${PUBLIC}:443` }, turn: { listen: `${PUBLIC}:3478`, public_host: PUBLIC } },
+          config: {
+            http: { listen: `${PUBLIC}:443` },
+            // No UDP here, so a host name in the ICE URLs costs nothing (Chromium does not
+            // resolve it for UDP), and every URL, turns: included, names the certificate's host.
+            turn: { listen: `${PUBLIC}:3478`, public_host: HOST },
+          },
         },
         alice: { hostAddress: PUBLIC },
         bob: { hostAddress: PUBLIC },
@@ -260,6 +265,8 @@ test("5. an IPv6-only client calls an IPv4-only client: the relay bridges the fa
       // Alice has no IPv4 address and Bob no IPv6 one, so media flowing (checked by the call) is
       // the bridge; the stats show which side of it each browser stood on.
       assert.equal(result.alice.local.candidateType, "relay", `Alice (IPv6 only) relays: ${path}`);
+      assert.ok(result.alice.local.relatedAddress?.includes(":"), `Alice reaches the relay over IPv6: ${path}`);
+      assert.ok(!result.alice.local.address.includes(":"), `Alice's relayed address is IPv4, Bob's family: ${path}`);
       assert.ok(!result.bob.local.address.includes(":") && !result.bob.remote.address.includes(":"), `Bob's pair is IPv4: ${path}`);
       console.log(`scenario 5: connected in ${result.connectSecs.toFixed(1)} s; ${path}`);
     },
