@@ -224,8 +224,14 @@ impl Default for CallsConfig {
 pub struct TurnConfig {
     /// Run the embedded STUN/TURN relay. Default `true`.
     pub enabled: bool,
-    /// Address of the STUN/TURN listeners (UDP and TCP). Default `127.0.0.1:3478`.
+    /// Address of the STUN/TURN listeners (UDP and TCP). Default `127.0.0.1:3478`. A wildcard
+    /// (`0.0.0.0`, or `[::]` for both IPv6 and IPv4) answers each UDP client from the address
+    /// it sent to.
     pub listen: SocketAddr,
+    /// More UDP STUN/TURN listeners, e.g. `["0.0.0.0:443"]`: networks that let QUIC out let
+    /// UDP 443 through where UDP 3478 is blocked. Browsers are offered them after the
+    /// `turn.listen` URLs. Default `[]`.
+    pub udp_listen_extra: Vec<SocketAddr>,
     /// Listen on UDP. Default `true`.
     pub udp: bool,
     /// Listen on TCP. Default `true`.
@@ -244,6 +250,11 @@ pub struct TurnConfig {
     /// `turn.listen`, or, when that is `0.0.0.0`, the address of the first global (else private)
     /// IPv4 interface, detected at start.
     pub relay_address: String,
+    /// IPv6 address of IPv6 relayed candidates, for clients that ask for one (RFC 6156
+    /// REQUESTED-ADDRESS-FAMILY) when `turn.relay_address` is IPv4. Default `""`: relayed
+    /// addresses only in the family of `turn.relay_address` (IPv6 clients are still served,
+    /// relayed over IPv4 to IPv4 peers).
+    pub relay_address_v6: String,
     /// UDP port range for relayed allocations, `LOW-HIGH`. Default `49152-65535`.
     pub relay_ports: String,
     /// Shared secret for TURN credentials. Default `""`: generated at first start into
@@ -276,6 +287,7 @@ impl Default for TurnConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 3478)),
+            udp_listen_extra: Vec::new(),
             udp: true,
             tcp: true,
             tls_listen: "127.0.0.1:5349".into(),
@@ -283,6 +295,7 @@ impl Default for TurnConfig {
             tls_key: PathBuf::new(),
             public_host: String::new(),
             relay_address: String::new(),
+            relay_address_v6: String::new(),
             relay_ports: "49152-65535".into(),
             secret: String::new(),
             previous_secrets: Vec::new(),
@@ -577,6 +590,20 @@ impl Config {
                 format!(
                     "expected an IP address, found {:?}",
                     self.turn.relay_address
+                ),
+            );
+        }
+        if !self.turn.relay_address_v6.is_empty()
+            && !matches!(
+                self.turn.relay_address_v6.parse::<IpAddr>(),
+                Ok(IpAddr::V6(_))
+            )
+        {
+            bad(
+                "turn.relay_address_v6",
+                format!(
+                    "expected an IPv6 address, found {:?}",
+                    self.turn.relay_address_v6
                 ),
             );
         }

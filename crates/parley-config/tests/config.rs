@@ -268,6 +268,34 @@ fn semantic_errors_are_all_reported_at_once() {
 }
 
 #[test]
+fn relay_address_v6_must_be_ipv6_and_extra_udp_listeners_are_addresses() {
+    Jail::expect_with(|jail| {
+        let message = load_err(
+            jail,
+            "p.toml",
+            "[turn]\nrelay_address_v6 = \"203.0.113.7\"\n",
+        );
+        assert!(
+            message.contains("p.toml: turn.relay_address_v6: expected an IPv6 address"),
+            "{message}"
+        );
+        let message = load_err(jail, "q.toml", "[turn]\nudp_listen_extra = [\"443\"]\n");
+        assert!(message.contains("turn.udp_listen_extra"), "{message}");
+        jail.create_file(
+            "r.toml",
+            "[turn]\nudp_listen_extra = [\"0.0.0.0:443\", \"[::]:443\"]\nrelay_address_v6 = \"2001:db8::7\"\n",
+        )?;
+        let (config, _) = Config::load(Some(Path::new("r.toml"))).expect("valid");
+        assert_eq!(
+            config.turn.udp_listen_extra,
+            ["0.0.0.0:443".parse().unwrap(), "[::]:443".parse().unwrap()]
+        );
+        assert_eq!(config.turn.relay_address_v6, "2001:db8::7");
+        Ok(())
+    });
+}
+
+#[test]
 fn public_host_on_all_interfaces_falls_back_to_the_relay_address() {
     let mut config = Config::default();
     assert_eq!(config.turn.effective_public_host(), "127.0.0.1");
