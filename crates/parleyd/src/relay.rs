@@ -108,6 +108,7 @@ pub fn relay_options(config: &Config, secret: &str) -> anyhow::Result<RelayOptio
         turn.listen.ip()
     };
     options.relay_ports = parley_turn::parse_port_range(&turn.relay_ports)?;
+    options.relay_address_v6 = turn.relay_address_v6.parse().ok();
     options.max_allocations = turn.max_allocations as usize;
     options.max_allocations_per_user = turn.max_allocations_per_user as usize;
     options.bandwidth_limit_kbps = u64::from(turn.bandwidth_limit_kbps);
@@ -135,6 +136,10 @@ pub async fn start(
     // One UDP socket: the relay runs on one thread (see `parley_turn::Relay`), where more
     // sockets on the port would only add tasks.
     let mut sockets = RelaySockets::bind(turn.listen, turn.udp, 1, turn.tcp)?;
+    // Listed after the main UDP listener, so their URLs follow the 3478 ones.
+    for address in &turn.udp_listen_extra {
+        sockets.bind_udp_extra(*address)?;
+    }
     if let (Some(address), Some(tls)) = (turn.tls_listen_addr(), tls) {
         sockets.bind_tls(address, tls)?;
     }
