@@ -236,8 +236,14 @@ pub struct TurnConfig {
     pub udp: bool,
     /// Listen on TCP. Default `true`.
     pub tcp: bool,
-    /// Address of TURN over TLS; used only when a certificate is available (`turn.tls_cert`, else
-    /// `tls.cert`, else the generated one). `""` disables it. Default `127.0.0.1:5349`.
+    /// Also serve TURN over TLS and TURN over TCP on the HTTP(S) port (`http.listen`), told
+    /// apart from HTTPS by their first bytes, so that networks letting only HTTPS out can call;
+    /// ICE servers then offer `turns:` on the public HTTPS port (`http.public_url`). Default
+    /// `true`.
+    pub on_https_port: bool,
+    /// Address of a separate TURN-over-TLS listener; used only when a certificate is available
+    /// (`turn.tls_cert`, else `tls.cert`, else the generated one). `""` disables it; with
+    /// `turn.on_https_port` it is not needed. Default `127.0.0.1:5349`.
     pub tls_listen: String,
     /// Certificate for TURN over TLS, PEM. Default `""`: the HTTPS one.
     pub tls_cert: PathBuf,
@@ -290,6 +296,7 @@ impl Default for TurnConfig {
             udp_listen_extra: Vec::new(),
             udp: true,
             tcp: true,
+            on_https_port: true,
             tls_listen: "127.0.0.1:5349".into(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),

@@ -2,6 +2,11 @@
 //! itself. For every enabled listener it resolves `turn.public_host`, obtains credentials,
 //! allocates, and relays a packet to its own relayed address (out through the relay socket
 //! and back in), then prints one plain verdict per listener with what to fix.
+//!
+//! With `turn.on_https_port` (issue 11) the HTTPS port is checked as browsers on an
+//! HTTPS-only network would use it: TURN over TLS (with the system's trust anchors, so a
+//! self-signed, expired or misnamed certificate is reported in the words a browser would
+//! use) and TURN over TCP; STUN over UDP is checked with a plain Binding.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -66,10 +71,16 @@ fn explain(target: &Target, step: &str, error: &ProbeError) -> String {
             "nothing listens on {where_}: start parley, or check turn.listen / turn.tls_listen and turn.{}",
             if target.transport == "tls" { "tls_cert" } else { target.transport }
         ),
-        ProbeError::Tls(tls) => format!(
-            "TLS handshake with {where_} failed ({tls}): browsers refuse turns: URLs whose certificate is not valid for {}; configure turn.tls_cert/turn.tls_key or tls.cert/tls.key with a certificate for that name",
-            target.host
-        ),
+        ProbeError::Tls(tls) => match certificate_in_plain_words(tls, &target.host) {
+            Some(problem) => format!(
+                "{problem}: browsers refuse turns: on {where_} with it (Chromium reports ICE error 701), so people on networks that let only HTTPS out cannot call; install a trusted certificate for {} (tls.cert/tls.key, turn.tls_cert/turn.tls_key, or tls.acme)",
+                target.host
+            ),
+            None => format!(
+                "TLS handshake with {where_} failed ({tls}): browsers refuse turns: URLs whose certificate is not valid for {}; configure turn.tls_cert/turn.tls_key or tls.cert/tls.key with a certificate for that name",
+                target.host
+            ),
+        },
         ProbeError::Refused { code: 401, .. } => {
             "the relay refused the credentials: doctor read a different secret than the running daemon uses (turn.secret or <data_dir>/turn_secret), or the clocks differ".to_owned()
         }
@@ -83,16 +94,67 @@ fn explain(target: &Target, step: &str, error: &ProbeError) -> String {
     }
 }
 
-/// Allocates on one listener and relays a packet through its own relayed address.
-pub async fn check_listener(target: &Target) -> Verdict {
-    let transport = match (target.transport, &target.tls_roots) {
-        ("udp", _) => ProbeTransport::Udp,
-        ("tcp", _) => ProbeTransport::Tcp,
-        ("tls", Some(config)) => ProbeTransport::Tls {
+/// What a browser would say about the server's certificate, from a failed handshake.
+pub fn certificate_in_plain_words(error: &std::io::Error, host: &str) -> Option<String> {
+    use rustls::CertificateError as Cert;
+    let rustls::Error::InvalidCertificate(problem) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())?
+    else {
+        return None;
+    };
+    Some(match problem {
+        Cert::UnknownIssuer | Cert::BadSignature => {
+            "the certificate is self-signed or from an authority browsers do not trust".to_owned()
+        }
+        Cert::Expired | Cert::ExpiredContext { .. } => "the certificate has expired".to_owned(),
+        Cert::NotValidYet | Cert::NotValidYetContext { .. } => {
+            "the certificate is not valid yet (check the clock)".to_owned()
+        }
+        Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+            format!("the certificate is not issued for {host} (the host of http.public_url)")
+        }
+        other => format!("the certificate is refused ({other:?})"),
+    })
+}
+
+/// Sends a STUN Binding request and reads the answer: what a browser does for `stun:` URLs
+/// (and, on TCP and TLS, the first thing any TURN client sends).
+pub async fn check_binding(target: &Target) -> Verdict {
+    let transport = match probe_transport(target) {
+        Ok(transport) => transport,
+        Err(verdict) => return verdict,
+    };
+    let mut client = match TurnClient::connect(target.address, transport, STEP_TIMEOUT).await {
+        Ok(client) => client,
+        Err(error) => return Verdict::fail(explain(target, "connect", &error)),
+    };
+    match client.binding().await {
+        Ok(mapped) => Verdict {
+            ok: true,
+            message: format!("answered a STUN Binding request: this machine is {mapped} to it"),
+        },
+        Err(error) => Verdict::fail(explain(target, "allocate", &error)),
+    }
+}
+
+fn probe_transport(target: &Target) -> Result<ProbeTransport, Verdict> {
+    match (target.transport, &target.tls_roots) {
+        ("udp", _) => Ok(ProbeTransport::Udp),
+        ("tcp", _) => Ok(ProbeTransport::Tcp),
+        ("tls", Some(config)) => Ok(ProbeTransport::Tls {
             server_name: target.host.clone(),
             config: config.clone(),
-        },
-        (other, _) => return Verdict::fail(format!("unknown transport {other}")),
+        }),
+        (other, _) => Err(Verdict::fail(format!("unknown transport {other}"))),
+    }
+}
+
+/// Allocates on one listener and relays a packet through its own relayed address.
+pub async fn check_listener(target: &Target) -> Verdict {
+    let transport = match probe_transport(target) {
+        Ok(transport) => transport,
+        Err(verdict) => return verdict,
     };
     let started = Instant::now();
     let mut client = match TurnClient::connect(target.address, transport, STEP_TIMEOUT).await {
@@ -188,28 +250,50 @@ pub async fn run(config: &Config, out: &mut dyn Write) -> anyhow::Result<bool> {
     let secret = read_secret(config)?;
     let host = turn.effective_public_host();
     let (username, password) = parley_turn::mint(&secret, 0, 300, now_unix());
-    let mut listeners: Vec<(&'static str, u16)> = Vec::new();
+    // (label, transport, host, port, binding only)
+    let mut listeners: Vec<(&'static str, &'static str, String, u16, bool)> = Vec::new();
     if turn.udp {
-        listeners.push(("udp", turn.listen.port()));
+        listeners.push(("stun udp ", "udp", host.clone(), turn.listen.port(), true));
+        listeners.push(("turn udp ", "udp", host.clone(), turn.listen.port(), false));
     }
     if turn.tcp {
-        listeners.push(("tcp", turn.listen.port()));
+        listeners.push(("turn tcp ", "tcp", host.clone(), turn.listen.port(), false));
+    }
+    if turn.on_https_port {
+        // The port browsers are told (`http.public_url`), as they would reach it.
+        let (https_host, https_port) = crate::relay::public_https_port(config, config.http.listen);
+        let https_host = https_host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if config.tls.enabled {
+            listeners.push(("turn tls ", "tls", https_host.clone(), https_port, false));
+        }
+        listeners.push(("turn tcp ", "tcp", https_host, https_port, false));
+    } else {
+        writeln!(
+            out,
+            "turn on the HTTPS port: off (turn.on_https_port = false): networks that let only HTTPS out cannot reach the relay"
+        )?;
     }
     // TURN over TLS listens only when a certificate is available (see `tls`).
     let tls_certificate = !turn.tls_cert.as_os_str().is_empty()
         || !config.tls.cert.as_os_str().is_empty()
         || (config.tls.enabled && config.tls.self_signed);
     match turn.tls_listen_addr() {
-        Some(tls) if tls_certificate => listeners.push(("tls", tls.port())),
+        Some(tls) if tls_certificate => {
+            listeners.push(("turn tls ", "tls", host.clone(), tls.port(), false));
+        }
         Some(_) => writeln!(
             out,
             "turn tls  off: no certificate (set turn.tls_cert/turn.tls_key or tls.cert/tls.key to offer turns: URLs)"
         )?,
+        None if turn.on_https_port => {}
         None => writeln!(out, "turn tls  off (turn.tls_listen = \"\")")?,
     }
     let tls_roots = Some(system_tls_config()?);
     let mut all_ok = true;
-    for (transport, port) in listeners {
+    for (label, transport, host, port, binding_only) in listeners {
         let address = match tokio::net::lookup_host((host.as_str(), port))
             .await
             .map(|mut a| a.next())
@@ -218,7 +302,7 @@ pub async fn run(config: &Config, out: &mut dyn Write) -> anyhow::Result<bool> {
             _ => {
                 writeln!(
                     out,
-                    "turn {transport:<3} {host}:{port}  FAIL  {host} does not resolve here: fix turn.public_host or DNS"
+                    "{label}{host}:{port}  FAIL  {host} does not resolve here: fix turn.public_host (or http.public_url) or DNS"
                 )?;
                 all_ok = false;
                 continue;
@@ -233,13 +317,13 @@ pub async fn run(config: &Config, out: &mut dyn Write) -> anyhow::Result<bool> {
             expected_relay_ip: turn.effective_relay_address(),
             tls_roots: tls_roots.clone(),
         };
-        let verdict = check_listener(&target).await;
+        let verdict = if binding_only {
+            check_binding(&target).await
+        } else {
+            check_listener(&target).await
+        };
         let word = if verdict.ok { "OK  " } else { "FAIL" };
-        writeln!(
-            out,
-            "turn {transport:<3} {host}:{port}  {word}  {}",
-            verdict.message
-        )?;
+        writeln!(out, "{label}{host}:{port}  {word}  {}", verdict.message)?;
         if transport == "tls" && !verdict.ok && tls_listener_missing(&verdict) {
             writeln!(
                 out,
@@ -338,6 +422,56 @@ mod tests {
             verdict.message
         );
         relay.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn stun_binding_is_answered_over_udp_and_tcp() {
+        let (relay, address) = relay(&["127.0.0.0/8"]).await;
+        for transport in ["udp", "tcp"] {
+            let verdict = check_binding(&target(transport, address, "s")).await;
+            assert!(verdict.ok, "{transport}: {}", verdict.message);
+            assert!(
+                verdict.message.contains("127.0.0.1:"),
+                "{}",
+                verdict.message
+            );
+        }
+        relay.shutdown().await;
+    }
+
+    fn handshake_error(problem: rustls::CertificateError) -> std::io::Error {
+        // How tokio-rustls reports a refused certificate.
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(problem),
+        )
+    }
+
+    #[test]
+    fn certificate_problems_are_said_as_a_browser_would_issue_11() {
+        use rustls::CertificateError as Cert;
+        let said =
+            |problem| certificate_in_plain_words(&handshake_error(problem), "parley.example");
+        assert!(said(Cert::UnknownIssuer).unwrap().contains("self-signed"));
+        assert!(said(Cert::Expired).unwrap().contains("expired"));
+        let wrong_name = said(Cert::NotValidForName).unwrap();
+        assert!(
+            wrong_name.contains("not issued for parley.example"),
+            "{wrong_name}"
+        );
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(certificate_in_plain_words(&other, "h"), None);
+    }
+
+    #[test]
+    fn a_refused_certificate_names_error_701_and_the_fix() {
+        let mut tls = target("tls", "127.0.0.1:443".parse().unwrap(), "s");
+        tls.host = "parley.example".into();
+        let error = ProbeError::Tls(handshake_error(rustls::CertificateError::UnknownIssuer));
+        let message = explain(&tls, "connect", &error);
+        assert!(message.contains("701"), "{message}");
+        assert!(message.contains("only HTTPS"), "{message}");
+        assert!(message.contains("tls.cert"), "{message}");
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::routing::get;
 use parley_config::Config;
 use parley_turn::{
-    ListenerStatus, PeerPolicy, Relay, RelayOptions, RelaySockets, Secrets, Transport,
+    FrontDoor, ListenerStatus, PeerPolicy, Relay, RelayOptions, RelaySockets, Secrets, Transport,
 };
 use serde::Serialize;
 
@@ -48,6 +48,8 @@ pub struct RelayService {
     /// The listeners' URLs under `turn.public_host`, with the bound ports.
     stun_urls: Vec<String>,
     turn_urls: Vec<String>,
+    /// TURN connections the HTTP listener accepts go here (`turn.on_https_port`).
+    front_door: Option<FrontDoor>,
 }
 
 impl std::fmt::Debug for RelayService {
@@ -59,33 +61,78 @@ impl std::fmt::Debug for RelayService {
 }
 
 fn host_for_url(host: &str) -> String {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
         _ => host.to_owned(),
     }
 }
 
-/// The STUN and TURN URLs of the bound listeners under `public_host`.
+/// The STUN and TURN URLs under `public_host`, in the order browsers should prefer them: STUN
+/// and TURN on UDP, TURN over TCP on the relay's port, TURN over TLS on the HTTPS port
+/// (`https_port`: the public host and port the web site is reached at, issue 11), then a
+/// separate TURN-over-TLS listener. UDP carries media best; TCP on 3478 passes most
+/// firewalls that block UDP; TLS on 443 passes those that let only HTTPS out.
 pub fn listener_urls(
     public_host: &str,
     listeners: &[ListenerStatus],
+    https_port: Option<(&str, u16)>,
 ) -> (Vec<String>, Vec<String>) {
     let host = host_for_url(public_host);
     let mut stun = Vec::new();
     let mut turn = Vec::new();
-    for listener in listeners {
+    let of = |transport| listeners.iter().filter(move |l| l.transport == transport);
+    for listener in of(Transport::Udp) {
         let port = listener.address.port();
-        match listener.transport {
-            Transport::Udp => {
-                stun.push(format!("stun:{host}:{port}"));
-                turn.push(format!("turn:{host}:{port}?transport=udp"));
-            }
-            Transport::Tcp => turn.push(format!("turn:{host}:{port}?transport=tcp")),
-            Transport::Tls => turn.push(format!("turns:{host}:{port}?transport=tcp")),
-        }
+        stun.push(format!("stun:{host}:{port}"));
+        turn.push(format!("turn:{host}:{port}?transport=udp"));
+    }
+    for listener in of(Transport::Tcp) {
+        let port = listener.address.port();
+        turn.push(format!("turn:{host}:{port}?transport=tcp"));
+    }
+    if let Some((https_host, port)) = https_port {
+        let https_host = host_for_url(https_host);
+        turn.push(format!("turns:{https_host}:{port}?transport=tcp"));
+    }
+    for listener in of(Transport::Tls) {
+        let port = listener.address.port();
+        turn.push(format!("turns:{host}:{port}?transport=tcp"));
     }
     (stun, turn)
 }
+
+/// The daemon's HTTP(S) port as the relay's front door (`turn.on_https_port`, issue 11).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpsPort {
+    /// Where `http.listen` is bound.
+    pub bound: SocketAddr,
+    /// Whether it speaks TLS (`tls.enabled`): only then are `turns:` URLs offered for it.
+    pub tls: bool,
+    /// Whether its certificate is the generated self-signed one, which browsers refuse for
+    /// `turns:` without asking (there is no page to click through).
+    pub self_signed: bool,
+}
+
+/// The host and port browsers reach the HTTPS port at: those of `http.public_url` (443 when
+/// it names none), else `turn.public_host` (or the relay's address) and the bound port.
+pub fn public_https_port(config: &Config, bound: SocketAddr) -> (String, u16) {
+    if let Ok(uri) = config.http.public_url.trim().parse::<axum::http::Uri>()
+        && let Some(host) = uri.host()
+        && !host.is_empty()
+    {
+        let default_port = if uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        };
+        return (host.to_owned(), uri.port_u16().unwrap_or(default_port));
+    }
+    (config.turn.effective_public_host(), bound.port())
+}
+
+/// What an admin reads when browsers will refuse `turns:` on the HTTPS port.
+pub const SELF_SIGNED_TURNS: &str = "the HTTPS certificate is self-signed: browsers refuse turns: (TURN over TLS) with it without asking (Chromium reports ICE error 701), so people on networks that let only HTTPS out cannot call until a trusted certificate is installed (tls.cert/tls.key or tls.acme)";
 
 /// Maps the `[turn]` section to the relay's options.
 pub fn relay_options(config: &Config, secret: &str) -> anyhow::Result<RelayOptions> {
@@ -127,6 +174,7 @@ pub async fn start(
     config: &Config,
     secret: &str,
     tls: Option<Arc<rustls::ServerConfig>>,
+    https_port: HttpsPort,
 ) -> anyhow::Result<Option<Arc<RelayService>>> {
     let turn = &config.turn;
     if !turn.enabled {
@@ -143,9 +191,20 @@ pub async fn start(
     if let (Some(address), Some(tls)) = (turn.tls_listen_addr(), tls) {
         sockets.bind_tls(address, tls)?;
     }
+    if turn.on_https_port {
+        sockets.add_front_door(https_port.bound);
+    }
     let relay = Relay::start(options, sockets).await?;
     let listeners = relay.listeners();
-    let (stun_urls, turn_urls) = listener_urls(&turn.effective_public_host(), &listeners);
+    let shared_port =
+        (turn.on_https_port && https_port.tls).then(|| public_https_port(config, https_port.bound));
+    let (stun_urls, turn_urls) = listener_urls(
+        &turn.effective_public_host(),
+        &listeners,
+        shared_port
+            .as_ref()
+            .map(|(host, port)| (host.as_str(), *port)),
+    );
     for listener in &listeners {
         log::info!(
             "turn: {} listener on {}",
@@ -153,16 +212,33 @@ pub async fn start(
             listener.address
         );
     }
+    if turn.on_https_port {
+        let transports = if https_port.tls { "TLS and TCP" } else { "TCP" };
+        log::info!(
+            "turn: {transports} also on the HTTP port {} (turn.on_https_port)",
+            https_port.bound
+        );
+        if https_port.tls && https_port.self_signed {
+            log::warn!("turn: {SELF_SIGNED_TURNS}");
+        }
+    }
+    let front_door = relay.front_door();
     let relay = tokio::sync::Mutex::new(Some(relay));
     Ok(Some(Arc::new(RelayService {
         relay,
         listeners,
         stun_urls,
         turn_urls,
+        front_door,
     })))
 }
 
 impl RelayService {
+    /// The relay's entry for TURN connections on the HTTP port, if `turn.on_https_port`.
+    pub fn front_door(&self) -> Option<FrontDoor> {
+        self.front_door.clone()
+    }
+
     /// Each listener as `("turn-udp", address, up)`; a stopped relay reports all down.
     pub async fn readiness(&self) -> Vec<(String, SocketAddr, bool)> {
         let relay = self.relay.lock().await;
@@ -274,35 +350,136 @@ mod tests {
     }
 
     #[test]
-    fn urls_cover_every_listener_under_the_public_host() {
+    fn urls_come_in_order_of_preference_udp_tcp_then_tls_on_the_https_port_issue_11() {
         let listeners = [
-            listener(Transport::Udp, 3478),
-            listener(Transport::Tcp, 3478),
             listener(Transport::Tls, 5349),
+            listener(Transport::Tcp, 3478),
+            listener(Transport::Udp, 3478),
         ];
-        let (stun, turn) = listener_urls("turn.example.org", &listeners);
+        let (stun, turn) = listener_urls(
+            "turn.example.org",
+            &listeners,
+            Some(("parley.example.org", 443)),
+        );
         assert_eq!(stun, ["stun:turn.example.org:3478"]);
         assert_eq!(
             turn,
             [
                 "turn:turn.example.org:3478?transport=udp",
                 "turn:turn.example.org:3478?transport=tcp",
+                "turns:parley.example.org:443?transport=tcp",
                 "turns:turn.example.org:5349?transport=tcp",
             ]
         );
     }
 
     #[test]
+    fn without_the_https_port_tls_comes_from_its_own_listener() {
+        let listeners = [
+            listener(Transport::Udp, 3478),
+            listener(Transport::Tcp, 3478),
+            listener(Transport::Tls, 5349),
+        ];
+        let (_, turn) = listener_urls("h", &listeners, None);
+        assert_eq!(
+            turn,
+            [
+                "turn:h:3478?transport=udp",
+                "turn:h:3478?transport=tcp",
+                "turns:h:5349?transport=tcp",
+            ]
+        );
+    }
+
+    #[test]
     fn ipv6_hosts_are_bracketed() {
-        let (stun, _) = listener_urls("2001:db8::1", &[listener(Transport::Udp, 3478)]);
+        let (stun, turn) = listener_urls(
+            "2001:db8::1",
+            &[listener(Transport::Udp, 3478)],
+            Some(("[2001:db8::2]", 443)),
+        );
         assert_eq!(stun, ["stun:[2001:db8::1]:3478"]);
+        assert_eq!(
+            turn,
+            [
+                "turn:[2001:db8::1]:3478?transport=udp",
+                "turns:[2001:db8::2]:443?transport=tcp",
+            ]
+        );
+        let (_, turn) = listener_urls("h", &[], Some(("2001:db8::3", 8443)));
+        assert_eq!(turn, ["turns:[2001:db8::3]:8443?transport=tcp"]);
     }
 
     #[test]
     fn tcp_only_relay_has_no_stun_url() {
-        let (stun, turn) = listener_urls("h", &[listener(Transport::Tcp, 3478)]);
+        let (stun, turn) = listener_urls("h", &[listener(Transport::Tcp, 3478)], None);
         assert!(stun.is_empty());
         assert_eq!(turn, ["turn:h:3478?transport=tcp"]);
+    }
+
+    #[test]
+    fn the_https_port_is_the_public_urls_host_and_port() {
+        let bound = SocketAddr::from(([0, 0, 0, 0], 8443));
+        let mut config = Config::default();
+        config.http.public_url = "https://parley.example.org".into();
+        assert_eq!(
+            public_https_port(&config, bound),
+            ("parley.example.org".to_owned(), 443)
+        );
+        config.http.public_url = "https://parley.example.org:8443/".into();
+        assert_eq!(
+            public_https_port(&config, bound),
+            ("parley.example.org".to_owned(), 8443)
+        );
+        config.http.public_url = "https://[2001:db8::5]/".into();
+        assert_eq!(
+            public_https_port(&config, bound),
+            ("[2001:db8::5]".to_owned(), 443)
+        );
+        // No public URL: the relay's public host and the port actually bound.
+        config.http.public_url = String::new();
+        config.turn.public_host = "turn.example.org".into();
+        assert_eq!(
+            public_https_port(&config, bound),
+            ("turn.example.org".to_owned(), 8443)
+        );
+    }
+
+    #[test]
+    fn one_username_and_credential_cover_every_turn_url_in_order() {
+        let relay = RelayService {
+            relay: tokio::sync::Mutex::new(None),
+            listeners: Vec::new(),
+            stun_urls: vec!["stun:h:3478".into()],
+            turn_urls: vec![
+                "turn:h:3478?transport=udp".into(),
+                "turn:h:3478?transport=tcp".into(),
+                "turns:h:443?transport=tcp".into(),
+            ],
+            front_door: None,
+        };
+        let reply = ice_servers_for(&Config::default(), "secret", Some(&relay), 7, 1_000);
+        let urls: Vec<&str> = reply
+            .ice_servers
+            .iter()
+            .flat_map(|server| server.urls.iter().map(String::as_str))
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "stun:h:3478",
+                "turn:h:3478?transport=udp",
+                "turn:h:3478?transport=tcp",
+                "turns:h:443?transport=tcp",
+            ]
+        );
+        let with_credentials: Vec<_> = reply
+            .ice_servers
+            .iter()
+            .filter(|server| server.username.is_some())
+            .collect();
+        assert_eq!(with_credentials.len(), 1, "one username for all TURN URLs");
+        assert_eq!(with_credentials[0].urls.len(), 3);
     }
 
     #[test]
@@ -347,6 +524,7 @@ mod tests {
             listeners: vec![listener(Transport::Udp, 3478)],
             stun_urls: vec!["stun:h:3478".into()],
             turn_urls: vec!["turn:h:3478?transport=udp".into()],
+            front_door: None,
         };
         let reply = ice_servers_for(&config, "secret", Some(&relay), 42, 1_000);
         assert_eq!(reply.ttl_secs, 600);

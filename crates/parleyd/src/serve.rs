@@ -40,7 +40,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tls = tls::Tls::load(&config)?;
     let http_listener = bind_http(config.http.listen)?;
     let http_address = http_listener.local_addr()?;
-    let relay = relay::start(&config, &turn_secret, tls.turn.clone())
+    let https_port = relay::HttpsPort {
+        bound: http_address,
+        tls: tls.http.is_some(),
+        self_signed: tls.self_signed_notice.is_some(),
+    };
+    let relay = relay::start(&config, &turn_secret, tls.turn.clone(), https_port)
         .await
         .with_context(|| {
             format!(
@@ -77,6 +82,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         app,
         tls.http.clone(),
         timeouts,
+        relay.as_ref().and_then(|relay| relay.front_door()),
         shutdown.clone(),
         HTTP_DRAIN,
     ));

@@ -26,6 +26,7 @@ pub const TARGETS: &[&str] = &[
     "sio_payload",
     "http_api",
     "config_toml",
+    "front_door",
 ];
 
 /// Seconds per target in `cargo xtask ci`.

@@ -1,6 +1,7 @@
 //! The HTTP side: the router, health and readiness, metrics, and the API's error shape.
 
 pub mod auth;
+pub mod demux;
 pub mod error;
 pub mod listener;
 
@@ -97,6 +98,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(relay) = &state.relay {
         relay.render_metrics(&mut out).await;
     }
+    listener::render_metrics(&mut out);
     // hook: calls metrics
     crate::calls::http::render_metrics(&state, &mut out).await;
     (
