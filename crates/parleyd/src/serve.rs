@@ -33,9 +33,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     prepare_data_dir(data_dir)?;
     let store = Store::open(&config.storage.database_path()).await?;
     let turn_secret = Arc::new(turn_secret(&config)?);
-    // hook: calls restart cleanup (close the calls a crash left live, before any listener opens)
-    crate::calls::close_crashed_calls(&store).await?;
-    let (calls, calls_driver) = crate::calls::driver(&config, store.clone());
+    let (calls, mut calls_driver) = crate::calls::driver(&config, store.clone());
+    // hook: calls restart (restore the calls the previous process left live, before any
+    // listener opens; the reconnect grace counts from here)
+    crate::calls::restore_calls(&store, &mut calls_driver).await?;
 
     let tls = tls::Tls::load(&config)?;
     let http_listener = bind_http(config.http.listen)?;
@@ -61,6 +62,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         relay: relay.clone(),
         login_limiter: Arc::new(LoginLimiter::new(&config.auth)),
         calls: calls.clone(),
+        certificate: tls.http_certificate.clone(),
     };
     // The SIGHUP handler goes in before readiness: until then SIGHUP would kill the process.
     tls.spawn_reloader(shutdown.clone().cancelled_owned());
@@ -86,6 +88,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
         HTTP_DRAIN,
     ));
+    // tls.acme: port 80 (HTTP-01, redirects) is bound before readiness; the renewal task starts
+    // once HTTPS serves, as TLS-ALPN-01 is answered there.
+    let acme_tokens = Arc::new(crate::acme::Http01Tokens::default());
+    crate::acme::start_redirect(&config, acme_tokens.clone(), shutdown.clone())?;
+    if let (Some(settings), Some(slot)) = (
+        crate::acme::AcmeSettings::from_config(&config),
+        tls.acme.clone(),
+    ) {
+        crate::acme::spawn(settings, slot, acme_tokens, shutdown.clone());
+    }
     let url = public_url(&config, http_address);
     notify::ready(&format!("serving on {url}"));
     notify::spawn_watchdog();
@@ -98,7 +110,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     shutdown.cancelled().await;
     log::info!("shutting down");
     notify::stopping();
-    // hook: calls shutdown (end live calls with server_shutdown and record them)
+    // hook: calls shutdown (end ringing calls with server_shutdown and record them; active
+    // calls stay active in the log for the next start)
     calls.shutdown().await;
     let _ = calls_task.await;
     if let Some(relay) = &relay {

@@ -102,6 +102,32 @@ impl Driver {
         }
     }
 
+    /// Start-up, before `spawn` and before any listener opens: gives the switchboard the calls
+    /// the log showed live and writes the endings it decides, so the log is settled before the
+    /// first client arrives. The restored calls' records are the log's current ones.
+    pub async fn restore(
+        &mut self,
+        calls: Vec<CallRecord>,
+    ) -> anyhow::Result<parley_call::Restored> {
+        let live: Vec<CallRecord> = calls.clone();
+        let summary = self.board.restore(calls, now());
+        let mut endings = Vec::new();
+        while let Some(output) = self.board.poll_output() {
+            // Nobody is connected yet: only the records matter (presence is computed afresh).
+            if let Output::Persist(record) = output {
+                endings.push(record);
+            }
+        }
+        let writes: Vec<CallWrite<'_>> = endings.iter().map(call_write).collect();
+        self.store.save_calls(&writes).await?;
+        for record in live {
+            if !endings.iter().any(|ended| ended.id == record.id) {
+                self.recorded.insert(record.id.clone(), record);
+            }
+        }
+        Ok(summary)
+    }
+
     /// Starts the driver and its call-log writer. It runs until `Handle::shutdown` (or every
     /// handle is dropped).
     pub fn spawn(mut self) -> tokio::task::JoinHandle<()> {
@@ -564,6 +590,8 @@ fn call_write(record: &CallRecord) -> CallWrite<'_> {
         created_at: record.created_at_ms,
         answered_at: record.answered_at_ms,
         ended_at: record.ended_at_ms,
+        caller_device: record.caller_device.as_deref(),
+        callee_device: record.callee_device.as_deref(),
     }
 }
 

@@ -215,7 +215,7 @@ async fn end(
 }
 
 /// A stored row as the protocol's `Call`.
-fn record_from_row(row: &CallRow) -> Result<CallRecord, ApiError> {
+pub(crate) fn record_from_row(row: &CallRow) -> Result<CallRecord, ApiError> {
     let party = |p: &parley_store::calls::CallParty| UserInfo {
         id: p.id,
         username: p.username.clone(),
@@ -245,6 +245,8 @@ fn record_from_row(row: &CallRow) -> Result<CallRecord, ApiError> {
         created_at_ms: row.created_at,
         answered_at_ms: row.answered_at,
         ended_at_ms: row.ended_at,
+        caller_device: row.caller_device.clone(),
+        callee_device: row.callee_device.clone(),
     })
 }
 

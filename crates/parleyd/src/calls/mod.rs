@@ -6,8 +6,8 @@
 //! answer. The driver feeds one command to the switchboard, then carries out its outputs in
 //! order, awaiting call-log writes before later replies so an acknowledged action is recorded.
 //!
-//! Wiring (serve.rs): [`close_crashed_calls`] before listeners open; [`driver`] to make the
-//! [`Handle`] that goes into `AppState`; [`socket_layer`] once the state exists; then
+//! Wiring (serve.rs): [`driver`] to make the [`Handle`] that goes into `AppState` and the
+//! [`Driver`]; [`restore_calls`] before listeners open; [`socket_layer`] once the state exists; then
 //! [`Driver::spawn`] with the `SocketIo`; at shutdown [`Handle::shutdown`].
 
 mod driver;
@@ -127,7 +127,8 @@ impl Handle {
         }
     }
 
-    /// Ends every live call with `server_shutdown`, records them, and stops the driver.
+    /// Ends every ringing call with `server_shutdown`, records it, leaves active calls active
+    /// (the next start restores them), and stops the driver.
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
         if self.commands.send(Command::Shutdown { done }).is_ok() {
@@ -207,13 +208,31 @@ pub fn driver(config: &Config, store: Store) -> (Handle, Driver) {
     (handle, Driver::new(board_config, store, receiver))
 }
 
-/// Start-up after a crash: closes every call the log still shows live, with `server_restart`.
-pub async fn close_crashed_calls(store: &Store) -> anyhow::Result<()> {
-    let closed = store
-        .close_live_calls(parley_store::unix_millis_now())
-        .await?;
-    if closed > 0 {
-        log::warn!("closed {closed} call(s) left live by an unclean stop (reason server_restart)");
+/// Start-up: hands the calls the log still shows live (whatever stopped the previous
+/// process) to the switchboard, which restores the active ones and ends the rest
+/// (`Switchboard::restore` holds the rule); the endings are written before any listener opens.
+pub async fn restore_calls(store: &Store, driver: &mut Driver) -> anyhow::Result<()> {
+    let rows = store.live_calls().await?;
+    let records = rows
+        .iter()
+        .map(|row| {
+            http::record_from_row(row).map_err(|e| {
+                anyhow::anyhow!(
+                    "call {} in the call log cannot be read: {}",
+                    row.id,
+                    e.message
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let summary = driver.restore(records).await?;
+    if summary.restored > 0 || summary.closed > 0 {
+        log::info!(
+            "restored {} call(s), closed {} (reason server_restart: ringing when the previous \
+             process stopped, or not resumable)",
+            summary.restored,
+            summary.closed
+        );
     }
     Ok(())
 }
