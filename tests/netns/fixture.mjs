@@ -7,7 +7,7 @@
 // CHROMIUM_BIN), the daemon (`cargo build -p parleyd`, or PARLEY_BIN), and `npm ci` here.
 
 import assert from "node:assert/strict";
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -198,6 +198,7 @@ export async function callStats(page) {
     const candidates = (type) =>
       stats.filter((stat) => stat.type === type).map((c) => `${c.candidateType}${c.relayProtocol ? `/${c.relayProtocol}` : ""} ${c.protocol} ${c.address}:${c.port}${c.url ? ` ${c.url}` : ""}`);
     return {
+      origin: location.origin,
       connectionState: pc.connectionState,
       iceConnectionState: pc.iceConnectionState,
       // For failure messages: everything ICE had to choose from, and how the checks went.
@@ -263,6 +264,7 @@ export async function videoCall(alice, bob) {
  */
 export async function scenario(net, { certIps, build, check }) {
   const dir = await mkdtemp(join(tmpdir(), "parley-netns-"));
+  net.dirs.push(dir);
   const browsers = [];
   let daemon;
   try {
@@ -287,6 +289,5 @@ export async function scenario(net, { certIps, build, check }) {
   } finally {
     for (const browser of browsers) await browser.close().catch(() => {});
     await net.teardown();
-    await rm(dir, { recursive: true, force: true });
   }
 }

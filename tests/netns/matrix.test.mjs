@@ -219,6 +219,7 @@ test("4. only TCP 443 out for both: relay over TLS on the shared HTTPS port, pag
     check(result) {
       const path = describe(result);
       for (const [who, stats] of [["Alice", result.alice], ["Bob", result.bob]]) {
+        assert.equal(stats.origin, `https://${HOST}`, `${who}'s page came from port 443`);
         assert.equal(stats.local.candidateType, "relay", `${who} relays: ${path}`);
         assert.equal(stats.local.relayProtocol, "tls", `${who} reaches the relay over TLS: ${path}`);
         assert.match(stats.local.url ?? "", new RegExp(`^turns:${HOST.replace(".", "\\.")}:443\\b`), `${who} uses turns: on the HTTPS host and port: ${path}`);

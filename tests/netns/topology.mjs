@@ -9,6 +9,7 @@
 // Needs root, iproute2 (`ip`) and nftables (`nft`). Every command has a timeout.
 
 import { execFile, execFileSync, spawn } from "node:child_process";
+import { rmSync } from "node:fs";
 
 /** The prefix of every namespace this suite creates: "parley netns matrix". */
 export const PREFIX = "pnm";
@@ -41,8 +42,10 @@ function installHandlers() {
   if (handlersInstalled) return;
   handlersInstalled = true;
   process.on("exit", teardownAllSync);
+  // `on`, not `once`: the test runner may signal twice, and a second signal without a handler
+  // would kill the process halfway through the teardown.
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
-    process.once(signal, () => {
+    process.on(signal, () => {
       teardownAllSync();
       process.exit(128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 }[signal]));
     });
@@ -79,6 +82,8 @@ export class Topology {
     this.base = `${PREFIX}${process.pid}-${label}${runCounter}`;
     this.namespaces = [];
     this.children = new Set();
+    /** Temporary directories of the scenario (config, data, certificates, browser homes). */
+    this.dirs = [];
     installHandlers();
     live.add(this);
   }
@@ -208,6 +213,7 @@ ${out}
     for (const name of this.namespaces.splice(0).reverse()) {
       await run("ip", ["netns", "delete", name]).catch(() => {});
     }
+    for (const dir of this.dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
     live.delete(this);
   }
 
@@ -227,6 +233,7 @@ ${out}
         // Deleted already, or ip is gone: nothing more to do here.
       }
     }
+    for (const dir of this.dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
     live.delete(this);
   }
 }
