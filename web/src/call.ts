@@ -508,15 +508,18 @@ export class CallSession {
     this.env.changed();
   }
 
-  private closePeerConnection(): void {
+  /** `finalReport`: the call ended; the connection closes once its last stats are read. */
+  private closePeerConnection(finalReport = false): void {
     if (this.statsTimer !== undefined) window.clearInterval(this.statsTimer);
     this.statsTimer = undefined;
     if (this.pc) {
-      this.pc.onnegotiationneeded = null;
-      this.pc.onicecandidate = null;
-      this.pc.ontrack = null;
-      this.pc.onconnectionstatechange = null;
-      this.pc.close();
+      const pc = this.pc;
+      pc.onnegotiationneeded = null;
+      pc.onicecandidate = null;
+      pc.ontrack = null;
+      pc.onconnectionstatechange = null;
+      if (finalReport) void this.reporter.finish(pc).finally(() => pc.close());
+      else pc.close();
       this.pc = null;
     }
     for (const track of this.remote.getTracks()) this.remote.removeTrack(track);
@@ -526,8 +529,7 @@ export class CallSession {
   dispose(): void {
     this.phase = "ended";
     this.connectionReady(); // lets queued signaling drain (and be dropped)
-    this.reporter.finish(this.pc); // before closing: stats asked for after close() never come
-    this.closePeerConnection();
+    this.closePeerConnection(true);
     for (const track of this.local?.getTracks() ?? []) track.stop();
     this.local = null;
     this.screenTrack?.stop();

@@ -234,6 +234,8 @@ export function complete(report: CallStats): boolean {
 
 /** The spec: at most one report every 5 s while the call is active. */
 export const MIN_INTERVAL_MS = 5_000;
+/** How long a hung-up call's connection stays open at most, waiting for its last stats. */
+const FINAL_WAIT_MS = 2_000;
 /** How often an active call reports, so that a crash loses little. */
 export const REPORT_INTERVAL_MS = 10_000;
 
@@ -278,14 +280,15 @@ export class StatsReporter {
   }
 
   /**
-   * The call ended: one last report. Call it before closing `pc`: a `getStats()` started
-   * before `close()` still resolves, one started after it does not.
+   * The call ended: one last report. Close `pc` only once this resolves: stats asked for
+   * just before `close()` can come back without the candidate pair, and none come after it.
+   * Resolves within `FINAL_WAIT_MS` even if the browser never answers.
    */
-  finish(pc: RTCPeerConnection | null): void {
+  finish(pc: RTCPeerConnection | null): Promise<void> {
     this.stop();
-    if (this.done || !pc || pc.connectionState === "closed") return;
+    if (this.done || !pc || pc.connectionState === "closed") return Promise.resolve();
     this.done = true;
-    void this.report(pc, true);
+    return Promise.race([this.report(pc, true), new Promise<void>((resolve) => window.setTimeout(resolve, FINAL_WAIT_MS))]);
   }
 
   stop(): void {
@@ -310,7 +313,10 @@ export class StatsReporter {
     raw.forEach((stat: Stat) => stats.set(stat.id, stat));
     const { report, counters } = summariseStats(stats, this.previous, { iceState, networkType: browserNetworkType() });
     if (pc === this.pc) this.previous = counters;
-    if (!complete(report)) return;
+    if (!complete(report)) {
+      console.debug("parley: no quality report yet (no candidate pair, RTT or media)", report);
+      return;
+    }
     if (!final && Date.now() - this.lastSent < MIN_INTERVAL_MS) return;
     this.lastSent = Date.now();
     this.send("call:stats", { callId: this.callId(), ...report });
