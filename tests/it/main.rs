@@ -1,3 +1,4 @@
+mod calls_admin;
 mod daemon;
 mod foundation;
 mod hostile_relay;

@@ -39,6 +39,10 @@ pub enum Command {
     /// Manage accounts (works while the daemon runs).
     #[command(subcommand)]
     User(UserCommand),
+    /// The call log for the admin: each party's connection path and quality, and for a call
+    /// that failed, why (works while the daemon runs).
+    #[command(subcommand)]
+    Calls(CallsCommand),
     /// Check the relay from this server as a browser would: credentials, allocation over each
     /// listener, a packet relayed to itself. Prints a verdict per listener and what to fix.
     Doctor,
@@ -76,4 +80,30 @@ pub enum UserCommand {
     },
     /// Remove an account. Its calls stay in the other people's history.
     Remove { username: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CallsCommand {
+    /// List calls, newest first, with both parties' path and quality verdict.
+    List {
+        /// Only calls started within this age: a number and a unit, s, m, h, d or w (`90m`,
+        /// `1d`).
+        #[arg(long, value_name = "AGE", value_parser = crate::calls_admin::parse_age)]
+        since: Option<std::time::Duration>,
+        /// Only calls that went wrong: a poor verdict on either side, ICE failed, or the
+        /// connection lost.
+        #[arg(long)]
+        poor: bool,
+        /// Only calls of this user (as caller or callee).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// At most this many calls.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Everything known about one call: both parties' reports and, when it failed, why.
+    Show {
+        /// The call id, or its first characters as `parley calls list` prints them.
+        id: String,
+    },
 }

@@ -2,12 +2,14 @@
 //! (`fuzz/`) and benchmarks drive the same parsers and handlers. See ARCHITECTURE.md.
 
 pub mod calls;
+pub mod calls_admin;
 pub mod cli;
 pub mod doctor;
 pub mod hostaddr;
 pub mod http;
 pub mod logging;
 pub mod notify;
+pub mod quality_metrics;
 pub mod relay;
 pub mod serve;
 pub mod state;

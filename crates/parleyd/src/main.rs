@@ -8,7 +8,7 @@ use clap::Parser;
 use parley_config::Config;
 
 use parleyd::cli::{Cli, Command};
-use parleyd::{doctor, hostaddr, logging, serve, users};
+use parleyd::{calls_admin, doctor, hostaddr, logging, serve, users};
 
 /// The packaged config, used when no `--config` is given and it exists.
 const SYSTEM_CONFIG: &str = "/etc/parley/parley.toml";
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
         eprintln!("parley: {e:#}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    if let Command::User(_) = command
+    if let Command::User(_) | Command::Calls(_) = command
         && let Err(e) = become_data_owner(&config.storage.data_dir)
     {
         eprintln!("parley: {e:#}");
@@ -88,6 +88,7 @@ fn main() -> ExitCode {
                 serve::run(config, shutdown).await
             }
             Command::User(user_command) => users::run(&config, user_command).await,
+            Command::Calls(calls_command) => calls_admin::run(&config, calls_command).await,
             Command::Doctor => {
                 // hook: doctor
                 let all_ok = doctor::run(&config, &mut std::io::stdout()).await?;

@@ -230,7 +230,7 @@ impl LoginLimiter {
 
 /// The throttling key of a client address: IPv6 clients get a whole /64 each (one host can
 /// use every address in it), IPv4-mapped ones their IPv4 address.
-fn address_key(ip: IpAddr) -> String {
+pub(crate) fn address_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

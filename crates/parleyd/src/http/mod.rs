@@ -1,6 +1,7 @@
 //! The HTTP side: the router, health and readiness, metrics, and the API's error shape.
 
 pub mod auth;
+pub mod diagnostics;
 pub mod demux;
 pub mod error;
 pub mod listener;
@@ -24,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::relay::router())
         // hook: calls routes
         .merge(crate::calls::http::router())
+        .merge(diagnostics::router())
         .route("/api/v1/{*rest}", axum::routing::any(error::api_not_found))
         .route("/api/{*rest}", axum::routing::any(error::api_not_found));
     Router::new()
@@ -101,6 +103,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     listener::render_metrics(&mut out);
     // hook: calls metrics
     crate::calls::http::render_metrics(&state, &mut out).await;
+    crate::quality_metrics::render_metrics(&state, &mut out).await;
     (
         [(
             header::CONTENT_TYPE,
