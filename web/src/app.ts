@@ -202,9 +202,17 @@ export function setLink(link: ServerLink): void {
   if (app.link === link) return;
   app.link = link;
   renderLink();
-  if (link === "reconnecting") notify("You are not connected to the server. Calls work again as soon as it is back.", "error", undefined, "connection");
-  else retract("connection");
+  if (link === "reconnecting") {
+    notify("You are not connected to the server. Calls work again as soon as it is back.", "error", undefined, "connection");
+  } else if (everConnected) {
+    retract("connection");
+    notify("Reconnected", "info", undefined, "connection");
+  }
+  if (link === "connected") everConnected = true;
 }
+
+/** Whether this sign-in was ever connected: the first connection is no "reconnected". */
+let everConnected = false;
 
 function renderLink(): void {
   const state = document.getElementById("server-state");
@@ -261,6 +269,7 @@ export function signOutLocally(message = ""): void {
   app.unseen = 0;
   app.tab = "people";
   app.link = "reconnecting";
+  everConnected = false;
   localStorage.removeItem(TOKEN_KEY);
   localStorage.removeItem(USER_KEY);
   renderLoginScreen(message);

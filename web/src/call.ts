@@ -72,6 +72,14 @@ export async function openMedia(wantVideo: boolean, devices: DevicePreference): 
 
 let sessions = 0;
 
+/** How long after this page got its call back from the server a `call:peer-resumed` counts as the same server restart. */
+const SERVER_GAP_MS = 60_000;
+
+/** The DTLS certificate fingerprint of a description: a new one means a new peer connection. */
+function fingerprint(sdp: string): string {
+  return /^a=fingerprint:(.+)$/m.exec(sdp)?.[1]?.trim() ?? "";
+}
+
 export class CallSession {
   /** Unique per session on this page (a starting call has no server id yet). */
   readonly key = ++sessions;
@@ -95,6 +103,8 @@ export class CallSession {
   /** Set when the other side's device dropped and the server is holding the call for it. */
   peerReconnecting = false;
   answeredAt: number | null = null;
+  /** When this page last got the call back after losing the server (see resumeAfterServerGap). */
+  private serverGapAt: number | null = null;
 
   // Perfect negotiation (https://w3c.github.io/webrtc-pc/#perfect-negotiation-example):
   // the callee is the polite peer and yields on glare.
@@ -236,8 +246,16 @@ export class CallSession {
 
   handleDescription(type: "offer" | "answer", sdp: string): void {
     this.enqueue(async () => {
-      const pc = this.pc;
+      let pc = this.pc;
       if (!pc) return;
+      const current = pc.remoteDescription?.sdp;
+      if (type === "offer" && current && fingerprint(current) !== fingerprint(sdp)) {
+        // A new certificate: the other side started a new connection (a reloaded
+        // page), which ours cannot continue. Start afresh and answer on it.
+        this.startPeerConnection();
+        pc = this.pc;
+        if (!pc) return;
+      }
       const offerCollision = type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
       this.ignoreOffer = this.role === "caller" && offerCollision;
       if (this.ignoreOffer) return;
@@ -306,14 +324,56 @@ export class CallSession {
   }
 
   /**
-   * The other device came back. It may be a fresh page with a fresh peer
-   * connection, so an ICE restart on the old one is not enough: both sides start
-   * a new connection and the caller offers again.
+   * The other device came back. After a server restart (this device lost the
+   * server too, moments ago) both pages kept their connections: keep ours, and
+   * the caller restarts ICE unless a direct path still works. Otherwise the other
+   * device may be a fresh page with a fresh peer connection: the caller starts a
+   * new connection and offers again; the callee keeps its own until that offer
+   * shows a new connection (`handleDescription`), so a page that kept its
+   * connection through a blip of its own is not disturbed.
    */
   handlePeerResumed(): void {
     this.peerReconnecting = false;
-    if (this.phase === "active") this.startPeerConnection();
+    if (this.phase === "active") {
+      const serverRestart = this.serverGapAt !== null && Date.now() - this.serverGapAt < SERVER_GAP_MS;
+      if (serverRestart) {
+        this.serverGapAt = null;
+        this.restartIceUnlessDirect();
+      } else if (this.role === "caller" || !this.pc) {
+        this.startPeerConnection();
+      }
+    }
     this.env.changed();
+  }
+
+  /**
+   * This page lost the server and its `session` gave the call back (a server
+   * restart, or its own network): media never went through the server, so the
+   * peer connection stays. The new `session` brought fresh TURN credentials, and
+   * the relay's allocations may have died with the old server process: the caller
+   * restarts ICE with them unless a direct path is still working.
+   */
+  resumeAfterServerGap(): void {
+    this.serverGapAt = Date.now();
+    if (!this.pc) {
+      this.startPeerConnection();
+      return;
+    }
+    this.updateIceServers();
+    this.restartIceUnlessDirect();
+  }
+
+  private restartIceUnlessDirect(): void {
+    this.enqueue(async () => {
+      const pc = this.pc;
+      if (this.role !== "caller" || !pc) return;
+      const connected = pc.iceConnectionState === "connected" || pc.iceConnectionState === "completed";
+      if (connected && this.route === "direct") return;
+      // An offer sent while the other side was still away got no answer: take it back.
+      if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
+      this.link = "reconnecting";
+      pc.restartIce();
+    });
   }
 
   toggleMic(): void {

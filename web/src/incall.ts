@@ -344,8 +344,9 @@ export function resumeFromSession(live: Call | null, me: User): void {
   }
   if (!live) return;
   if (app.call && app.call.is(live.id)) {
-    // The socket came back within the grace period: the server re-bound the call to us.
-    if (live.state === "active" && app.call.phase === "active") app.call.handlePeerResumed();
+    // The socket came back within the grace period (our network, or a server restart): the
+    // server re-bound the call to us; the media path never depended on it.
+    if (live.state === "active" && app.call.phase === "active") app.call.resumeAfterServerGap();
     return;
   }
   if (app.call) return;
