@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { HOST, scenario } from "./fixture.mjs";
-import { Topology, removeLeftovers } from "./topology.mjs";
+import { Topology, preflight, removeLeftovers } from "./topology.mjs";
 
 const PUBLIC = "198.51.100.1"; // the server's public IPv4 address
 const PUBLIC6 = "2001:db8:100::1"; // and IPv6 address
@@ -27,7 +27,10 @@ function topology(label) {
   return net;
 }
 
-before(removeLeftovers);
+before(async () => {
+  preflight();
+  await removeLeftovers();
+});
 after(async () => {
   for (const net of open) await net.teardown();
 });

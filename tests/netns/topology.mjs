@@ -9,7 +9,8 @@
 // Needs root, iproute2 (`ip`) and nftables (`nft`). Every command has a timeout.
 
 import { execFile, execFileSync, spawn } from "node:child_process";
-import { rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
+import { delimiter, join } from "node:path";
 
 /** The prefix of every namespace this suite creates: "parley netns matrix". */
 export const PREFIX = "pnm";
@@ -58,6 +59,19 @@ function pidAlive(pid) {
     return true;
   } catch (error) {
     return error.code === "EPERM";
+  }
+}
+
+/**
+ * Fails at once, naming what is missing, when the suite cannot run here: it needs root and these
+ * programs (Debian packages iproute2, nftables, openssl, libnss3-tools).
+ */
+export function preflight(programs = ["ip", "nft", "openssl", "certutil"]) {
+  if (process.getuid?.() !== 0) throw new Error("the network matrix needs root (network namespaces, veth pairs, nftables)");
+  const path = (process.env.PATH ?? "").split(delimiter).concat(["/usr/sbin", "/sbin"]);
+  const missing = programs.filter((program) => !path.some((dir) => existsSync(join(dir, program))));
+  if (missing.length > 0) {
+    throw new Error(`missing programs: ${missing.join(", ")} (Debian: apt-get install -y iproute2 nftables openssl libnss3-tools)`);
   }
 }
 
