@@ -218,6 +218,10 @@ async fn peek_first_bytes(stream: &TcpStream, deadline: Instant) -> Result<Detec
     let mut buffer = [0u8; MAX_PREFIX];
     let mut seen = 0;
     loop {
+        // `timeout_at` polls the peek first, and a peek with bytes waiting is always ready.
+        if Instant::now() >= deadline {
+            return Err(Closed::Silent);
+        }
         let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut buffer)).await {
             Err(_) => return Err(Closed::Silent),
             Ok(Err(_)) => return Err(Closed::HalfOpen),
