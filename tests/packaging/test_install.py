@@ -1,7 +1,8 @@
 """Installs the .deb for real into a debootstrapped Debian root and runs what it installed.
 
 The steps run in order and share one root (pytest runs a module's tests in file order):
-install -> first start over HTTPS -> first admin -> upgrade keeps data -> remove -> purge.
+install -> first start over HTTPS -> first admin -> upgrade keeps data and a call in progress
+-> remove -> purge.
 
 The daemon runs the way the installed unit says (ExecStart, User, EnvironmentFile, UMask) in
 a private network namespace, so the packaged `listen = "0.0.0.0:443"` binds without touching
@@ -225,8 +226,57 @@ def login(netns):
     return json.loads(result.stdout)
 
 
-def test_4_upgrade_keeps_config_edits_and_database(debian_root, deb_upgrade, netns,
-                                                   tmp_path_factory):
+# Runs in the network namespace: alice and bob connect a device each (python-socketio), alice
+# calls bob through the HTTP API and bob accepts it there. Prints the call, its state and
+# alice's token. The sockets close when it exits: the call waits for them in its grace.
+ACTIVE_CALL = r"""
+import json, sys
+import requests, socketio, urllib3
+urllib3.disable_warnings()
+base = "https://127.0.0.1:443"
+def login(name):
+    reply = requests.post(base + "/api/v1/auth/login", json={"username": name, "password": sys.argv[1]},
+                          verify=False, timeout=10)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["token"]
+def api(method, path, token, body=None):
+    reply = requests.request(method, base + path, json=body, verify=False, timeout=10,
+                             headers={"Authorization": "Bearer " + token})
+    assert reply.ok, (path, reply.status_code, reply.text)
+    return reply.json()
+alice, bob = login("alice"), login("bob")
+for token, device in ((alice, "alice-laptop"), (bob, "bob-phone")):
+    client = socketio.Client(reconnection=False, ssl_verify=False)
+    client.connect(base, auth={"token": token, "deviceId": device}, transports=["websocket"],
+                   wait_timeout=10)
+call = api("POST", "/api/v1/calls", alice, {"to": "bob", "media": "audio", "deviceId": "alice-laptop"})
+call_id = call["call"]["id"]
+api("POST", "/api/v1/calls/" + call_id + "/accept", bob, {"deviceId": "bob-phone"})
+state = api("GET", "/api/v1/calls/" + call_id, alice)["call"]["state"]
+print(json.dumps({"id": call_id, "state": state, "token": alice}))
+"""
+
+
+def test_4_upgrade_keeps_config_edits_database_and_calls(debian_root, deb_upgrade, netns,
+                                                         tmp_path_factory):
+    # A call in progress on version N, as the upgrade finds it.
+    proc = subprocess.run(
+        ["chroot", str(debian_root.path), "parley", "user", "add", "bob", "--password-stdin"],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = tmp_path_factory.mktemp("daemon") / "before-upgrade.log"
+    daemon = Daemon(debian_root, netns, log)
+    try:
+        daemon.wait_healthy()
+        call = json.loads(netns.run(sys.executable, "-c", ACTIVE_CALL, PASSWORD,
+                                    timeout=60).stdout.strip().splitlines()[-1])
+        assert call["state"] == "active", call
+    finally:
+        # What the package's upgrade does to the running service (systemctl stop: SIGTERM).
+        assert daemon.stop() == 0, daemon.output()
+
     conf = debian_root.file(CONF)
     conf.write_text(conf.read_text() + "\n# local edit kept across upgrades\n")
     output = apt_install(debian_root, deb_upgrade)
@@ -237,6 +287,13 @@ def test_4_upgrade_keeps_config_edits_and_database(debian_root, deb_upgrade, net
     daemon = Daemon(debian_root, netns, log)
     try:
         daemon.wait_healthy()
+        # Within the reconnect grace (15 s from start-up by default) the call is still there,
+        # active, and the token issued before the upgrade still works.
+        reply = netns.run("curl", "-sk", "--max-time", "5", "-H",
+                          f"Authorization: Bearer {call['token']}",
+                          f"https://127.0.0.1:443/api/v1/calls/{call['id']}").stdout
+        assert json.loads(reply)["call"]["state"] == "active", reply
+        assert "restored 1 call(s)" in daemon.output(), daemon.output()
         reply = login(netns)
         assert reply.get("user", {}).get("username") == "alice", reply
     finally:

@@ -186,7 +186,7 @@ impl Driver {
                 _ => {
                     log::error!(
                         "{} call record(s) still unwritten at shutdown; the next start closes \
-                         them with server_restart",
+                         them as the log shows them",
                         self.gates.len()
                     );
                     break;
@@ -514,7 +514,7 @@ async fn write_calls(
             if !backlog.is_empty() {
                 log::error!(
                     "{} ended call(s) could not be written before exit; the next start closes \
-                     them with server_restart",
+                     them as the log shows them",
                     backlog.len()
                 );
             }
