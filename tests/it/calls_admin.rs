@@ -100,14 +100,24 @@ async fn calls_list_and_show_read_paths_quality_and_say_why_a_call_failed() {
         .await
         .expect("open the database beside the store");
 
-    // A good direct call, a relayed one that failed for bob, one poor over TLS, one that
-    // lost its connection, one nobody answered, and one two days old.
+    // One two days old, then a good direct call, a relayed one that failed for bob, one poor
+    // over TLS, one that lost its connection, and one nobody answered.
     let good = "aaaa00000000000000000000000000a1";
     let failed = "bbbb00000000000000000000000000b2";
     let poor = "cccc00000000000000000000000000c3";
     let lost = "dddd00000000000000000000000000d4";
     let missed = "eeee00000000000000000000000000e5";
     let old = "aaaa10000000000000000000000000f6";
+    // Rows are inserted in the order calls start, as the daemon does.
+    ended_call(
+        &db,
+        old,
+        (alice.id, carol.id),
+        now - 2 * 86_400_000,
+        true,
+        ("completed", "hangup"),
+    )
+    .await;
     ended_call(
         &db,
         good,
@@ -151,15 +161,6 @@ async fn calls_list_and_show_read_paths_quality_and_say_why_a_call_failed() {
         now - 200_000,
         false,
         ("missed", "no_answer"),
-    )
-    .await;
-    ended_call(
-        &db,
-        old,
-        (alice.id, carol.id),
-        now - 2 * 86_400_000,
-        true,
-        ("completed", "hangup"),
     )
     .await;
 
@@ -307,4 +308,26 @@ async fn calls_list_and_show_read_paths_quality_and_say_why_a_call_failed() {
         "{}",
         stderr(&ambiguous)
     );
+
+    // The daemon on the same log: every call above ended minutes ago, so their reports have
+    // settled and count in /metrics (five answered calls set up in 1.5 s; five reports).
+    let daemon = daemon.spawn(&[]);
+    let (status, body) = daemon.request("GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let text = body.as_str().expect("metrics are text").to_owned();
+    for line in [
+        "parley_call_setup_seconds_bucket{le=\"1\"} 0",
+        "parley_call_setup_seconds_bucket{le=\"2\"} 5",
+        "parley_call_setup_seconds_count 5",
+        "parley_call_rtt_seconds_bucket{le=\"0.025\"} 0",
+        "parley_call_rtt_seconds_bucket{le=\"0.05\"} 5",
+        "parley_call_loss_ratio_bucket{le=\"0.05\"} 4",
+        "parley_call_loss_ratio_bucket{le=\"0.1\"} 5",
+        "parley_call_reports_total{path=\"direct\",relay_protocol=\"none\"} 3",
+        "parley_call_reports_total{path=\"relay\",relay_protocol=\"udp\"} 1",
+        "parley_call_reports_total{path=\"relay\",relay_protocol=\"tls\"} 1",
+        "parley_call_reports_total{path=\"relay\",relay_protocol=\"tcp\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
 }

@@ -398,7 +398,7 @@ pub const SHORT_ID: usize = 12;
 fn print_list(calls: &[AdminCall], out: &mut String) {
     let _ = writeln!(
         out,
-        "{:<12}  {:<20}  {:>8}  {:<27}  {:<5}  {:<26}  {:<22}  CALLEE SIDE",
+        "{:<12}  {:<20}  {:>8}  {:<27}  {:<5}  {:<28}  {:<22}  CALLEE SIDE",
         "ID", "STARTED (UTC)", "DURATION", "CALLER -> CALLEE", "MEDIA", "OUTCOME", "CALLER SIDE"
     );
     for call in calls {
@@ -409,7 +409,7 @@ fn print_list(calls: &[AdminCall], out: &mut String) {
             .collect();
         let _ = writeln!(
             out,
-            "{short:<12}  {started:<20}  {:>8}  {:<27}  {:<5}  {:<26}  {:<22}  {}",
+            "{short:<12}  {started:<20}  {:>8}  {:<27}  {:<5}  {:<28}  {:<22}  {}",
             duration(call),
             format!("{} -> {}", call.caller.username, call.callee.username),
             call.media,
