@@ -61,7 +61,7 @@ fn main() {
                  tasks:\n  \
                  ci [STAGE...] [--under-load]\n                  \
                  install test dependencies, build, run every test suite\n                  \
-                 (stages: deps build cargo fuzz socketio e2e packaging);\n                  \
+                 (stages: deps build cargo fuzz socketio e2e netns packaging);\n                  \
                  --under-load keeps every core busy with stress-ng meanwhile\n  \
                  deb             build target/debian/parley_*.deb\n  \
                  fuzz [TARGET...] [--secs N] [--runs N]\n                  \
@@ -118,6 +118,7 @@ const STAGES: &[&str] = &[
     "fuzz",
     "socketio",
     "e2e",
+    "netns",
     "packaging",
 ];
 
@@ -161,6 +162,7 @@ fn ci(args: &[String]) -> anyhow::Result<()> {
             "fuzz" => fuzz::run(&[]),
             "socketio" => pytest("tests/socketio"),
             "e2e" => e2e(),
+            "netns" => netns(),
             "packaging" => pytest("tests/packaging"),
             _ => unreachable!("stages are checked above"),
         };
@@ -252,7 +254,7 @@ fn deps() -> anyhow::Result<()> {
     let mut args = vec!["install", "-q", "--disable-pip-version-check"];
     args.extend(PIP_PACKAGES);
     run(pip, &args)?;
-    for dir in ["web", "tests/e2e"] {
+    for dir in ["web", "tests/e2e", "tests/netns"] {
         if root().join(dir).join("package-lock.json").exists() {
             run_in(&root().join(dir), "npm", &["ci", "--no-audit", "--no-fund"])?;
         }
@@ -287,6 +289,21 @@ fn pytest(dir: &str) -> anyhow::Result<()> {
     run(
         pytest.to_str().expect("the repository path is UTF-8"),
         &[dir, "-q", "-rfE", "--maxfail=50"],
+    )
+}
+
+/// The network matrix: browsers in network namespaces the suite builds and deletes itself
+/// (needs root, iproute2, nftables; tests/netns/README.md).
+fn netns() -> anyhow::Result<()> {
+    run_in(
+        &root().join("tests/netns"),
+        "node",
+        &[
+            "--test",
+            "--test-concurrency=1",
+            "--test-timeout=600000",
+            ".",
+        ],
     )
 }
 
