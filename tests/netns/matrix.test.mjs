@@ -315,3 +315,41 @@ test("6. a server with two addresses, reached at the one not on the route back (
     },
   });
 });
+
+test("6b. the same over IPv6: a server with several IPv6 addresses, reached at the one not on the route back: relay over UDP", { timeout: TIMEOUT }, async () => {
+  const net = topology("twoaddr6");
+  await scenario(net, {
+    certIps: [PUBLIC6],
+    async build(net) {
+      for (const role of ["alice", "bob"]) await net.namespace(role);
+      await serverWithLinks(net, {
+        v6: true,
+        srcRoutes: false,
+        links: [
+          { role: "alice", serverIf: "to-a", clientIf: "eth0", nets: [["2001:db8:1::1/64", "2001:db8:1::2/64", "2001:db8:1::/64"]] },
+          { role: "bob", serverIf: "to-b", clientIf: "eth0", nets: [["2001:db8:2::1/64", "2001:db8:2::2/64", "2001:db8:2::/64"]] },
+        ],
+      });
+      for (const role of ["alice", "bob"]) await net.firewall(role, ["meta l4proto udp", `ip6 daddr ${PUBLIC6} tcp dport 443`]);
+      return {
+        daemon: {
+          reach: PUBLIC6,
+          config: {
+            http: { listen: "[::]:443" },
+            turn: { listen: "[::]:3478", public_host: PUBLIC6, relay_address: PUBLIC6 },
+          },
+        },
+        alice: { hostAddress: PUBLIC6 },
+        bob: { hostAddress: PUBLIC6 },
+      };
+    },
+    check(result) {
+      const path = describe(result);
+      assert.ok(relayed(result.alice) && relayed(result.bob), `through the relay: ${path}`);
+      const relays = localRelays(result);
+      assert.ok(relays.length > 0, path);
+      for (const relay of relays) assert.equal(relay.relayProtocol, "udp", `the relay answers over UDP from the address asked: ${path}`);
+      console.log(`scenario 6b: connected in ${result.connectSecs.toFixed(1)} s; ${path}`);
+    },
+  });
+});

@@ -183,8 +183,9 @@ export class Topology {
 
   /**
    * A client firewall: what may leave is `allowOut` (nft rule text, e.g. `tcp dport 443`;
-   * none = nothing but loopback), plus replies; nothing unsolicited comes in, so a relay's
-   * packets cannot open the path the scenario forbids.
+   * none = nothing but loopback), plus replies and IPv6 neighbour discovery (without which
+   * IPv6 does not work at all); nothing unsolicited comes in, so a relay's packets cannot open
+   * the path the scenario forbids.
    */
   async firewall(role, allowOut) {
     const out = allowOut.map((rule) => `        ${rule} accept`).join("\n");
@@ -195,12 +196,14 @@ export class Topology {
           type filter hook output priority filter; policy drop;
           oifname "lo" accept
           ct state established,related accept
+          icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
 ${out}
         }
         chain input {
           type filter hook input priority filter; policy drop;
           iifname "lo" accept
           ct state established,related accept
+          icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept
         }
       }`,
     );
