@@ -348,7 +348,10 @@ test("6b. the same over IPv6: a server with several IPv6 addresses, reached at t
       assert.ok(relayed(result.alice) && relayed(result.bob), `through the relay: ${path}`);
       const relays = localRelays(result);
       assert.ok(relays.length > 0, path);
-      for (const relay of relays) assert.equal(relay.relayProtocol, "udp", `the relay answers over UDP from the address asked: ${path}`);
+      for (const relay of relays) {
+        assert.equal(relay.relayProtocol, "udp", `the relay answers over UDP from the address asked: ${path}`);
+        assert.equal(relay.address, PUBLIC6, `an IPv6 relayed address: ${path}`);
+      }
       console.log(`scenario 6b: connected in ${result.connectSecs.toFixed(1)} s; ${path}`);
     },
   });
