@@ -5,4 +5,5 @@ mod front_door;
 mod hostile_relay;
 mod loadgen;
 mod relay;
+mod relay_netns;
 mod tls;
