@@ -1,3 +1,4 @@
+mod acme;
 mod calls_admin;
 mod daemon;
 mod foundation;

@@ -1,6 +1,7 @@
 //! The daemon's code as a library, so that the binary (`main.rs`), the fuzz targets
 //! (`fuzz/`) and benchmarks drive the same parsers and handlers. See ARCHITECTURE.md.
 
+pub mod acme;
 pub mod calls;
 pub mod calls_admin;
 pub mod cli;

@@ -20,4 +20,6 @@ pub struct AppState {
     pub login_limiter: Arc<LoginLimiter>,
     /// The call driver (live calls, sockets, presence).
     pub calls: crate::calls::Handle,
+    /// The certificate slot of the HTTPS listener (what `/metrics` reports); `None` without TLS.
+    pub certificate: Option<Arc<crate::tls::SwappableCert>>,
 }

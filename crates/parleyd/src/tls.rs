@@ -5,10 +5,16 @@
 //! only swaps an `Arc<CertifiedKey>`: listeners are never rebuilt, and connections already open
 //! keep the certificate they were established with.
 //!
+//! With `tls.acme` the resolver also answers TLS-ALPN-01 challenges (RFC 8737): a ClientHello
+//! offering only the `acme-tls/1` protocol gets the challenge certificate for its SNI name inside
+//! the handshake, so the validation never reaches HTTP or TURN. The certificate the ACME task
+//! obtains goes through the same slot ([`AcmeSlot::install`]).
+//!
 //! The file-watching is polling (metadata every [`POLL_INTERVAL`]) rather than inotify: it needs
 //! no extra dependency, works for certificates on any file system, and copes with the
 //! rename-into-place and symlink-flip styles that certbot and friends use.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io::Write;
@@ -33,6 +39,11 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 const SELF_SIGNED_DIR: &str = "tls";
 const SELF_SIGNED_CERT: &str = "cert.pem";
 const SELF_SIGNED_KEY: &str = "key.pem";
+/// Where the ACME certificate and its key live, inside `<data_dir>/tls/`.
+pub const ACME_DIR: &str = "acme";
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// The TLS state of the daemon: server configs for the listeners, plus what the reloader needs.
 pub struct Tls {
@@ -44,6 +55,10 @@ pub struct Tls {
     /// Set when the HTTP certificate is the generated self-signed one: the operator-facing
     /// warning, already logged once by [`Tls::load`], for `parley doctor` or the startup banner.
     pub self_signed_notice: Option<String>,
+    /// With `tls.acme`: where the ACME task installs what it obtains and its challenges.
+    pub acme: Option<AcmeSlot>,
+    /// The HTTPS listener's certificate slot, for what `/metrics` reports.
+    pub http_certificate: Option<Arc<SwappableCert>>,
     watched: Vec<Watched>,
 }
 
@@ -53,6 +68,7 @@ impl fmt::Debug for Tls {
             .field("http", &self.http.is_some())
             .field("turn", &self.turn.is_some())
             .field("self_signed", &self.self_signed_notice.is_some())
+            .field("acme", &self.acme.is_some())
             .field("watched", &self.watched)
             .finish()
     }
@@ -72,6 +88,8 @@ pub struct TlsSettings {
     pub data_dir: PathBuf,
     /// Names (DNS or IP literals) the self-signed certificate is issued for.
     pub self_signed_names: Vec<String>,
+    /// `tls.acme` with no `tls.cert`: the HTTPS certificate comes from the ACME task.
+    pub acme: bool,
 }
 
 impl TlsSettings {
@@ -116,12 +134,26 @@ impl TlsSettings {
             turn_key: config.turn.tls_key.clone(),
             data_dir: PathBuf::from(&config.storage.data_dir),
             self_signed_names: unique,
+            acme: config.tls.acme,
         }
     }
 
     fn self_signed_paths(&self) -> (PathBuf, PathBuf) {
         let dir = self.data_dir.join(SELF_SIGNED_DIR);
         (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY))
+    }
+
+    /// `<data_dir>/tls/acme/`: the account, the issued chain and its key.
+    pub fn acme_dir(&self) -> PathBuf {
+        self.data_dir.join(SELF_SIGNED_DIR).join(ACME_DIR)
+    }
+
+    fn acme_pair(&self) -> Pair {
+        let dir = self.acme_dir();
+        Pair {
+            cert: dir.join(SELF_SIGNED_CERT),
+            key: dir.join(SELF_SIGNED_KEY),
+        }
     }
 }
 
@@ -132,6 +164,9 @@ struct Plan {
     turn: Option<Pair>,
     /// The HTTP pair is the generated one (and must be created if missing).
     http_self_signed: bool,
+    /// The HTTP certificate is managed by ACME: the stored ACME pair if it loads, else the
+    /// self-signed pair until the first issuance.
+    http_acme: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,10 +194,12 @@ fn plan(settings: &TlsSettings) -> anyhow::Result<Plan> {
                 http: None,
                 turn: turn_for(settings, turn_configured, configured),
                 http_self_signed: false,
+                http_acme: false,
             });
         }
         (true, Some(pair)) => (pair, false),
-        (true, None) if settings.self_signed => {
+        // Something must serve until the first issuance, whatever tls.self_signed says.
+        (true, None) if settings.self_signed || settings.acme => {
             let (cert, key) = settings.self_signed_paths();
             (Pair { cert, key }, true)
         }
@@ -174,6 +211,7 @@ fn plan(settings: &TlsSettings) -> anyhow::Result<Plan> {
     Ok(Plan {
         turn: turn_for(settings, turn_configured, Some(http.clone())),
         http: Some(http),
+        http_acme: http_self_signed && settings.acme,
         http_self_signed,
     })
 }
@@ -210,7 +248,10 @@ impl Tls {
     }
 
     pub fn load_settings(settings: &TlsSettings) -> anyhow::Result<Tls> {
-        let plan = plan(settings)?;
+        let mut plan = plan(settings)?;
+        if plan.http_acme {
+            adopt_stored_acme_pair(settings, &mut plan);
+        }
         let mut self_signed_notice = None;
         if plan.http_self_signed {
             let (cert, key) = settings.self_signed_paths();
@@ -222,7 +263,11 @@ impl Tls {
                     cert.display()
                 );
             }
-            let notice = self_signed_notice_text(&cert);
+            let notice = if plan.http_acme {
+                acme_pending_notice_text(&cert)
+            } else {
+                self_signed_notice_text(&cert)
+            };
             log::warn!("{notice}");
             self_signed_notice = Some(notice);
         }
@@ -230,7 +275,7 @@ impl Tls {
         let mut watched: Vec<Watched> = Vec::new();
         let mut resolver_for = |pair: &Pair, label: &'static str| -> anyhow::Result<_> {
             // TURN usually shares the HTTP pair: one resolver, one reload.
-            if let Some(existing) = watched.iter().find(|w| w.pair == *pair) {
+            if let Some(existing) = watched.iter().find(|w| w.pair() == *pair) {
                 return Ok(existing.resolver.clone());
             }
             let certified = load_pair(pair).with_context(|| format!("{label} certificate"))?;
@@ -239,7 +284,7 @@ impl Tls {
                 label,
                 fingerprint: fingerprint(pair),
                 last_seen_change: None,
-                pair: pair.clone(),
+                source: Arc::new(RwLock::new(pair.clone())),
                 resolver: resolver.clone(),
             });
             Ok(resolver)
@@ -251,6 +296,10 @@ impl Tls {
                 let mut config = server_config(resolver)?;
                 // axum serves HTTP/1.1 only (no `http2` feature); offering h2 would break clients.
                 config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                if plan.http_acme {
+                    // Only a ClientHello offering acme-tls/1 alone gets it: the validation server.
+                    config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+                }
                 Some(Arc::new(config))
             }
             None => None,
@@ -263,10 +312,29 @@ impl Tls {
             }
             None => None,
         };
+        let acme = match (&plan.http, plan.http_acme) {
+            (Some(pair), true) => watched
+                .iter()
+                .find(|w| w.pair() == *pair)
+                .map(|w| AcmeSlot {
+                    resolver: w.resolver.clone(),
+                    source: w.source.clone(),
+                    pair: settings.acme_pair(),
+                }),
+            _ => None,
+        };
+        let http_certificate = plan.http.as_ref().and_then(|pair| {
+            watched
+                .iter()
+                .find(|w| w.pair() == *pair)
+                .map(|w| w.resolver.clone())
+        });
         Ok(Tls {
             http,
             turn,
             self_signed_notice,
+            acme,
+            http_certificate,
             watched,
         })
     }
@@ -332,6 +400,45 @@ impl Tls {
     }
 }
 
+/// With ACME on, serves the stored ACME certificate from the start if it loads (an issued
+/// certificate survives restarts), instead of the self-signed one.
+fn adopt_stored_acme_pair(settings: &TlsSettings, plan: &mut Plan) {
+    match stored_acme_pair(settings, plan) {
+        Ok(true) => log::info!(
+            "tls: serving the stored ACME certificate {}",
+            settings.acme_pair().cert.display()
+        ),
+        Ok(false) => {}
+        Err(error) => log::warn!(
+            "tls: ignoring the stored ACME certificate ({error:#}); serving the self-signed one \
+             until a new certificate is issued"
+        ),
+    }
+}
+
+/// Points the plan at the stored ACME pair if there is one that loads; `Ok(false)` if none.
+fn stored_acme_pair(settings: &TlsSettings, plan: &mut Plan) -> anyhow::Result<bool> {
+    let acme = settings.acme_pair();
+    if !acme.cert.exists() && !acme.key.exists() {
+        return Ok(false);
+    }
+    load_pair(&acme)?;
+    let old = plan.http.replace(acme.clone());
+    if plan.turn.is_some() && plan.turn == old {
+        plan.turn = Some(acme);
+    }
+    plan.http_self_signed = false;
+    Ok(true)
+}
+
+fn acme_pending_notice_text(cert: &Path) -> String {
+    format!(
+        "tls: serving a self-signed certificate ({cert}) until the ACME server issues one \
+         (tls.acme); browsers warn and refuse turns: URLs until then",
+        cert = cert.display()
+    )
+}
+
 fn self_signed_notice_text(cert: &Path) -> String {
     format!(
         "tls: serving a self-signed certificate ({cert}); browsers will show a security warning \
@@ -343,16 +450,42 @@ fn self_signed_notice_text(cert: &Path) -> String {
     )
 }
 
-/// A certificate slot that can be swapped while listeners keep running.
+/// A certificate slot that can be swapped while listeners keep running, plus the TLS-ALPN-01
+/// challenge certificates being validated (by SNI name; empty unless ACME is at work).
 pub struct SwappableCert {
     current: RwLock<Arc<CertifiedKey>>,
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl SwappableCert {
     pub fn new(certified: CertifiedKey) -> SwappableCert {
         SwappableCert {
             current: RwLock::new(Arc::new(certified)),
+            challenges: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Answers `acme-tls/1` handshakes for `name` with `certified` until removed.
+    pub fn set_challenge(&self, name: &str, certified: CertifiedKey) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(name.to_ascii_lowercase(), Arc::new(certified));
+    }
+
+    pub fn remove_challenge(&self, name: &str) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&name.to_ascii_lowercase());
+    }
+
+    fn challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.challenges
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&name.to_ascii_lowercase())
+            .cloned()
     }
 
     pub fn current(&self) -> Arc<CertifiedKey> {
@@ -371,6 +504,56 @@ impl SwappableCert {
     }
 }
 
+/// Where the ACME task puts what it obtains: the HTTPS resolver (which TURN over TLS shares when
+/// it uses the same certificate) and the watched files, so that SIGHUP and file changes reload
+/// the ACME pair from then on.
+#[derive(Clone)]
+pub struct AcmeSlot {
+    resolver: Arc<SwappableCert>,
+    source: Arc<RwLock<Pair>>,
+    pair: Pair,
+}
+
+impl fmt::Debug for AcmeSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeSlot")
+            .field("pair", &self.pair)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcmeSlot {
+    /// The resolver of the HTTPS listener: challenges go here, and it tells what is served.
+    pub fn resolver(&self) -> &Arc<SwappableCert> {
+        &self.resolver
+    }
+
+    /// The issued chain (PEM, leaf first) under `<data_dir>/tls/acme/`.
+    pub fn cert_path(&self) -> &Path {
+        &self.pair.cert
+    }
+
+    /// Checks that `key_pem` belongs to `chain_pem`, writes both under `<data_dir>/tls/acme/`
+    /// (0600 in a 0700 directory, each renamed into place), and serves them from the next
+    /// handshake on, for HTTPS and for TURN over TLS when it shares the certificate. Open
+    /// connections keep theirs. On error nothing served changes.
+    pub fn install(&self, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        let certified = certified_key_from_pem(chain_pem.as_bytes(), key_pem.as_bytes())
+            .context("the ACME server's certificate does not fit our key")?;
+        if let Some(dir) = self.pair.cert.parent() {
+            create_private_dir(dir)?;
+        }
+        write_atomically(&self.pair.key, key_pem.as_bytes(), 0o600)?;
+        write_atomically(&self.pair.cert, chain_pem.as_bytes(), 0o600)?;
+        *self
+            .source
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = self.pair.clone();
+        self.resolver.swap(certified);
+        Ok(())
+    }
+}
+
 impl fmt::Debug for SwappableCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SwappableCert").finish_non_exhaustive()
@@ -378,12 +561,22 @@ impl fmt::Debug for SwappableCert {
 }
 
 impl ResolvesServerCert for SwappableCert {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme_validation = client_hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|protocol| protocol == ACME_TLS_ALPN));
+        if acme_validation {
+            // RFC 8737: the validation server offers acme-tls/1 only and expects the challenge
+            // certificate; with no challenge pending for that name the handshake fails.
+            return client_hello
+                .server_name()
+                .and_then(|name| self.challenge(name));
+        }
         Some(self.current())
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     // main installs ring as the process default; tests and `parley doctor` may not have, and
     // ring is the only provider compiled in anyway.
     CryptoProvider::get_default()
@@ -461,6 +654,14 @@ fn generate_self_signed(cert_path: &Path, key_path: &Path, names: &[String]) -> 
     Ok(())
 }
 
+/// Writes a file only the daemon may read (0600), creating its directory 0700.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    write_atomically(path, contents, 0o600)
+}
+
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -469,7 +670,7 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .create(dir)
         .with_context(|| {
             format!(
-                "cannot create {} for the self-signed certificate (is storage.data_dir writable?)",
+                "cannot create {} for certificates (is storage.data_dir writable?)",
                 dir.display()
             )
         })
@@ -496,7 +697,8 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<(
 #[derive(Clone)]
 struct Watched {
     label: &'static str,
-    pair: Pair,
+    /// The files served; the ACME task points this at its own pair after the first issuance.
+    source: Arc<RwLock<Pair>>,
     resolver: Arc<SwappableCert>,
     /// What the files looked like when last loaded (successfully or not).
     fingerprint: Fingerprint,
@@ -508,7 +710,7 @@ impl fmt::Debug for Watched {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watched")
             .field("label", &self.label)
-            .field("pair", &self.pair)
+            .field("pair", &self.pair())
             .finish_non_exhaustive()
     }
 }
@@ -547,11 +749,19 @@ fn fingerprint(pair: &Pair) -> Fingerprint {
 }
 
 impl Watched {
+    fn pair(&self) -> Pair {
+        self.source
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// Called every poll interval: reloads once the files changed and then stayed unchanged for
     /// one interval, so a renewal that writes the certificate and the key one after the other is
     /// picked up once, complete, instead of failing on the half-replaced pair.
     fn poll(&mut self) {
-        let now = fingerprint(&self.pair);
+        let pair = self.pair();
+        let now = fingerprint(&pair);
         if now == self.fingerprint {
             self.last_seen_change = None;
             return;
@@ -560,7 +770,7 @@ impl Watched {
             log::info!(
                 "{} certificate files changed; reloading {}",
                 self.label,
-                self.pair.cert.display()
+                pair.cert.display()
             );
             self.reload();
         } else {
@@ -571,8 +781,9 @@ impl Watched {
 
     /// Loads the pair and swaps it in; on failure logs why and keeps serving the old one.
     fn reload(&mut self) -> bool {
-        let now = fingerprint(&self.pair);
-        match load_pair(&self.pair) {
+        let pair = self.pair();
+        let now = fingerprint(&pair);
+        match load_pair(&pair) {
             Ok(certified) => {
                 self.resolver.swap(certified);
                 self.fingerprint = now;
@@ -580,7 +791,7 @@ impl Watched {
                 log::info!(
                     "{} certificate reloaded from {}",
                     self.label,
-                    self.pair.cert.display()
+                    pair.cert.display()
                 );
                 true
             }
@@ -634,11 +845,18 @@ pub fn doctor(config: &parley_config::Config) -> Vec<String> {
 }
 
 pub fn doctor_settings(settings: &TlsSettings) -> Vec<String> {
-    let plan = match plan(settings) {
+    let mut plan = match plan(settings) {
         Ok(plan) => plan,
         Err(error) => return vec![format!("tls: ERROR {error:#}")],
     };
     let mut lines = Vec::new();
+    if plan.http_acme {
+        let stored = stored_acme_pair(settings, &mut plan);
+        lines.extend(crate::acme::doctor_lines(
+            &settings.acme_pair().cert,
+            stored.map_err(|e| format!("{e:#}")),
+        ));
+    }
     let mut describe = |label: &str, pair: &Option<Pair>| match pair {
         None => lines.push(format!("{label}: off")),
         Some(pair) if !pair.cert.exists() && plan.http_self_signed => lines.push(format!(
@@ -659,10 +877,13 @@ pub fn doctor_settings(settings: &TlsSettings) -> Vec<String> {
     describe("tls (https)", &plan.http);
     describe("tls (turn)", &plan.turn);
     if plan.http_self_signed {
-        lines.push(format!(
-            "tls: WARNING {}",
-            self_signed_notice_text(&settings.self_signed_paths().0)
-        ));
+        let cert = settings.self_signed_paths().0;
+        let notice = if plan.http_acme {
+            acme_pending_notice_text(&cert)
+        } else {
+            self_signed_notice_text(&cert)
+        };
+        lines.push(format!("tls: WARNING {notice}"));
     }
     lines
 }

@@ -1,8 +1,8 @@
 //! The HTTP side: the router, health and readiness, metrics, and the API's error shape.
 
 pub mod auth;
-pub mod diagnostics;
 pub mod demux;
+pub mod diagnostics;
 pub mod error;
 pub mod listener;
 
@@ -101,6 +101,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         relay.render_metrics(&mut out).await;
     }
     listener::render_metrics(&mut out);
+    crate::acme::render_metrics(state.certificate.as_deref(), &mut out);
     // hook: calls metrics
     crate::calls::http::render_metrics(&state, &mut out).await;
     crate::quality_metrics::render_metrics(&state, &mut out).await;
