@@ -176,8 +176,20 @@ fn join_and(items: &[String]) -> String {
     }
 }
 
-/// Why a party's ICE failed, from the candidates it gathered and what the relay offers.
-fn ice_failure(report: &StatsReport, relay: &RelayFacts) -> String {
+/// The party's last report says ICE failed and it gathered no relay candidate: the failure
+/// is on its side, whatever the other side had.
+fn failed_without_relay(report: &StatsReport) -> bool {
+    report.ice_state.as_deref() == Some("failed")
+        && report
+            .local_candidate_types
+            .as_ref()
+            .is_some_and(|types| !types.iter().any(|t| t == "relay"))
+}
+
+/// Why a party's ICE failed, from the candidates it gathered, what the relay offers, and
+/// `other`: the other party's role when that party had no relay candidate (then no pair could
+/// form, however good this side's candidates).
+fn ice_failure(report: &StatsReport, relay: &RelayFacts, other: Option<&str>) -> String {
     let Some(local) = &report.local_candidate_types else {
         return "failed to connect (its client did not say which candidates it gathered)".into();
     };
@@ -225,6 +237,12 @@ fn ice_failure(report: &StatsReport, relay: &RelayFacts) -> String {
         ),
         _ => String::new(),
     };
+    if let Some(other) = other {
+        return format!(
+            "had a relay candidate{over}, but the {other}'s client had none to pair it with \
+             (see the {other}'s line)"
+        );
+    }
     if report
         .remote_candidate_types
         .as_ref()
@@ -298,7 +316,11 @@ pub fn diagnose(call: &AdminCall, relay: &RelayFacts) -> Vec<String> {
         ("callee", &call.callee, &call.callee_report),
     ];
     let mut ice_failed = false;
-    for (role, party, report) in parties {
+    for (index, (role, party, report)) in parties.into_iter().enumerate() {
+        let (other_role, _, other_report) = parties[1 - index];
+        let other_blocked = other_report
+            .as_ref()
+            .is_some_and(|other| failed_without_relay(&other.report));
         let Some(PartyReport { report, .. }) = report else {
             continue;
         };
@@ -308,7 +330,7 @@ pub fn diagnose(call: &AdminCall, relay: &RelayFacts) -> Vec<String> {
                 ice_failed = true;
                 findings.push(format!(
                     "ICE failed: {who} client {}",
-                    ice_failure(report, relay)
+                    ice_failure(report, relay, other_blocked.then_some(other_role))
                 ));
             }
             Some("disconnected") => {
@@ -398,7 +420,7 @@ pub const SHORT_ID: usize = 12;
 fn print_list(calls: &[AdminCall], out: &mut String) {
     let _ = writeln!(
         out,
-        "{:<12}  {:<20}  {:>8}  {:<27}  {:<5}  {:<28}  {:<22}  CALLEE SIDE",
+        "{:<12}  {:<20}  {:>8}  {:<27}  {:<5}  {:<28}  {:<26}  CALLEE SIDE",
         "ID", "STARTED (UTC)", "DURATION", "CALLER -> CALLEE", "MEDIA", "OUTCOME", "CALLER SIDE"
     );
     for call in calls {
@@ -409,7 +431,7 @@ fn print_list(calls: &[AdminCall], out: &mut String) {
             .collect();
         let _ = writeln!(
             out,
-            "{short:<12}  {started:<20}  {:>8}  {:<27}  {:<5}  {:<28}  {:<22}  {}",
+            "{short:<12}  {started:<20}  {:>8}  {:<27}  {:<5}  {:<28}  {:<26}  {}",
             duration(call),
             format!("{} -> {}", call.caller.username, call.callee.username),
             call.media,
@@ -642,6 +664,15 @@ mod tests {
             ]
         );
         assert!(went_wrong(&failed));
+        let mut caller = report("relay", Some("udp"));
+        caller.ice_state = Some("failed".into());
+        let both = call("hangup", Some(caller), Some(callee.clone()));
+        assert_eq!(
+            diagnose(&both, &NO_TLS)[0],
+            "ICE failed: caller's (alice) client had a relay candidate over UDP, but the \
+             callee's client had none to pair it with (see the callee's line)",
+            "the side that had a relay is not blamed on the relay's address"
+        );
         assert!(
             diagnose(&failed, &ALL)[0].ends_with("and TURN over TLS did not get through"),
             "with TLS offered, TLS did not get through either"

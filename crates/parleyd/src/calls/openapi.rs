@@ -23,6 +23,7 @@ mod tests {
             include_str!("http.rs"),
             include_str!("../http/mod.rs"),
             include_str!("../http/auth.rs"),
+            include_str!("../http/diagnostics.rs"),
             include_str!("../relay.rs"),
         ];
         let mut paths = BTreeSet::new();

@@ -62,10 +62,7 @@ pub fn router() -> Router<AppState> {
         reports: AttemptLimiter::new(REPORTS_PER_MINUTE),
     });
     Router::new()
-        .route(
-            "/api/v1/connection-test/ice-servers",
-            get(connection_test_ice_servers),
-        )
+        .route("/api/v1/connection-test/ice-servers", get(test_ice_servers))
         .route("/api/v1/diagnostics", post(diagnostics))
         .layer(Extension(limits))
 }
@@ -113,7 +110,7 @@ fn rate_limited(what: &str) -> ApiError {
     )
 }
 
-async fn connection_test_ice_servers(
+async fn test_ice_servers(
     State(state): State<AppState>,
     Extension(limits): Extension<Arc<Limits>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
