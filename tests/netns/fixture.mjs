@@ -4,7 +4,8 @@
 // the bundled web client with the route and the media read from getStats().
 //
 // Tools: root, iproute2, nftables, openssl, certutil (libnss3-tools), /usr/bin/chromium (or
-// CHROMIUM_BIN), the daemon (`cargo build -p parleyd`, or PARLEY_BIN), and `npm ci` here.
+// CHROMIUM_BIN), the daemon (`cargo build -p parleyd`, or PARLEY_BIN), and `npm ci` here and in
+// tests/e2e (whose harness.mjs lends the sign-in and directory helpers).
 
 import assert from "node:assert/strict";
 import { chmod, mkdir, mkdtemp, writeFile } from "node:fs/promises";
@@ -214,12 +215,6 @@ export async function callStats(page) {
   });
 }
 
-/** "relay/tls 198.51.100.1 ↔ host 203.0.113.6" for messages and the report. */
-export function route(stats) {
-  const end = (c) => (c ? `${c.candidateType}${c.relayProtocol ? `/${c.relayProtocol}` : ""} ${c.protocol} ${c.address}` : "none");
-  return `${end(stats?.local)} ↔ ${end(stats?.remote)}`;
-}
-
 /**
  * Alice places a video call to Bob through the web client, Bob accepts; resolves when media has
  * flowed both ways and kept flowing for 3 s, with both sides' stats at that point.
@@ -237,7 +232,6 @@ export async function videoCall(alice, bob) {
   try {
     first = await eventually("media both ways", async () => {
       const both = [await callStats(alice.page), await callStats(bob.page)];
-      first = both;
       return both.every((s) => s && s.connectionState === "connected" && s.audioBytes > 0 && s.framesDecoded > 0) ? both : null;
     }, 30_000);
   } catch (error) {

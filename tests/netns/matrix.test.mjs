@@ -37,7 +37,7 @@ after(async () => {
 
 /** Neither end of the selected pair is a relay candidate. */
 function direct(stats) {
-  return !["relay"].includes(stats.local?.candidateType) && stats.remote?.candidateType !== "relay";
+  return stats.local?.candidateType !== "relay" && stats.remote?.candidateType !== "relay";
 }
 
 /** One end of the selected pair is a relay candidate. */

@@ -1,9 +1,9 @@
 // Network namespaces for the matrix test: a small builder over iproute2 and nftables.
 //
-// Every namespace a run creates is named `<prefix><pid>-<role>`, so two runs never meet and a
+// Every namespace a run creates is named `<prefix><pid>-<scenario><n>-<role>`, so two runs never meet and a
 // run's leftovers can be recognised (by a dead pid) and removed by the next run. The builder
-// records what it created; `teardown()` kills the processes started inside and deletes the
-// namespaces (their veth pairs, bridges and nftables rules go with them). Teardown also runs on
+// records what it created; `teardown()` kills the processes started inside (and anything else
+// still running in its namespaces, such as a browser's helpers) and deletes the namespaces (their veth pairs, bridges and nftables rules go with them). Teardown also runs on
 // SIGINT, SIGTERM and process exit, so an interrupted run leaves nothing behind.
 //
 // Needs root, iproute2 (`ip`) and nftables (`nft`). Every command has a timeout.
@@ -75,13 +75,31 @@ export function preflight(programs = ["ip", "nft", "openssl", "certutil"]) {
   }
 }
 
-/** Deletes namespaces an earlier run of this suite left behind (its pid is gone). */
+/** Kills (SIGKILL) every process still running in one of this suite's namespaces. */
+function killInside(name) {
+  let pids = "";
+  try {
+    pids = execFileSync("ip", ["netns", "pids", name], { timeout: COMMAND_TIMEOUT_MS, encoding: "utf8" });
+  } catch {
+    return; // The namespace is gone already.
+  }
+  for (const pid of pids.split(/\s+/).filter(Boolean).map(Number)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // Exited meanwhile.
+    }
+  }
+}
+
+/** Deletes namespaces an earlier run of this suite left behind (its pid is gone), with what still runs in them. */
 export async function removeLeftovers() {
   const list = await run("ip", ["netns", "list"]);
   for (const line of list.split("\n")) {
     const name = line.split(" ")[0];
     const match = new RegExp(`^${PREFIX}(\\d+)-`).exec(name);
     if (match && Number(match[1]) !== process.pid && !pidAlive(Number(match[1]))) {
+      killInside(name);
       await run("ip", ["netns", "delete", name]).catch(() => {});
     }
   }
@@ -228,6 +246,7 @@ ${out}
       clearTimeout(timer);
     }
     for (const name of this.namespaces.splice(0).reverse()) {
+      killInside(name);
       await run("ip", ["netns", "delete", name]).catch(() => {});
     }
     for (const dir of this.dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
@@ -244,6 +263,7 @@ ${out}
       }
     }
     for (const name of this.namespaces.splice(0).reverse()) {
+      killInside(name);
       try {
         execFileSync("ip", ["netns", "delete", name], { timeout: COMMAND_TIMEOUT_MS, stdio: "ignore" });
       } catch {
