@@ -454,6 +454,29 @@ fn an_ipv6_only_client_relays_to_an_ipv4_peer_through_a_dual_stack_listener() {
     // The same listener still serves IPv4 clients.
     let result = uclient(&topology, &topology.cli, SRV_V4_SECOND, 3478, CLI_V4, &[]);
     assert_no_loss("IPv4 client on the dual-stack listener", &result, &daemon);
+    // And TURN over TCP on the same [::]:3478, from both families.
+    let result = uclient(
+        &topology,
+        &topology.cli6,
+        SRV_V6_SECOND,
+        3478,
+        CLI_V4,
+        &["-t"],
+    );
+    assert_no_loss("IPv6 client over TCP to IPv4 peer", &result, &daemon);
+    let result = uclient(
+        &topology,
+        &topology.cli,
+        SRV_V4_SECOND,
+        3478,
+        CLI_V4,
+        &["-t"],
+    );
+    assert_no_loss(
+        "IPv4 client over TCP on the dual-stack listener",
+        &result,
+        &daemon,
+    );
 }
 
 #[test]
