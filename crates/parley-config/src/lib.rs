@@ -194,7 +194,8 @@ impl Default for AuthConfig {
 pub struct CallsConfig {
     /// Seconds a call rings before it ends as missed. Default 30.
     pub ring_timeout_secs: u64,
-    /// Seconds an active call waits for a dropped device to come back. Default 15.
+    /// Seconds an active call waits for a dropped device to come back (after a restart of the
+    /// server, for both devices, counted from start-up). Default 15.
     pub reconnect_grace_secs: u64,
     /// Realtime events a socket may send per second, sustained. Default 50.
     pub events_per_second: u32,
