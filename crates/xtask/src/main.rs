@@ -29,6 +29,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("curl", "curl"),
     ("libnss3-tools", "certutil"),
+    // Test CAs and certificates for the network matrix.
+    ("openssl", "openssl"),
     // The disk-failure tests swap a device-mapper `error` target under a loop-mounted ext4.
     ("dmsetup", "dmsetup"),
     ("e2fsprogs", "mkfs.ext4"),
