@@ -2,10 +2,15 @@
 // page through the daemon's own relay over UDP, TCP and TLS (relay only), and says what that
 // means for calls. With Chromium told to send no UDP except through a proxy
 // (--webrtc-ip-handling-policy=disable_non_proxied_udp), UDP must fail and TCP carry calls.
-// The test daemon has no TLS certificate, so TURN over TLS is not offered: the test says so.
+// The usual test daemon has no TLS certificate, so TURN over TLS is not offered and the test
+// says so; one test gives a daemon a certificate from a test CA that Chromium trusts (an NSS
+// database in the browser's $HOME), and TLS works too.
 
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -25,9 +30,13 @@ after(async () => {
   await daemon?.stop();
 });
 
-/** A headless Chromium like the harness's, with `extra` flags (its HOME removed on close). */
-async function launchWith(extra) {
+/**
+ * A headless Chromium like the harness's, with `extra` flags; `prepareHome(home)` may set up
+ * its $HOME first (removed on close).
+ */
+async function launchWith(extra, prepareHome = async () => {}) {
   const home = await mkdtemp(join(tmpdir(), "parley-chromium-"));
+  await prepareHome(home);
   const launched = await chromium.launch({
     executablePath: chromiumBinary(),
     headless: true,
@@ -134,5 +143,56 @@ test("signed in, the test is reachable from home, passes axe in light and dark m
     assert.equal(await tab.page.evaluate(() => document.activeElement?.textContent), "Test my connection", "focus returns to the link");
   } finally {
     await tab.context.close();
+  }
+});
+
+async function freePort() {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** A test CA and a certificate for 127.0.0.1 signed by it, in `dir`. */
+function makeCertificates(dir) {
+  const openssl = (args) => execFileSync("/usr/bin/openssl", args, { cwd: dir, stdio: "pipe" });
+  openssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Parley test CA"]);
+  openssl(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]);
+  openssl(["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "leaf.ext"]);
+}
+
+test("with a trusted certificate on the TURN-over-TLS listener, the relay over TLS works too", async () => {
+  for (const tool of ["/usr/bin/openssl", "/usr/bin/certutil"]) {
+    assert.ok(existsSync(tool), `${tool} is needed (Debian packages openssl and libnss3-tools)`);
+  }
+  const dir = await mkdtemp(join(tmpdir(), "parley-conntest-tls-"));
+  let tlsDaemon;
+  let trusting;
+  try {
+    await writeFile(join(dir, "leaf.ext"), "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n");
+    makeCertificates(dir);
+    tlsDaemon = await startDaemon({
+      turn: { tls_listen: `127.0.0.1:${await freePort()}`, tls_cert: join(dir, "cert.pem"), tls_key: join(dir, "key.pem") },
+    });
+    trusting = await launchWith([], async (home) => {
+      const nssdb = join(home, ".pki/nssdb");
+      await mkdir(nssdb, { recursive: true });
+      execFileSync("/usr/bin/certutil", ["-N", "-d", `sql:${nssdb}`, "--empty-password"]);
+      execFileSync("/usr/bin/certutil", ["-A", "-t", "C,,", "-n", "parley-test-ca", "-i", join(dir, "ca.pem"), "-d", `sql:${nssdb}`]);
+    });
+    const tab = await newPerson(trusting.browser, tlsDaemon);
+    const { rows, verdict } = await runTest(tab.page);
+    assert.match(rows["Relay over UDP"], /^Passed: works/);
+    assert.match(rows["Relay over TCP"], /^Passed: works/);
+    assert.match(rows["Relay over TLS"], /^Passed: works, \d+ ms round trip$/, `TLS: ${rows["Relay over TLS"]}`);
+    assert.equal(verdict, "Calls will work.");
+  } finally {
+    await trusting?.close();
+    await tlsDaemon?.stop();
+    await rm(dir, { recursive: true, force: true });
   }
 });
