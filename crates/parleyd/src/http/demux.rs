@@ -205,7 +205,8 @@ mod tests {
         check(b"SSH-2.0-OpenSSH_9.2\r\n", 1, Detected::Garbage);
         check(b"PRI * HTTP/2.0\r\n", 2, Detected::Garbage);
         check(&[0xff, 0xfe, 0x00], 1, Detected::Garbage);
-        check(b"\r\n\r\n", 4, Detected::Garbage);
+        // Top bits 0, like STUN, until the cookie's first byte is wrong.
+        check(b"\r\n\r\nGET /", 5, Detected::Garbage);
     }
 
     #[test]
