@@ -5,7 +5,7 @@
 
 import { h } from "./dom";
 import {
-  TRANSPORTS, checkMedia, probeRelay, relayFor, sendDiagnostics, testIceServers, verdict, TestError,
+  TRANSPORTS, checkMedia, probeAll, sendDiagnostics, testIceServers, verdict, TestError,
   type MediaCheck, type ProbeResult, type Results, type Transport,
 } from "./netprobe";
 
@@ -56,10 +56,9 @@ export function openConnectionTest(token: string | null, returnFocus?: HTMLEleme
     try {
       status.textContent = "Checking your microphone and camera…";
       const media = await checkMedia();
-      status.textContent = "Connecting to the relay over UDP, TCP and TLS…";
+      status.textContent = "Connecting to the relay over UDP, then TCP, then TLS…";
       const ice = await testIceServers(token);
-      const probes = await Promise.all(TRANSPORTS.map((transport) => probeRelay(relayFor(ice.iceServers, transport))));
-      const results = Object.fromEntries(TRANSPORTS.map((transport, index) => [transport, probes[index]])) as Results;
+      const results = await probeAll(ice.iceServers);
       if (!dialog.open) return;
       rows.append(
         ...row("Microphone", media.microphone ? "works" : "could not be opened", media.microphone),

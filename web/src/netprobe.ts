@@ -31,8 +31,13 @@ export interface TestIce {
 /** Said when the server lists no relay URL for a transport (TURN over TLS is optional). */
 export const NOT_OFFERED = "this server offers no relay over this transport";
 
-/** How long one transport may take to connect; the three run side by side. */
-export const PROBE_TIMEOUT_MS = 7_000;
+/**
+ * How long one transport may take to connect. The three run one after the other: each end
+ * of a probe takes a relay allocation per network interface, and the relay's per-user quota
+ * (`turn.max_allocations_per_user`, 10 by default) would refuse some if all ran at once.
+ * A transport that is blocked outright fails as soon as gathering ends without a candidate.
+ */
+export const PROBE_TIMEOUT_MS = 6_000;
 const PINGS = 5;
 
 // ---------------------------------------------------------------- HTTP
@@ -128,8 +133,17 @@ export async function probeRelay(server: IceServer | null, timeoutMs = PROBE_TIM
   let relayCandidates = 0;
   let timer: number | undefined;
   try {
+    let gatheredNothing: () => void = () => {};
+    const nothing = new Promise<never>((_, reject) => {
+      gatheredNothing = () => reject(new Error("no relay candidate: the relay could not be reached"));
+    });
+    nothing.catch(() => {});
     a.onicecandidate = ({ candidate }) => {
-      if (!candidate) return;
+      // The end of gathering: without a single relay candidate, waiting longer cannot help.
+      if (!candidate) {
+        if (relayCandidates === 0) gatheredNothing();
+        return;
+      }
       relayCandidates++;
       void b.addIceCandidate(candidate).catch(() => {});
     };
@@ -158,7 +172,7 @@ export async function probeRelay(server: IceServer | null, timeoutMs = PROBE_TIM
     await b.setRemoteDescription(a.localDescription as RTCSessionDescription);
     await b.setLocalDescription();
     await a.setRemoteDescription(b.localDescription as RTCSessionDescription);
-    await Promise.race([Promise.all([open, echoed]), timeout]);
+    await Promise.race([Promise.all([open, echoed]), timeout, nothing]);
 
     const times: number[] = [];
     for (let i = 0; i < PINGS; i++) {
@@ -180,6 +194,17 @@ export async function probeRelay(server: IceServer | null, timeoutMs = PROBE_TIM
     a.close();
     b.close();
   }
+}
+
+/** Each transport in turn (see `PROBE_TIMEOUT_MS`), with a moment between for the relay to free allocations. */
+export async function probeAll(servers: IceServer[]): Promise<Results> {
+  const results = {} as Results;
+  for (const transport of TRANSPORTS) {
+    const server = relayFor(servers, transport);
+    results[transport] = await probeRelay(server);
+    if (server) await new Promise((resolve) => window.setTimeout(resolve, 250));
+  }
+  return results;
 }
 
 /** Opens and at once releases the microphone and the camera, each on its own. */
