@@ -96,6 +96,16 @@ test("loss, bitrates and concealment are over the interval since the previous re
   assert.equal(second.report.bitrateOutKbps, 40);
 });
 
+test("an interval in which no packet moved (media stalled) reports the whole connection's loss", () => {
+  const totals = { audioIn: 900, videoIn: 0, lostIn: 100, sent: 1000, lostOut: 20, samples: 1, concealed: 0 };
+  const first = stats.summariseStats(relayedReport(10_000, totals), null, context);
+  const stalled = stats.summariseStats(relayedReport(20_000, totals), first.counters, { ...context, iceState: "failed" });
+  assert.equal(stalled.report.lossInPct, 10);
+  assert.equal(stalled.report.lossOutPct, 2);
+  assert.equal(stalled.report.bitrateInKbps, 0, "nothing arrived in those 10 s");
+  assert.equal(stats.complete(stalled.report), true, "so a failure report can still be sent");
+});
+
 test("a new peer connection (after a resume) counts from zero instead of reporting negative deltas", () => {
   const before = stats.summariseStats(relayedReport(10_000, { audioIn: 5000, videoIn: 0, lostIn: 100, sent: 5000, lostOut: 0, samples: 1, concealed: 0 }), null, context);
   const fresh = stats.summariseStats(relayedReport(20_000, { audioIn: 90, videoIn: 0, lostIn: 10, sent: 100, lostOut: 0, samples: 1, concealed: 0 }), before.counters, context);
@@ -209,4 +219,61 @@ test("connection test: each probe gets only its transport's relay URL, with the 
   assert.deepEqual(probe.relayFor([{ urls: "turn:h:3478", username: "u", credential: "c" }], "udp").urls, ["turn:h:3478"], "no transport means UDP");
   assert.equal(probe.relayFor(servers.slice(0, 1), "udp"), null, "a STUN server has no relay");
   assert.equal(probe.relayFor([servers[1]].map((s) => ({ ...s, urls: s.urls.slice(0, 2) })), "tls"), null);
+});
+
+// ---------------------------------------------------------------- the reporter's timing
+
+/** A peer connection that only answers getStats(), with a connected relay path. */
+function fakeConnection() {
+  const entries = [...relayedReport(1000, { audioIn: 10, videoIn: 0, lostIn: 0, sent: 10, lostOut: 0, samples: 1, concealed: 0 }).values()];
+  return {
+    iceConnectionState: "connected",
+    connectionState: "connected",
+    getStats: async () => ({ forEach: (visit) => entries.forEach((entry) => visit(entry)) }),
+  };
+}
+
+/** Lets the reporter's awaited getStats() settle. */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+test("the reporter sends every 10 s while active, keeps 5 s between reports, and sends one final report", async (t) => {
+  t.mock.timers.enable({ apis: ["setInterval", "setTimeout", "Date"], now: 1_000_000 });
+  globalThis.window ??= globalThis;
+  globalThis.navigator ??= {};
+  const sent = [];
+  const reporter = new stats.StatsReporter(() => "call-1", (event, payload) => sent.push({ event, at: Date.now(), payload }));
+  const pc = fakeConnection();
+  reporter.watch(pc);
+  t.mock.timers.tick(9_999);
+  await settle();
+  assert.equal(sent.length, 0, "nothing before the first 10 s");
+  t.mock.timers.tick(1);
+  await settle();
+  assert.equal(sent.length, 1);
+  assert.equal(sent[0].event, "call:stats");
+  assert.equal(sent[0].payload.callId, "call-1");
+  assert.equal(sent[0].payload.path, "relay");
+
+  // ICE fails 2 s after that report: the failure report waits until 5 s have passed.
+  t.mock.timers.tick(2_000);
+  pc.iceConnectionState = "failed";
+  reporter.failed(pc);
+  t.mock.timers.tick(2_999);
+  await settle();
+  assert.equal(sent.length, 1, "not within 5 s of the previous report");
+  t.mock.timers.tick(1);
+  await settle();
+  assert.equal(sent.length, 2);
+  assert.equal(sent[1].payload.iceState, "failed");
+
+  // The call ends a moment later: the final report goes at once, whatever the interval.
+  t.mock.timers.tick(1_000);
+  pc.iceConnectionState = "connected";
+  await reporter.finish(pc);
+  assert.equal(sent.length, 3, "the final report is the one allowed after the end");
+  t.mock.timers.tick(60_000);
+  await settle();
+  assert.equal(sent.length, 3, "nothing after the final report");
+  await reporter.finish(pc);
+  assert.equal(sent.length, 3, "one final report only");
 });

@@ -95,8 +95,9 @@ function selectedPair(stats: ReadonlyMap<string, Stat>): Stat | undefined {
 
 /**
  * Summarises one `getStats()` result into the `call:stats` report. Loss, bitrates and audio
- * concealment are over the time since `previous` (the whole connection when it is `null`), so
- * each report says how the last interval went; freezes are counted over the connection.
+ * concealment are over the time since `previous` (the whole connection when it is `null`, or
+ * when no packet moved since), so each report says how the last interval went; freezes are
+ * counted over the connection.
  */
 export function summariseStats(
   stats: ReadonlyMap<string, Stat>,
@@ -187,10 +188,14 @@ export function summariseStats(
   // A new peer connection (after a resume) starts its totals again: then count from zero.
   const base = previous && counters.packetsReceived >= previous.packetsReceived && counters.packetsSent >= previous.packetsSent ? previous : null;
   const delta = (key: keyof Counters) => Math.max(0, counters[key] - (base ? base[key] : 0));
-  const receivedIn = delta("packetsReceived");
-  const lostIn = delta("packetsLostIn");
-  const sent = delta("packetsSent");
-  const lostOut = delta("packetsLostOut");
+  // An interval without a packet (media stalled, ICE failing) says nothing about loss: then
+  // the whole connection's figures stand in.
+  const inInterval = delta("packetsReceived") + delta("packetsLostIn") > 0;
+  const outInterval = delta("packetsSent") > 0;
+  const receivedIn = inInterval ? delta("packetsReceived") : counters.packetsReceived;
+  const lostIn = inInterval ? delta("packetsLostIn") : counters.packetsLostIn;
+  const sent = outInterval ? delta("packetsSent") : counters.packetsSent;
+  const lostOut = outInterval ? delta("packetsLostOut") : counters.packetsLostOut;
   const seconds = base ? (counters.at - base.at) / 1000 : 0;
   const kbps = (bytes: number) => (seconds > 0 ? round1((bytes * 8) / 1000 / seconds) : null);
 
