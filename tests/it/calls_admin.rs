@@ -68,7 +68,8 @@ async fn ended_call(
 
 #[tokio::test(flavor = "current_thread")]
 async fn calls_list_and_show_read_paths_quality_and_say_why_a_call_failed() {
-    // No TURN over TLS (the harness's tls_listen = ""): the diagnosis must say so.
+    // No TURN over TLS (the harness's tls_listen = "" and no HTTPS for the shared port): the
+    // diagnosis must say so.
     let daemon = Daemon::configure("");
     let config = Some(daemon.config_path.as_path());
 
@@ -272,7 +273,8 @@ async fn calls_list_and_show_read_paths_quality_and_say_why_a_call_failed() {
     assert!(
         text.contains(
             "ICE failed: callee's (bob) client had no relay candidate; its network blocks UDP, \
-             TURN over TCP did not get through and TURN/TLS is not configured (turn.tls_listen)"
+             TURN over TCP did not get through and TURN/TLS is not configured (tls.enabled with \
+             turn.on_https_port, or turn.tls_listen)"
         ),
         "{text}"
     );

@@ -115,13 +115,17 @@ pub struct RelayFacts {
 impl RelayFacts {
     pub fn from_config(config: &Config) -> RelayFacts {
         let turn = &config.turn;
+        // The HTTP(S) port carries TURN over TCP, and over TLS when it speaks TLS, with
+        // `turn.on_https_port` (issue 11).
+        let front_door = turn.enabled && turn.on_https_port;
         RelayFacts {
             enabled: turn.enabled,
             udp: turn.enabled && turn.udp,
-            tcp: turn.enabled && turn.tcp,
+            tcp: (turn.enabled && turn.tcp) || front_door,
             // A certificate is always available (configured or generated), so an address is
-            // all TURN over TLS needs.
-            tls: turn.enabled && !turn.tls_listen.trim().is_empty(),
+            // all a separate TURN-over-TLS listener needs.
+            tls: (turn.enabled && !turn.tls_listen.trim().is_empty())
+                || (front_door && config.tls.enabled),
         }
     }
 }
@@ -214,8 +218,12 @@ fn ice_failure(report: &StatsReport, relay: &RelayFacts, other: Option<&str>) ->
             );
         }
         for (name, key, offered) in [
-            ("TCP", "turn.tcp", relay.tcp),
-            ("TLS", "turn.tls_listen", relay.tls),
+            ("TCP", "turn.tcp or turn.on_https_port", relay.tcp),
+            (
+                "TLS",
+                "tls.enabled with turn.on_https_port, or turn.tls_listen",
+                relay.tls,
+            ),
         ] {
             because.push(if offered {
                 format!("TURN over {name} did not get through")
@@ -660,7 +668,7 @@ mod tests {
             vec![
                 "ICE failed: callee's (bob) client had no relay candidate; its network blocks \
                  UDP, TURN over TCP did not get through and TURN/TLS is not configured \
-                 (turn.tls_listen)"
+                 (tls.enabled with turn.on_https_port, or turn.tls_listen)"
             ]
         );
         assert!(went_wrong(&failed));
