@@ -532,3 +532,156 @@ async fn a_short_lived_certificate_is_renewed_and_swapped_while_a_connection_sta
         .expect("the open connection survived the renewal");
     assert_eq!(leaf(&open), first);
 }
+
+/// Waits for `text` in the daemon's log.
+async fn wait_log(daemon: &mut Daemon, text: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = daemon
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!("parley exited ({status}):\n{}", daemon.log());
+        }
+        let log = daemon.log();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} not logged within {within:?}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `/readyz` over TLS without checking the certificate (it is the self-signed one).
+async fn readyz_on_self_signed(address: SocketAddr) -> String {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    #[derive(Debug)]
+    struct Any(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Any(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(address).await.expect("connect");
+    let mut stream = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(NAME).expect("name"), tcp)
+        .await
+        .expect("TLS on the self-signed certificate");
+    request(&mut stream, NAME, "/readyz")
+        .await
+        .expect("/readyz answers 200")
+}
+
+#[tokio::test]
+async fn failures_keep_the_daemon_serving_and_say_what_to_fix() {
+    // The name does not lead to this daemon: pebble validates TLS-ALPN-01 on a dead port.
+    let daemon = Daemon::configure("");
+    let pebble = Pebble::start(free_port(), free_port(), 0);
+    let mut daemon = acme_daemon(&pebble, daemon, "").spawn_without_waiting(&[]);
+    let log = wait_log(
+        &mut daemon,
+        "acme: could not get a certificate",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        log.contains("the ACME server could not validate parley.test"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Check that the DNS name parley.test points at this server and that port 443 (http.listen) is reachable"),
+        "{log}"
+    );
+    assert!(
+        log.contains("still serving the self-signed certificate; next attempt in 1 min"),
+        "{log}"
+    );
+    assert!(
+        readyz_on_self_signed(daemon.http)
+            .await
+            .contains("\"ready\":true")
+    );
+    assert_eq!(pebble.issued(), 0);
+    let doctor = parley(Some(&daemon.config_path), &["doctor"], None);
+    let doctor = String::from_utf8_lossy(&doctor.stdout).to_string();
+    assert!(
+        doctor.contains("tls (acme): WARNING no certificate issued yet"),
+        "{doctor}"
+    );
+    drop(daemon);
+
+    // No ACME server at all.
+    let daemon = Daemon::configure("");
+    let dead = format!("https://127.0.0.1:{}/dir", free_port());
+    let config = std::fs::read_to_string(&daemon.config_path).expect("config");
+    let added = format!(
+        "[http]\npublic_url = \"https://{NAME}:{}\"\n[log]\nlevel = \"info\"\n[tls]\nenabled = true\nacme = true\nacme_directory = \"{dead}\"\n",
+        daemon.http.port()
+    );
+    std::fs::write(&daemon.config_path, merge(&config, &added)).expect("config");
+    let mut daemon = daemon.spawn_without_waiting(&[]);
+    let log = wait_log(
+        &mut daemon,
+        "acme: could not get a certificate",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        log.contains(&format!("cannot talk to the ACME server at {dead}")),
+        "{log}"
+    );
+    assert!(log.contains("tls.acme_directory"), "{log}");
+    assert!(
+        readyz_on_self_signed(daemon.http)
+            .await
+            .contains("\"ready\":true")
+    );
+}

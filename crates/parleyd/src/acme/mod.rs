@@ -226,11 +226,21 @@ async fn obtain(
 ) -> anyhow::Result<(String, String)> {
     let account = account(settings).await?;
     let identifiers = [Identifier::Dns(settings.host.clone())];
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .map_err(|e| explain(e, settings))
-        .context("new order")?;
+    let mut order = match account.new_order(&NewOrder::new(&identifiers)).await {
+        Ok(order) => order,
+        Err(instant_acme::Error::Api(problem)) if refuses_account(&problem) => {
+            // A revoked or deleted account never comes back: set it aside, so that the next
+            // attempt registers a new one instead of failing the same way forever.
+            let path = settings.dir.join(ACCOUNT_FILE);
+            let _ = std::fs::rename(&path, path.with_extension("json.refused"));
+            bail!(
+                "the ACME server refused the account ({problem}); it was set aside as {} and a \
+                 new one is registered at the next attempt",
+                path.with_extension("json.refused").display()
+            );
+        }
+        Err(error) => return Err(explain(error, settings)).context("new order"),
+    };
 
     let kind = if settings.http01 {
         ChallengeType::Http01
@@ -273,10 +283,17 @@ async fn obtain(
                 .await
                 .map_err(|e| explain(e, settings))?;
         }
-        let status = order
+        let status = match order
             .poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(90)))
             .await
-            .map_err(|e| explain(e, settings))?;
+        {
+            Ok(status) => status,
+            // A failed validation may come back as the order's error rather than its status.
+            Err(instant_acme::Error::Api(problem)) if is_validation_problem(&problem) => {
+                bail!("{}", validation_advice(settings, &problem.to_string()))
+            }
+            Err(error) => return Err(explain(error, settings)),
+        };
         if status != OrderStatus::Ready {
             bail!("{}", validation_failure(&mut order, settings).await);
         }
@@ -319,6 +336,15 @@ async fn validation_failure(order: &mut instant_acme::Order, settings: &AcmeSett
             }
         }
     }
+    let detail = if details.is_empty() {
+        "no detail given".to_owned()
+    } else {
+        details.join("; ")
+    };
+    validation_advice(settings, &detail)
+}
+
+fn validation_advice(settings: &AcmeSettings, detail: &str) -> String {
     let where_ = if settings.http01 {
         "port 80 (http.redirect_listen)"
     } else {
@@ -328,11 +354,26 @@ async fn validation_failure(order: &mut instant_acme::Order, settings: &AcmeSett
         "the ACME server could not validate {host}: {detail}. Check that the DNS name {host} \
          points at this server and that {where_} is reachable from the internet",
         host = settings.host,
-        detail = if details.is_empty() {
-            "no detail given".to_owned()
-        } else {
-            details.join("; ")
-        }
+    )
+}
+
+fn problem_kind(problem: &instant_acme::Problem) -> &str {
+    let kind = problem.r#type.as_deref().unwrap_or("");
+    kind.rsplit(':').next().unwrap_or(kind)
+}
+
+/// RFC 8555 section 6.7 (and RFC 8657's caa): the server could not check that we control the name.
+fn is_validation_problem(problem: &instant_acme::Problem) -> bool {
+    matches!(
+        problem_kind(problem),
+        "connection" | "dns" | "tls" | "incorrectResponse" | "unauthorized" | "caa"
+    )
+}
+
+fn refuses_account(problem: &instant_acme::Problem) -> bool {
+    matches!(
+        problem_kind(problem),
+        "accountDoesNotExist" | "unauthorized"
     )
 }
 
@@ -343,8 +384,8 @@ fn explain(error: instant_acme::Error, settings: &AcmeSettings) -> anyhow::Error
             let kind = problem.r#type.as_deref().unwrap_or("");
             let advice = if kind.ends_with(":rateLimited") {
                 "the ACME server's rate limit was hit; Parley retries later by itself"
-            } else if kind.ends_with(":accountDoesNotExist") || kind.ends_with(":unauthorized") {
-                "the ACME account was refused (revoked or deleted?); remove \
+            } else if kind.ends_with(":accountDoesNotExist") {
+                "the ACME server does not know the stored account; remove \
                  <data_dir>/tls/acme/account.json to register a new one"
             } else if kind.ends_with(":rejectedIdentifier") || kind.ends_with(":malformed") {
                 "the ACME server will not issue for this name: check http.public_url"
