@@ -33,9 +33,10 @@ struct Options {
 fn usage() -> String {
     "usage: cargo xtask bench [startup|idle|burst|calls|relay|all ...] [--users N] \
      [--burst-users N] [--spread SECS] [--rate R] [--duration SECS] [--pairs P] [--hold SECS] \
-     [paced|paced-tcp|flood ...] [--reps N]\n\
+     [paced|paced-tcp|flood ...] [--reps N] [--parley PATH]\n\
      defaults: idle 10000 users held 30 s; burst 2000 users within 3 s; calls 500 setups/s \
-     for 20 s on 250 pairs; relay: paced, paced-tcp and flood against coturn, 3 reps"
+     for 20 s on 250 pairs; relay: paced, paced-tcp and flood against coturn, 3 reps; \
+     --parley measures another daemon binary than this tree's release build"
         .to_owned()
 }
 
@@ -52,8 +53,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     // Options of the relay benchmark, passed through to it.
     let mut relay_args: Vec<String> = Vec::new();
+    // `--parley PATH`: measure that daemon binary instead of this tree's release build.
+    let mut parley_override: Option<PathBuf> = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
+        if arg == "--parley" {
+            parley_override = Some(PathBuf::from(iter.next().context("--parley needs a path")?));
+            continue;
+        }
         if arg == "--reps" {
             relay_args.push(arg.clone());
             relay_args.push(iter.next().context("--reps needs a value")?.clone());
@@ -110,7 +117,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ],
     )?;
     let release = target_dir().join("release");
-    let parley = release.join("parley");
+    let parley = parley_override.unwrap_or_else(|| release.join("parley"));
     let loadgen = release.join("parley-loadgen");
 
     let mut summary: Vec<(String, String)> = Vec::new();
