@@ -4,7 +4,7 @@
 //! driver task, no relay) serves every input with `tower::ServiceExt::oneshot`, so bodies go
 //! through axum's extractors and the handlers' own checks exactly as over the socket.
 //!
-//! Input: byte 0 picks the route, byte 1 holds flags, the rest is the body; for routes with a
+//! Input: byte 0 picks the route (modulo 10), byte 1 holds flags, the rest is the body; for routes with a
 //! call id or a query, the text up to the first newline is the path segment or query string
 //! (percent-encoded here, so every input makes a valid URI and axum decodes it back).
 //!
@@ -70,6 +70,7 @@ static DAEMON: LazyLock<Daemon> = LazyLock::new(|| {
             store,
             turn_secret: Arc::new(secret),
             relay: None,
+            certificate: None,
             calls,
         };
         (parleyd::http::router(state), session.token)
@@ -106,13 +107,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let daemon = &*DAEMON;
-    let (method, uri, body): (Method, String, &[u8]) = match route % 8 {
+    let (method, uri, body): (Method, String, &[u8]) = match route % 10 {
         0 => (Method::POST, "/api/v1/auth/login".into(), rest),
         1 => (Method::POST, "/api/v1/auth/register".into(), rest),
         2 => (Method::POST, "/api/v1/calls".into(), rest),
         3 | 4 => {
             let (id, body) = split_line(rest);
-            let action = if route % 8 == 3 { "accept" } else { "decline" };
+            let action = if route % 10 == 3 { "accept" } else { "decline" };
             let uri = format!("/api/v1/calls/{}/{action}", encode(id, b""));
             (Method::POST, uri, body)
         }
@@ -129,6 +130,12 @@ fuzz_target!(|data: &[u8]| {
                 body,
             )
         }
+        8 => (Method::POST, "/api/v1/diagnostics".into(), rest),
+        9 => (
+            Method::GET,
+            "/api/v1/connection-test/ice-servers".into(),
+            rest,
+        ),
         _ => {
             let (id, body) = split_line(rest);
             (

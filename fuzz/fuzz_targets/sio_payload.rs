@@ -44,6 +44,31 @@ fn check_device(device: &Option<String>) {
 
 /// An accepted `call:stats` report is within the spec's bounds, and its verdict computes.
 fn check_report((id, report): (parley_call::CallId, payload::StatsReport)) {
+    // Parley's extension lists: bounded, known entries only, sorted without duplicates.
+    for (list, allowed) in [
+        (
+            &report.local_candidate_types,
+            &["host", "srflx", "prflx", "relay"][..],
+        ),
+        (
+            &report.remote_candidate_types,
+            &["host", "srflx", "prflx", "relay"][..],
+        ),
+        (&report.relay_protocols, &["udp", "tcp", "tls"][..]),
+    ] {
+        if let Some(list) = list {
+            let positions: Vec<usize> = list
+                .iter()
+                .map(|item| {
+                    allowed
+                        .iter()
+                        .position(|a| a == item)
+                        .expect("a known entry")
+                })
+                .collect();
+            assert!(positions.windows(2).all(|w| w[0] < w[1]), "{report:?}");
+        }
+    }
     assert!((1..=128).contains(&id.0.len()), "callId {:?}", id.0);
     assert!(
         ["direct", "relay"].contains(&report.path.as_str()),
