@@ -4,9 +4,10 @@
 //! driver task, no relay) serves every input with `tower::ServiceExt::oneshot`, so bodies go
 //! through axum's extractors and the handlers' own checks exactly as over the socket.
 //!
-//! Input: byte 0 picks the route (modulo 10), byte 1 holds flags, the rest is the body; for routes with a
-//! call id or a query, the text up to the first newline is the path segment or query string
-//! (percent-encoded here, so every input makes a valid URI and axum decodes it back).
+//! Input: byte 0 picks the route (modulo 10), byte 1 holds flags, the rest is the body; for
+//! routes with a call id or a query, the text up to the first newline is the path segment or
+//! query string (percent-encoded here, so every input makes a valid URI and axum decodes it
+//! back).
 //!
 //! Properties checked: no panic; no 5xx (a 5xx on client input is a bug of ours); every `/api/`
 //! error answer has the protocol's shape `{"error": {"code", "message"}}`.
