@@ -30,6 +30,10 @@ const MAX_BATCH: usize = 256;
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the writes in flight (their replies and events follow them).
 const SHUTDOWN_WRITES: Duration = Duration::from_secs(10);
+/// The Socket.IO room of the sockets that have had their `session` event: presence goes to it
+/// as one broadcast, which socketioxide encodes once for every socket (issue 14: encoding it
+/// per socket was most of a call setup's CPU with 1,000 idle connections).
+const PRESENCE_ROOM: &str = "parley:presence";
 
 /// What the driver needs to send `session` once the switchboard has registered a socket.
 struct PendingSession {
@@ -451,10 +455,12 @@ impl Driver {
                         .collect(),
                     _ => vec![event],
                 };
+                // Any registered socket can address the room; none means nobody to tell.
+                let Some(socket) = self.sockets.values().next() else {
+                    return;
+                };
                 for event in &events {
-                    for socket in self.sockets.values() {
-                        let _ = socket.emit(event.name(), event);
-                    }
+                    broadcast_now(socket.within(PRESENCE_ROOM).emit(event.name(), event));
                 }
             }
             Output::Persist(record) => self.start_write(record),
@@ -474,6 +480,8 @@ impl Driver {
                         fields.extend(ice);
                     }
                     let _ = session.socket.emit("session", &payload);
+                    // From now on it hears presence (after its `session`, as the spec orders).
+                    session.socket.join(PRESENCE_ROOM);
                 }
                 if let Some(reply) = self.replies.remove(&request) {
                     let _ = reply.send(result);
@@ -592,6 +600,18 @@ fn call_write(record: &CallRecord) -> CallWrite<'_> {
         ended_at: record.ended_at_ms,
         caller_device: record.caller_device.as_deref(),
         callee_device: record.callee_device.as_deref(),
+    }
+}
+
+/// Runs a broadcast to completion now, in order with the driver's other emits. socketioxide's
+/// in-process adapter (the only one Parley uses) completes it on the first poll.
+fn broadcast_now(
+    broadcast: impl std::future::Future<Output = Result<(), socketioxide::BroadcastError>>,
+) {
+    let mut broadcast = std::pin::pin!(broadcast);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    if broadcast.as_mut().poll(&mut context).is_pending() {
+        log::error!("a presence broadcast did not complete at once and was dropped");
     }
 }
 

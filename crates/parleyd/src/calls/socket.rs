@@ -52,8 +52,9 @@ const CLIENT_EVENTS: [&str; 10] = [
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Who a socket is, set by the handshake middleware.
-#[derive(Clone)]
+/// Who a socket is, set by the handshake middleware. Kept behind an `Arc` in the socket's
+/// extensions: every event reads it, and cloning the names and ids in it each time was an
+/// allocation per string per event (issue 14).
 struct SocketAuth {
     conn: ConnId,
     session_id: i64,
@@ -251,7 +252,7 @@ async fn authenticate(
     let calls = &state.config.calls;
     let ice = serde_json::to_value(crate::relay::ice_servers(&state, user.id))
         .unwrap_or_else(|_| json!({}));
-    socket.extensions.insert(SocketAuth {
+    socket.extensions.insert(Arc::new(SocketAuth {
         device_slot: Arc::new(device_slot),
         bound: Arc::new(Mutex::new(Vec::new())),
         registered: Arc::new(AtomicBool::new(false)),
@@ -266,7 +267,7 @@ async fn authenticate(
             calls.events_burst,
             Instant::now(),
         ))),
-    });
+    }));
     // Handlers go in before the CONNECT packet is sent: socketioxide drops events that arrive
     // before a handler exists, and clients flush buffered emits the moment they connect.
     for event in CLIENT_EVENTS {
@@ -297,7 +298,7 @@ fn ensure_registered(socket: SocketRef, auth: &SocketAuth) {
 }
 
 async fn on_connect(socket: SocketRef) {
-    match socket.extensions.get::<SocketAuth>() {
+    match socket.extensions.get::<Arc<SocketAuth>>() {
         Some(auth) => ensure_registered(socket.clone(), &auth),
         // The middleware always sets it; without it the socket cannot act for anyone.
         None => {
@@ -307,7 +308,7 @@ async fn on_connect(socket: SocketRef) {
 }
 
 async fn on_disconnect(socket: SocketRef, State(state): State<AppState>) {
-    if let Some(auth) = socket.extensions.get::<SocketAuth>() {
+    if let Some(auth) = socket.extensions.get::<Arc<SocketAuth>>() {
         auth.device_slot.release();
         state.calls.send(Command::Disconnect { conn: auth.conn });
     }
@@ -425,7 +426,7 @@ fn parse(name: &str, data: &Value) -> Result<Request, ApiError> {
 /// an offer is never overtaken by the ICE candidates sent after it.
 struct Queued {
     event: String,
-    auth: Option<SocketAuth>,
+    auth: Option<Arc<SocketAuth>>,
     outcome: Result<Pending, ApiError>,
 }
 
@@ -456,7 +457,7 @@ impl FromMessageParts<LocalAdapter> for Queued {
             Ok(Event(name)) => name,
             Err(_) => String::new(),
         };
-        let auth = socket.extensions.get::<SocketAuth>();
+        let auth = socket.extensions.get::<Arc<SocketAuth>>();
         if let Some(auth) = &auth {
             ensure_registered(SocketRef::from(socket.clone()), auth);
         }
