@@ -1043,6 +1043,122 @@ mod tests {
         }
     }
 
+    /// A handshake offering only `protocols` via ALPN, for `name`; returns the leaf presented.
+    fn handshake_with_alpn(
+        address: std::net::SocketAddr,
+        name: &str,
+        protocols: &[&[u8]],
+    ) -> Result<Vec<u8>, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        let mut stream = TcpStream::connect(address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut connection = rustls::ClientConnection::new(
+            Arc::new(config),
+            ServerName::try_from(name.to_owned()).expect("name"),
+        )
+        .expect("client");
+        while connection.is_handshaking() {
+            connection
+                .complete_io(&mut stream)
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        }
+        Ok(connection.peer_certificates().expect("a certificate")[0].to_vec())
+    }
+
+    #[test]
+    fn acme_serves_self_signed_first_answers_alpn_challenges_and_installs_for_https_and_turn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let acme_settings = TlsSettings {
+            acme: true,
+            self_signed: false,
+            ..settings(dir.path())
+        };
+        let tls = Tls::load_settings(&acme_settings).expect("loads");
+        let (self_signed, _) = acme_settings.self_signed_paths();
+        assert!(
+            self_signed.exists(),
+            "self-signed serves until the first issuance"
+        );
+        assert!(
+            tls.self_signed_notice
+                .as_deref()
+                .unwrap_or("")
+                .contains("until the ACME server")
+        );
+        let slot = tls.acme.clone().expect("an ACME slot");
+        let web = echo_server(tls.http.clone().expect("https"));
+        let turn = echo_server(tls.turn.clone().expect("turn"));
+        assert_eq!(presented(&connect(web)), leaf_in(&self_signed));
+
+        // acme-tls/1 with no challenge pending: no certificate, the handshake fails.
+        assert!(handshake_with_alpn(web, "parley.example.org", &[ACME_TLS_ALPN]).is_err());
+        let challenge =
+            rcgen::generate_simple_self_signed(vec!["parley.example.org".into()]).expect("cert");
+        let challenge_der = challenge.cert.der().to_vec();
+        slot.resolver().set_challenge(
+            "Parley.Example.org",
+            certified_key_from_pem(
+                challenge.cert.pem().as_bytes(),
+                challenge.signing_key.serialize_pem().as_bytes(),
+            )
+            .expect("certified"),
+        );
+        assert_eq!(
+            handshake_with_alpn(web, "parley.example.org", &[ACME_TLS_ALPN]).expect("answered"),
+            challenge_der
+        );
+        assert_eq!(
+            presented(&connect(web)),
+            leaf_in(&self_signed),
+            "ordinary clients never see the challenge certificate"
+        );
+        slot.resolver().remove_challenge("parley.example.org");
+        assert!(handshake_with_alpn(web, "parley.example.org", &[ACME_TLS_ALPN]).is_err());
+
+        // An issued pair: a key that does not match is refused and nothing changes.
+        let issued =
+            rcgen::generate_simple_self_signed(vec!["parley.example.org".into()]).expect("cert");
+        let other = rcgen::KeyPair::generate().expect("key");
+        assert!(
+            slot.install(&issued.cert.pem(), &other.serialize_pem())
+                .is_err()
+        );
+        assert_eq!(presented(&connect(web)), leaf_in(&self_signed));
+        slot.install(&issued.cert.pem(), &issued.signing_key.serialize_pem())
+            .expect("installs");
+        let issued_der = issued.cert.der().to_vec();
+        assert_eq!(presented(&connect(web)), issued_der, "HTTPS swapped");
+        assert_eq!(
+            presented(&connect(turn)),
+            issued_der,
+            "TURN over TLS swapped"
+        );
+        assert_eq!(leaf_in(slot.cert_path()), issued_der);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(mode(slot.cert_path()), 0o600);
+        assert_eq!(mode(&acme_settings.acme_dir()), 0o700);
+        assert_eq!(tls.reload_now(), 1, "SIGHUP now reloads the ACME pair");
+        assert_eq!(presented(&connect(web)), issued_der);
+
+        // A restart serves the stored pair from the start.
+        let again = Tls::load_settings(&acme_settings).expect("loads");
+        assert!(again.self_signed_notice.is_none());
+        let web = echo_server(again.http.clone().expect("https"));
+        assert_eq!(presented(&connect(web)), issued_der);
+        let lines = doctor_settings(&acme_settings);
+        assert!(lines[0].starts_with("tls (acme): ok, "), "{lines:?}");
+    }
+
     #[test]
     fn disabled_tls_serves_plain_http_and_no_turn_tls_without_a_certificate() {
         let dir = tempfile::tempdir().expect("tempdir");
