@@ -283,7 +283,7 @@ async fn redirect_to_https(stream: TcpStream, builder: &http1::Builder, peer: So
     }
 }
 
-fn redirect_response(request: &Request<Incoming>, local: Option<SocketAddr>) -> Response<Body> {
+fn redirect_response<B>(request: &Request<B>, local: Option<SocketAddr>) -> Response<Body> {
     let host = request
         .headers()
         .get(axum::http::header::HOST)
@@ -557,5 +557,69 @@ impl http_body::Body for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn rewind_serves_the_bytes_read_before_the_rest_of_the_stream() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" / HTTP/1.1\r\n").await.unwrap();
+        drop(client);
+        let mut stream = Rewind::new(b"GET".to_vec(), server);
+        let mut all = String::new();
+        stream.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn rewind_hands_out_its_bytes_in_pieces_as_small_as_the_reader_asks() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut stream = Rewind::new(b"POST".to_vec(), server);
+        let mut two = [0u8; 2];
+        stream.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"PO");
+        stream.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"ST");
+    }
+
+    fn location(request: Request<()>) -> (StatusCode, String) {
+        let local = Some(SocketAddr::from(([192, 0, 2, 1], 443)));
+        let response = redirect_response(&request, local);
+        let location = response.headers()[axum::http::header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (response.status(), location)
+    }
+
+    #[test]
+    fn plain_http_on_the_tls_port_is_sent_to_the_same_host_path_and_query_over_https() {
+        let request = Request::get("/calls?with=bob")
+            .header("host", "parley.example:8443")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            location(request),
+            (
+                StatusCode::PERMANENT_REDIRECT,
+                "https://parley.example:8443/calls?with=bob".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn without_a_usable_host_header_the_redirect_names_the_listener() {
+        let request = Request::get("/").body(()).unwrap();
+        assert_eq!(location(request).1, "https://192.0.2.1:443/");
+        let request = Request::get("/x")
+            .header("host", "evil.example/path")
+            .body(())
+            .unwrap();
+        assert_eq!(location(request).1, "https://192.0.2.1:443/x");
     }
 }
