@@ -684,6 +684,44 @@ mod tests {
         assert_eq!(deadline.deadline(), began + Duration::from_secs(606));
     }
 
+    /// A front door's connection: the bytes the HTTPS listener read to classify it come first,
+    /// and the relay answers the Binding request they began (issue 11).
+    #[tokio::test]
+    async fn the_front_door_frames_the_bytes_already_read_first() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sockets =
+            crate::RelaySockets::bind("127.0.0.1:0".parse().unwrap(), true, 1, false).unwrap();
+        let https: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        sockets.add_front_door(https);
+        let options = crate::RelayOptions::new("s".into(), [127, 0, 0, 1].into());
+        let relay = crate::Relay::start(options, sockets).await.unwrap();
+        let door = relay.front_door().expect("asked for");
+        assert_eq!(door.local_addr(), https);
+
+        let (mut client, server) = tokio::io::duplex(4096);
+        let binding = stun_frame();
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let serve = door.serve_stream(
+            server,
+            peer,
+            binding[..8].to_vec(),
+            Instant::now(),
+            crate::Transport::Tcp,
+        );
+        let exchange = async {
+            client.write_all(&binding[8..]).await.unwrap();
+            let mut header = [0u8; 20];
+            client.read_exact(&mut header).await.unwrap();
+            assert_eq!(header[..2], [0x01, 0x01], "a Binding success response");
+            assert_eq!(header[8..20], binding[8..20], "for our transaction");
+            assert_eq!(door.open_connections(), 1);
+            drop(client);
+        };
+        tokio::join!(serve, exchange);
+        assert_eq!(door.open_connections(), 0);
+        relay.shutdown().await;
+    }
+
     #[test]
     fn other_bytes_are_not_frames() {
         assert_eq!(frame_length([0xC0, 0, 0, 0]), None);
