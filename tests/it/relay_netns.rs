@@ -454,6 +454,21 @@ fn an_ipv6_only_client_relays_to_an_ipv4_peer_through_a_dual_stack_listener() {
     // The same listener still serves IPv4 clients.
     let result = uclient(&topology, &topology.cli, SRV_V4_SECOND, 3478, CLI_V4, &[]);
     assert_no_loss("IPv4 client on the dual-stack listener", &result, &daemon);
+    // No IPv6 relayed address configured: asking for one gets 440, as RFC 6156 says (uclient
+    // asks for the family of its peer, here an IPv6 one; `turn` alone would answer 508).
+    let result = uclient(
+        &topology,
+        &topology.cli6,
+        SRV_V6_SECOND,
+        3478,
+        CLI_V6,
+        &["-x"],
+    );
+    assert!(
+        result.output.contains("error 440"),
+        "expected 440 Address Family not Supported:\n{}",
+        result.output
+    );
     // And TURN over TCP on the same [::]:3478, from both families.
     let result = uclient(
         &topology,
@@ -490,7 +505,7 @@ fn an_ipv6_relayed_address_is_allocated_when_the_client_asks_for_one() {
         ),
     );
     let _peer = start_peer(&topology, &topology.cli6, CLI_V6);
-    // -x: REQUESTED-ADDRESS-FAMILY IPv6.
+    // REQUESTED-ADDRESS-FAMILY IPv6 (uclient sends it for an IPv6 peer, and with -x).
     let result = uclient(
         &topology,
         &topology.cli6,

@@ -94,9 +94,15 @@ pub(crate) enum Why {
     UnknownAttributes,
     Challenge,
     StaleNonce,
-    BadCredentials { username: String },
+    BadCredentials {
+        username: String,
+    },
     ForbiddenPeer(SocketAddr),
     Quota(QuotaVerdict),
+    /// REQUESTED-ADDRESS-FAMILY names a family the relay has no relayed address in (RFC 6156).
+    AddressFamily {
+        ipv6: bool,
+    },
 }
 
 /// An error response to send: everything the shell needs to encode it.
@@ -295,6 +301,8 @@ pub(crate) struct Gate {
     /// Username and key per allocation, to release TCP/TLS allocations when the stream ends.
     allocation_credentials: HashMap<AllocationKey, (String, Vec<u8>)>,
     pending_credentials: HashMap<[u8; 12], (String, Vec<u8>)>,
+    /// Which relayed-address families the relay offers: (IPv4, IPv6).
+    relay_families: (bool, bool),
 }
 
 impl Gate {
@@ -307,7 +315,15 @@ impl Gate {
             verified: HashMap::new(),
             allocation_credentials: HashMap::new(),
             pending_credentials: HashMap::new(),
+            relay_families: (true, true),
         }
+    }
+
+    /// Which relayed-address families the relay can allocate in. `turn` 0.17 answers a
+    /// REQUESTED-ADDRESS-FAMILY it cannot serve with 508 (Insufficient Capacity); RFC 6156
+    /// says 440 (Address Family not Supported), so the gate answers that first.
+    pub fn set_relay_families(&mut self, ipv4: bool, ipv6: bool) {
+        self.relay_families = (ipv4, ipv6);
     }
 
     /// Decides on one decoded request from `source`, received on `local`.
@@ -399,6 +415,29 @@ impl Gate {
         }
 
         if method == METHOD_ALLOCATE {
+            // 0x01 IPv4, 0x02 IPv6 (RFC 6156 4.1.1); other values `turn` answers with 440 itself.
+            let requested_ipv6 = match msg.get(ATTR_REQUESTED_ADDRESS_FAMILY).as_deref() {
+                Ok([0x01, ..]) => Some(false),
+                Ok([0x02, ..]) => Some(true),
+                _ => None,
+            };
+            if let Some(ipv6) = requested_ipv6
+                && !(if ipv6 {
+                    self.relay_families.1
+                } else {
+                    self.relay_families.0
+                })
+            {
+                return Verdict::Answer(
+                    Answer::new(
+                        msg,
+                        440,
+                        "Address Family not Supported",
+                        Why::AddressFamily { ipv6 },
+                    )
+                    .signed(&key),
+                );
+            }
             let user = parse_username(&username.text, unix_now)
                 .map(|u| u.user.to_owned())
                 .unwrap_or_default();
@@ -878,6 +917,47 @@ mod tests {
             None,
             "taken once"
         );
+    }
+
+    #[test]
+    fn a_requested_address_family_the_relay_lacks_gets_440() {
+        let now = Instant::now();
+        let creds = credentials(1);
+        let ask = |family: u8| {
+            request(
+                METHOD_ALLOCATE,
+                &[(ATTR_REQUESTED_ADDRESS_FAMILY, vec![family, 0, 0, 0])],
+                Some(&creds),
+            )
+        };
+        // An IPv4-only relay: IPv6 refused with 440, IPv4 and no attribute forwarded.
+        let mut gate = gate(now);
+        gate.set_relay_families(true, false);
+        let Verdict::Answer(answer) = verdict_of(&mut gate, &ask(0x02), now) else {
+            panic!("expected 440")
+        };
+        assert_eq!(
+            (answer.code, answer.why),
+            (440, Why::AddressFamily { ipv6: true })
+        );
+        assert_eq!(answer.integrity_key, Some(creds.key.clone()), "signed");
+        assert_eq!(verdict_of(&mut gate, &ask(0x01), now), Verdict::Forward);
+        let mut gate = self::gate(now);
+        gate.set_relay_families(true, false);
+        let plain = request(METHOD_ALLOCATE, &[], Some(&creds));
+        assert_eq!(verdict_of(&mut gate, &plain, now), Verdict::Forward);
+        // An IPv6-only relay: an explicit IPv4 request is refused.
+        let mut gate = self::gate(now);
+        gate.set_relay_families(false, true);
+        assert_eq!(
+            answer_code(&verdict_of(&mut gate, &ask(0x01), now)),
+            Some(440)
+        );
+        // Both: both forwarded.
+        for family in [0x01, 0x02] {
+            let mut gate = self::gate(now);
+            assert_eq!(verdict_of(&mut gate, &ask(family), now), Verdict::Forward);
+        }
     }
 
     #[test]

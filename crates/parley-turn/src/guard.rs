@@ -240,6 +240,14 @@ impl Shared {
                     );
                 }
             }
+            Why::AddressFamily { ipv6 } => {
+                if self.may_log() {
+                    let family = if *ipv6 { "IPv6" } else { "IPv4" };
+                    log::info!(
+                        "turn: {source} asked for an {family} relayed address, which this relay has none of (turn.relay_address, turn.relay_address_v6)"
+                    );
+                }
+            }
             Why::Quota(verdict) => {
                 Metrics::add(&metrics.quota_refusals, 1);
                 if self.may_log() {

@@ -296,6 +296,9 @@ impl RelayCore {
             options.relay_address_v6,
             is_local_address,
         );
+        shared
+            .lock()
+            .set_relay_families(families.v4.is_some(), families.v6.is_some());
         for family in [families.v4, families.v6].into_iter().flatten() {
             log::info!(
                 "turn: relayed addresses {} (relay sockets on {})",
