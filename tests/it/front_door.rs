@@ -525,7 +525,7 @@ async fn without_on_https_port_stun_on_the_https_port_is_closed_as_garbage() {
 }
 
 #[tokio::test]
-async fn doctor_checks_the_https_port_and_says_browsers_refuse_a_self_signed_certificate() {
+async fn doctor_checks_the_https_port_and_says_browsers_refuse_an_untrusted_certificate_issue_11() {
     let door = HttpsDaemon::start("").await;
     let output = parley(Some(&door.daemon.config_path), &["doctor"], None);
     let text = format!(
@@ -552,4 +552,28 @@ async fn doctor_checks_the_https_port_and_says_browsers_refuse_a_self_signed_cer
         !output.status.success(),
         "doctor fails while a path is broken"
     );
+}
+
+#[tokio::test]
+async fn a_generated_self_signed_certificate_is_logged_as_refused_for_turns_issue_11() {
+    let mut daemon =
+        Daemon::configure("[tls]\nenabled = true\nself_signed = true\n").spawn_without_waiting(&[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = daemon.log();
+        if log
+            .lines()
+            .any(|line| line.contains("WARN") && line.contains("ICE error 701"))
+        {
+            break;
+        }
+        if let Some(status) = daemon.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            panic!("parley exited ({status}):\n{log}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no start-up warning that browsers refuse turns: with the generated certificate:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
