@@ -42,11 +42,10 @@ fn coturn_tool(name: &str) -> PathBuf {
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program)
+    Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (these tests need iproute2)"));
-    output
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (these tests need iproute2)"))
 }
 
 /// Runs `ip ARGS`, panicking with its error: every step of building a topology must work.
@@ -69,20 +68,22 @@ struct Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // Never panics (this also runs while a failed test unwinds): errors are ignored.
         for ns in [&self.srv, &self.cli, &self.cli6] {
-            // Kills what still runs inside, then deletes the namespace (and its veth ends).
-            let _ = run("ip", &["netns", "pids", ns])
-                .stdout
-                .split(|b| *b == b'\n')
-                .for_each(|pid| {
-                    if let Ok(pid) = std::str::from_utf8(pid).unwrap_or("").trim().parse::<i32>() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                });
-            let _ = run("ip", &["netns", "del", ns]);
+            // Kills what this test started inside (daemon, peer, probes), then deletes the
+            // namespace and with it its veth end.
+            let pids = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
 }
