@@ -251,6 +251,11 @@ impl Tls {
         let mut plan = plan(settings)?;
         if plan.http_acme {
             adopt_stored_acme_pair(settings, &mut plan);
+        } else if settings.acme && settings.enabled {
+            log::warn!(
+                "tls: tls.acme is ignored because tls.cert is set: remove tls.cert and tls.key \
+                 to let Parley get the certificate itself"
+            );
         }
         let mut self_signed_notice = None;
         if plan.http_self_signed {
