@@ -124,21 +124,23 @@ fn report_from(row: &SqliteRow) -> Result<(String, i64, PartyReport)> {
     ))
 }
 
-/// Figures the quality metrics count, over calls whose reports are final.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct QualitySamples {
-    /// Setup time (initiate → answered) of every answered call, in milliseconds.
-    pub setup_ms: Vec<f64>,
-    /// Per party report: round-trip time, loss of the worse direction, and the path.
-    pub reports: Vec<ReportSample>,
+/// A figure the quality metrics count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QualityFigure {
+    /// `answered_at - created_at` of every answered call, in milliseconds.
+    SetupMs,
+    /// `rtt_ms` of each party's report of a settled call.
+    RttMs,
+    /// The worse direction's loss, in percent, of each party's report of a settled call.
+    LossPct,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReportSample {
-    pub rtt_ms: f64,
-    pub loss_pct: f64,
-    pub path: String,
-    pub relay_protocol: Option<String>,
+/// Histogram counts of one figure: `le[i]` samples at most `bounds[i]`, their sum and count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FigureCounts {
+    pub le: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
 }
 
 impl Store {
@@ -232,36 +234,76 @@ impl Store {
         Ok(())
     }
 
-    /// What the quality metrics count. A report counts once its call ended more than
-    /// `settled_ms` before `now` (the final report can no longer replace it), so each sample
-    /// is counted once and the counts only grow. Setup times are final once answered.
-    pub async fn quality_samples(&self, now: i64, settled_ms: i64) -> Result<QualitySamples> {
-        let mut samples = QualitySamples::default();
-        let rows =
-            sqlx::query("SELECT answered_at - created_at FROM calls WHERE answered_at IS NOT NULL")
-                .fetch_all(self.pool())
-                .await?;
-        for row in rows {
-            samples
-                .setup_ms
-                .push(row.try_get::<i64, _>(0)?.max(0) as f64);
+    /// Counts of `figure` for a histogram with `bounds` (in the figure's unit), counted by
+    /// SQLite so that a scrape reads no rows. A report counts once its call ended more than
+    /// `settled_ms` before `now` (the final report can no longer replace it), so each sample is
+    /// counted once and the counts only grow; a setup time is final once the call is answered.
+    pub async fn quality_counts(
+        &self,
+        figure: QualityFigure,
+        bounds: &[f64],
+        now: i64,
+        settled_ms: i64,
+    ) -> Result<FigureCounts> {
+        let source = match figure {
+            QualityFigure::SetupMs => {
+                "SELECT max(answered_at - created_at, 0) AS v FROM calls
+                 WHERE answered_at IS NOT NULL AND ?1 IS NOT NULL"
+            }
+            QualityFigure::RttMs => {
+                "SELECT q.rtt_ms AS v FROM call_quality q JOIN calls c ON c.id = q.call_id
+                 WHERE c.ended_at IS NOT NULL AND c.ended_at <= ?1"
+            }
+            QualityFigure::LossPct => {
+                "SELECT max(q.loss_in_pct, q.loss_out_pct) AS v
+                 FROM call_quality q JOIN calls c ON c.id = q.call_id
+                 WHERE c.ended_at IS NOT NULL AND c.ended_at <= ?1"
+            }
+        };
+        // Only fixed text and numbered placeholders are spliced in; every value is bound.
+        let buckets: String = (0..bounds.len())
+            .map(|i| format!(", coalesce(sum(v <= ?{}), 0)", i + 2))
+            .collect();
+        let sql = format!("SELECT count(*), total(v){buckets} FROM ({source})");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now.saturating_sub(settled_ms));
+        for bound in bounds {
+            query = query.bind(*bound);
         }
+        let row = query.fetch_one(self.pool()).await?;
+        let mut counts = FigureCounts {
+            count: row.try_get::<i64, _>(0)?.max(0) as u64,
+            sum: row.try_get(1)?,
+            le: Vec::with_capacity(bounds.len()),
+        };
+        for i in 0..bounds.len() {
+            counts.le.push(row.try_get::<i64, _>(i + 2)?.max(0) as u64);
+        }
+        Ok(counts)
+    }
+
+    /// Reports of settled calls (as [`Store::quality_counts`]) by path and relay protocol.
+    pub async fn quality_paths(
+        &self,
+        now: i64,
+        settled_ms: i64,
+    ) -> Result<Vec<(String, Option<String>, u64)>> {
         let rows = sqlx::query(
-            "SELECT q.rtt_ms, max(q.loss_in_pct, q.loss_out_pct), q.path, q.relay_protocol
+            "SELECT q.path, q.relay_protocol, count(*)
              FROM call_quality q JOIN calls c ON c.id = q.call_id
-             WHERE c.ended_at IS NOT NULL AND c.ended_at <= ?",
+             WHERE c.ended_at IS NOT NULL AND c.ended_at <= ?
+             GROUP BY q.path, q.relay_protocol",
         )
         .bind(now.saturating_sub(settled_ms))
         .fetch_all(self.pool())
         .await?;
+        let mut paths = Vec::with_capacity(rows.len());
         for row in rows {
-            samples.reports.push(ReportSample {
-                rtt_ms: row.try_get(0)?,
-                loss_pct: row.try_get(1)?,
-                path: row.try_get(2)?,
-                relay_protocol: row.try_get(3)?,
-            });
+            paths.push((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get::<i64, _>(2)?.max(0) as u64,
+            ));
         }
-        Ok(samples)
+        Ok(paths)
     }
 }

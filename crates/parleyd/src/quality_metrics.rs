@@ -1,17 +1,18 @@
 //! The call quality part of `/metrics` (issue 16): histograms of call setup time, round-trip
 //! time and loss, and a counter of reports by path and relay protocol.
 //!
-//! The figures come from the call log, read at each scrape, so they survive restarts and need
-//! no hook in the call driver: a setup time is final once a call is answered, and a party's
+//! The figures come from the call log at each scrape, so they survive restarts and need no
+//! hook in the call driver: a setup time is final once a call is answered, and a party's
 //! report once its call ended more than [`REPORT_SETTLED`] ago (the spec's window for the final
 //! report), so every sample is counted once and the counts only grow, as Prometheus expects.
-//! Bucketing and rendering are pure ([`Histogram`], [`render`]); [`render_metrics`] only reads.
+//! SQLite counts the samples at or under each bound (a scrape reads no rows: 100,000 calls
+//! cost tens of milliseconds); the bounds, the units and the text are here, pure.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use parley_store::admin::QualitySamples;
+use parley_store::admin::{FigureCounts, QualityFigure};
 
 use crate::state::AppState;
 
@@ -28,6 +29,7 @@ pub const LOSS_RATIO_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.
 /// A Prometheus histogram: cumulative counts per upper bound, plus `+Inf`, sum and count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {
+    /// Upper bounds in the metric's unit.
     pub bounds: &'static [f64],
     /// `counts[i]`: samples `<= bounds[i]` (cumulative).
     pub counts: Vec<u64>,
@@ -36,28 +38,6 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn from_samples(bounds: &'static [f64], samples: impl IntoIterator<Item = f64>) -> Self {
-        let mut histogram = Histogram {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        };
-        for sample in samples {
-            if !sample.is_finite() {
-                continue;
-            }
-            for (count, bound) in histogram.counts.iter_mut().zip(bounds) {
-                if sample <= *bound {
-                    *count += 1;
-                }
-            }
-            histogram.sum += sample;
-            histogram.count += 1;
-        }
-        histogram
-    }
-
     fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
@@ -69,35 +49,62 @@ impl Histogram {
     }
 }
 
-/// The metrics text of the samples.
-pub fn render(samples: &QualitySamples, out: &mut String) {
-    Histogram::from_samples(
-        SETUP_SECONDS_BUCKETS,
-        samples.setup_ms.iter().map(|ms| ms / 1000.0),
-    )
-    .render(
-        "parley_call_setup_seconds",
-        "Time from call:initiate to the call being answered, per answered call.",
-        out,
-    );
-    Histogram::from_samples(
-        RTT_SECONDS_BUCKETS,
-        samples.reports.iter().map(|r| r.rtt_ms / 1000.0),
-    )
-    .render(
-        "parley_call_rtt_seconds",
-        "Media round-trip time in each party's last call:stats report, once the call settled.",
-        out,
-    );
-    Histogram::from_samples(
-        LOSS_RATIO_BUCKETS,
-        samples.reports.iter().map(|r| r.loss_pct / 100.0),
-    )
-    .render(
-        "parley_call_loss_ratio",
-        "Packet loss (worse direction, 0-1) in each party's last call:stats report, once the call settled.",
-        out,
-    );
+/// One histogram family: what it counts, its bounds in the metric's unit, and how many of the
+/// stored unit make one of the metric's (ms per second, percent per ratio).
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub figure: QualityFigure,
+    pub bounds: &'static [f64],
+    pub stored_per_unit: f64,
+}
+
+pub const FAMILIES: [Family; 3] = [
+    Family {
+        name: "parley_call_setup_seconds",
+        help: "Time from call:initiate to the call being answered, per answered call.",
+        figure: QualityFigure::SetupMs,
+        bounds: SETUP_SECONDS_BUCKETS,
+        stored_per_unit: 1000.0,
+    },
+    Family {
+        name: "parley_call_rtt_seconds",
+        help: "Media round-trip time in each party's last call:stats report, once the call settled.",
+        figure: QualityFigure::RttMs,
+        bounds: RTT_SECONDS_BUCKETS,
+        stored_per_unit: 1000.0,
+    },
+    Family {
+        name: "parley_call_loss_ratio",
+        help: "Packet loss (worse direction, 0-1) in each party's last call:stats report, once the call settled.",
+        figure: QualityFigure::LossPct,
+        bounds: LOSS_RATIO_BUCKETS,
+        stored_per_unit: 100.0,
+    },
+];
+
+impl Family {
+    /// The bounds in the stored unit, for the query.
+    pub fn stored_bounds(&self) -> Vec<f64> {
+        self.bounds
+            .iter()
+            .map(|b| b * self.stored_per_unit)
+            .collect()
+    }
+
+    /// The histogram of counts made over [`Family::stored_bounds`].
+    pub fn histogram(&self, counts: FigureCounts) -> Histogram {
+        Histogram {
+            bounds: self.bounds,
+            counts: counts.le,
+            sum: counts.sum / self.stored_per_unit,
+            count: counts.count,
+        }
+    }
+}
+
+/// The `parley_call_reports_total` lines from counts by (path, relay protocol).
+pub fn render_paths(paths: &[(String, Option<String>, u64)], out: &mut String) {
     let mut by_path: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     // Every label pair appears, at 0 too, so that rate() works from the first report.
     for key in [
@@ -108,12 +115,12 @@ pub fn render(samples: &QualitySamples, out: &mut String) {
     ] {
         by_path.insert(key, 0);
     }
-    for report in &samples.reports {
-        let protocol = match report.path.as_str() {
-            "relay" => report.relay_protocol.as_deref().unwrap_or("unknown"),
+    for (path, protocol, count) in paths {
+        let protocol = match path.as_str() {
+            "relay" => protocol.as_deref().unwrap_or("unknown"),
             _ => "none",
         };
-        *by_path.entry((report.path.as_str(), protocol)).or_default() += 1;
+        *by_path.entry((path.as_str(), protocol)).or_default() += count;
     }
     let _ = writeln!(
         out,
@@ -128,66 +135,82 @@ pub fn render(samples: &QualitySamples, out: &mut String) {
     }
 }
 
-/// Reads the samples and appends their metrics; a database error leaves them out (and is
+/// Reads the counts and appends their metrics; a database error leaves them out (and is
 /// logged) rather than failing the whole scrape.
 pub async fn render_metrics(state: &AppState, out: &mut String) {
     let settled = REPORT_SETTLED.as_millis() as i64;
-    match state
-        .store
-        .quality_samples(parley_store::unix_millis_now(), settled)
-        .await
-    {
-        Ok(samples) => render(&samples, out),
-        Err(error) => log::warn!("metrics: cannot read the call quality figures: {error}"),
+    let now = parley_store::unix_millis_now();
+    let mut text = String::new();
+    for family in &FAMILIES {
+        match state
+            .store
+            .quality_counts(family.figure, &family.stored_bounds(), now, settled)
+            .await
+        {
+            Ok(counts) => family
+                .histogram(counts)
+                .render(family.name, family.help, &mut text),
+            Err(error) => {
+                log::warn!("metrics: cannot read the call quality figures: {error}");
+                return;
+            }
+        }
     }
+    match state.store.quality_paths(now, settled).await {
+        Ok(paths) => render_paths(&paths, &mut text),
+        Err(error) => {
+            log::warn!("metrics: cannot read the call quality figures: {error}");
+            return;
+        }
+    }
+    out.push_str(&text);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parley_store::admin::ReportSample;
 
     #[test]
-    fn buckets_are_cumulative_and_bounds_inclusive() {
-        let histogram = Histogram::from_samples(&[1.0, 2.0, 5.0], [0.5, 1.0, 1.5, 7.0, f64::NAN]);
-        assert_eq!(histogram.counts, vec![2, 3, 3]);
-        assert_eq!((histogram.count, histogram.sum), (4, 10.0));
+    fn stored_bounds_are_exact_in_the_stored_unit() {
+        assert_eq!(
+            FAMILIES[1].stored_bounds(),
+            vec![25.0, 50.0, 100.0, 200.0, 300.0, 600.0, 1000.0, 2000.0]
+        );
+        assert_eq!(
+            FAMILIES[2].stored_bounds(),
+            vec![0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0],
+            "1 and 5 are the verdict's loss limits"
+        );
+        assert_eq!(FAMILIES[0].stored_bounds()[0], 1000.0);
     }
 
     #[test]
     fn the_text_has_every_family_with_units_converted() {
-        let samples = QualitySamples {
-            setup_ms: vec![2_500.0],
-            reports: vec![
-                ReportSample {
-                    rtt_ms: 40.0,
-                    loss_pct: 0.0,
-                    path: "direct".into(),
-                    relay_protocol: None,
-                },
-                ReportSample {
-                    rtt_ms: 250.0,
-                    loss_pct: 8.0,
-                    path: "relay".into(),
-                    relay_protocol: Some("tls".into()),
-                },
-            ],
-        };
         let mut out = String::new();
-        render(&samples, &mut out);
+        let rtt = &FAMILIES[1];
+        rtt.histogram(FigureCounts {
+            le: vec![0, 1, 1, 1, 2, 2, 2, 2],
+            sum: 290.0,
+            count: 2,
+        })
+        .render(rtt.name, rtt.help, &mut out);
+        render_paths(
+            &[
+                ("direct".into(), None, 1),
+                ("relay".into(), Some("tls".into()), 1),
+            ],
+            &mut out,
+        );
         let has = |line: &str| assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
-        has("# TYPE parley_call_setup_seconds histogram");
-        has("parley_call_setup_seconds_bucket{le=\"2\"} 0");
-        has("parley_call_setup_seconds_bucket{le=\"3\"} 1");
-        has("parley_call_setup_seconds_sum 2.5");
+        has("# TYPE parley_call_rtt_seconds histogram");
+        has("parley_call_rtt_seconds_bucket{le=\"0.025\"} 0");
         has("parley_call_rtt_seconds_bucket{le=\"0.05\"} 1");
         has("parley_call_rtt_seconds_bucket{le=\"0.3\"} 2");
+        has("parley_call_rtt_seconds_bucket{le=\"+Inf\"} 2");
+        has("parley_call_rtt_seconds_sum 0.29");
         has("parley_call_rtt_seconds_count 2");
-        has("parley_call_loss_ratio_bucket{le=\"0.05\"} 1");
-        has("parley_call_loss_ratio_bucket{le=\"0.1\"} 2");
         has("parley_call_reports_total{path=\"direct\",relay_protocol=\"none\"} 1");
         has("parley_call_reports_total{path=\"relay\",relay_protocol=\"tls\"} 1");
         has("parley_call_reports_total{path=\"relay\",relay_protocol=\"udp\"} 0");
-        has("parley_call_setup_seconds_bucket{le=\"+Inf\"} 1");
     }
 }
