@@ -435,6 +435,8 @@ mod tests {
             answered_at: None,
             ended_at: Some(31_000),
             callee_seen: false,
+            caller_device: None,
+            callee_device: None,
         }
     }
 
