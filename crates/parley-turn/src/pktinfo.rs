@@ -233,7 +233,7 @@ impl PktinfoConn {
     async fn recv_with_destination(
         &self,
         buf: &mut [u8],
-    ) -> std::io::Result<(usize, SocketAddr, Option<LocalDestination>)> {
+    ) -> std::io::Result<(usize, Option<SocketAddr>, Option<LocalDestination>)> {
         let fd = self.socket.as_raw_fd();
         self.socket
             .async_io(Interest::READABLE, || {
@@ -245,13 +245,11 @@ impl PktinfoConn {
                     Some(&mut control.0[..]),
                     MsgFlags::empty(),
                 )?;
-                let from = message
-                    .address
-                    .as_ref()
-                    .and_then(storage_to_socket_addr)
-                    .ok_or_else(|| std::io::Error::other("datagram without a source address"))?;
+                let from = message.address.as_ref().and_then(storage_to_socket_addr);
                 let mut local = None;
-                for control in message.cmsgs()? {
+                // A truncated control buffer (it has room for the one message asked for) only
+                // costs this datagram its reply address, never the listener.
+                for control in message.cmsgs().into_iter().flatten() {
                     match control {
                         ControlMessageOwned::Ipv4PacketInfo(info) => {
                             local = Some(LocalDestination {
@@ -345,7 +343,13 @@ impl Conn for PktinfoConn {
             let (n, from) = self.socket.recv_from(buf).await?;
             return Ok((n, normalise(from)));
         }
-        let (n, from, local) = self.recv_with_destination(buf).await?;
+        let (n, from, local) = loop {
+            match self.recv_with_destination(buf).await? {
+                (n, Some(from), local) => break (n, from, local),
+                // A datagram without a source address cannot be answered: skip it.
+                (_, None, _) => continue,
+            }
+        };
         let from = normalise(from);
         if let (Some(local), Some(mut sources)) = (local, self.lock_sources()) {
             sources.handle_received(from, local, Instant::now());
