@@ -17,6 +17,13 @@ import pytest
 from conftest import BINARY, Daemon, error_code, free_port
 
 
+EXTRA_SERVERS = """
+[webrtc]
+extra_ice_servers = [{ urls = ["stun:stun.example.org:3478"] },
+                     { urls = ["turn:turn.example.org:3478"], username = "static", credential = "shared-with-members" }]
+"""
+
+
 def turn_daemon():
     """A daemon with the embedded relay on (conftest's template turns it off), on UDP and TCP
     of a free loopback port, without TURN over TLS (its fixed default port would collide)."""
@@ -28,7 +35,7 @@ def turn_daemon():
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        return Daemon()
+        return Daemon(extra=EXTRA_SERVERS)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -71,17 +78,24 @@ def test_ice_servers_without_sign_in_have_120_s_credentials_named_for_the_addres
     assert user == "conntest-127.0.0.1"
     assert started + 120 <= int(expiry) <= int(time.time()) + 120
     assert entry["credential"]
+    # The configured extra servers: the credential-less one, not the one with a static secret.
+    urls = [s["urls"] for s in reply["iceServers"]]
+    assert ["stun:stun.example.org:3478"] in urls
+    assert not any("static" == s.get("username") for s in reply["iceServers"]), reply
 
     # Same shape and servers as the signed-in route, only the credentials differ.
     alice = relay_daemon.register("ct")
     signed_in = alice.http("GET", "/api/v1/ice-servers").json()
-    assert [s["urls"] for s in signed_in["iceServers"]] == [s["urls"] for s in reply["iceServers"]]
+    assert [s["urls"] for s in signed_in["iceServers"]] == (
+        [s["urls"] for s in reply["iceServers"]] + [["turn:turn.example.org:3478"]]
+    ), "signed in, the extra server with static credentials comes last"
     assert signed_in["iceTransportPolicy"] == reply["iceTransportPolicy"]
     assert signed_in["ttlSecs"] > 120
 
     # With a valid token: the user's id, still 120 s; a dead token is treated as none.
     mine = alice.http("GET", "/api/v1/connection-test/ice-servers").json()
     assert mine["ttlSecs"] == 120
+    assert any(s.get("username") == "static" for s in mine["iceServers"])
     assert turn_entry(mine)["username"].endswith(f":{alice.id}")
     stale = relay_daemon.http("GET", "/api/v1/connection-test/ice-servers", token="not-a-token")
     assert stale.status_code == 200

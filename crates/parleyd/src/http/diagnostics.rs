@@ -139,6 +139,12 @@ async fn test_ice_servers(
                 now.saturating_add(TEST_TTL_SECS),
                 anonymous_turn_user(&address)
             );
+            // Extra servers with static credentials (`webrtc.extra_ice_servers`) are for
+            // signed-in people only: a stranger gets credential-less ones and our relay's.
+            reply.ice_servers.retain(|server| {
+                server.credential.is_none()
+                    || server.username.as_deref() == Some(placeholder.as_str())
+            });
             for server in &mut reply.ice_servers {
                 if server.username.as_deref() == Some(placeholder.as_str()) {
                     server.credential =
