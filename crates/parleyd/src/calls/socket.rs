@@ -349,13 +349,39 @@ async fn on_event(
     answer(&socket, &event, ack, has_ack, result);
 }
 
+/// A successful acknowledgement: `{ ok: true }`, with `call` for the call actions. Serialised
+/// straight into the packet; building a `serde_json::Value` first cost a map and a copy of
+/// every field of the call per ack (issue 14).
+#[derive(serde::Serialize)]
+struct Ack {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call: Option<parley_call::CallView>,
+}
+
+impl Ack {
+    fn ok() -> Ack {
+        Ack {
+            ok: true,
+            call: None,
+        }
+    }
+
+    fn call(call: parley_call::CallView) -> Ack {
+        Ack {
+            ok: true,
+            call: Some(call),
+        }
+    }
+}
+
 /// Acknowledges, or reports a failure as `call:error` when the client gave no callback.
 fn answer(
     socket: &SocketRef,
     event: &str,
     ack: AckSender,
     has_ack: bool,
-    result: Result<Value, ApiError>,
+    result: Result<Ack, ApiError>,
 ) {
     match (result, has_ack) {
         (Ok(body), true) => {
@@ -540,7 +566,7 @@ fn queue(auth: &SocketAuth, event: &str, data: &Value) -> Result<Pending, ApiErr
 }
 
 /// Waits for the driver's answer and shapes the ack.
-async fn finish(state: &AppState, auth: &SocketAuth, pending: Pending) -> Result<Value, ApiError> {
+async fn finish(state: &AppState, auth: &SocketAuth, pending: Pending) -> Result<Ack, ApiError> {
     let reply = match pending {
         Pending::Initiate(initiate) => {
             session_usable(state, auth.session_id).await?;
@@ -586,8 +612,8 @@ async fn finish(state: &AppState, auth: &SocketAuth, pending: Pending) -> Result
         }
     };
     Ok(match reply {
-        Reply::Call(call) => json!({ "ok": true, "call": call }),
-        Reply::Relayed | Reply::Connected { .. } => json!({ "ok": true }),
+        Reply::Call(call) => Ack::call(call),
+        Reply::Relayed | Reply::Connected { .. } => Ack::ok(),
     })
 }
 
@@ -600,7 +626,7 @@ async fn record_stats(
     auth: &SocketAuth,
     call_id: parley_call::CallId,
     report: Box<payload::StatsReport>,
-) -> Result<Value, ApiError> {
+) -> Result<Ack, ApiError> {
     use parley_call::CallState;
     let not_found = || ApiError::new(Code::CallNotFound, "call not found");
     let user = auth.user.id;
@@ -663,7 +689,7 @@ async fn record_stats(
         .store
         .save_call_stats(&call_id.0, user, parley_store::unix_millis_now(), &report)
         .await?;
-    Ok(json!({ "ok": true }))
+    Ok(Ack::ok())
 }
 
 /// The Socket.IO layer plus the cap on unauthenticated connections per client address
