@@ -60,11 +60,10 @@ def test_conffiles_list_exactly_the_config(deb, tmp_path):
     assert conffiles == ["/etc/parley/parley.toml"]
 
 
-def test_depends_only_on_libc_and_the_ca_roots(deb):
-    """A static-ish binary: libc, plus the system's CA roots that ACME needs to reach its CA."""
+def test_depends_only_on_libc(deb):
     depends = package_field(deb, "Depends")
     packages = [re.split(r"[\s(]", alternative.strip())[0] for alternative in depends.split(",")]
-    assert sorted(packages) == ["ca-certificates", "libc6"], depends
+    assert packages == ["libc6"], depends
     assert package_field(deb, "Package") == "parley"
 
 
