@@ -70,15 +70,30 @@ fn check_report((id, report): (parley_call::CallId, payload::StatsReport)) {
         }
     }
     assert!((1..=128).contains(&id.0.len()), "callId {:?}", id.0);
-    assert!(
-        ["direct", "relay"].contains(&report.path.as_str()),
-        "{report:?}"
-    );
-    for value in [report.rtt_ms, report.jitter_ms] {
+    match &report.path {
+        Some(path) => {
+            assert!(["direct", "relay"].contains(&path.as_str()), "{report:?}");
+            // With a path, the verdict's figures are always there.
+            assert!(
+                parley_store::quality::Quality::of(&report).is_some(),
+                "{report:?}"
+            );
+        }
+        // Without one, only an ICE state that has no selected pair excuses it.
+        None => assert!(
+            report
+                .ice_state
+                .as_deref()
+                .is_some_and(|state| payload::NO_PAIR_ICE_STATES.contains(&state)),
+            "{report:?}"
+        ),
+    }
+    for value in [report.rtt_ms, report.jitter_ms].into_iter().flatten() {
         assert!((0.0..=payload::MAX_STATS_MS).contains(&value), "{report:?}");
     }
     for value in [report.loss_in_pct, report.loss_out_pct]
         .into_iter()
+        .flatten()
         .chain(report.audio_concealed_pct)
     {
         assert!((0.0..=100.0).contains(&value), "{report:?}");
@@ -106,8 +121,7 @@ fn check_report((id, report): (parley_call::CallId, payload::StatsReport)) {
     if let Some(network) = &report.network_type {
         assert!(network.chars().count() <= payload::MAX_NETWORK_TYPE_CHARS);
     }
-    let loss = report.loss_in_pct.max(report.loss_out_pct);
-    let _ = parley_store::quality::verdict(report.rtt_ms, loss, report.jitter_ms);
+    let _ = parley_store::quality::Quality::of(&report);
 }
 
 fuzz_target!(|data: &[u8]| {

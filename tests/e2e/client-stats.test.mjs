@@ -147,6 +147,31 @@ test("a connection that never chose a pair is incomplete but still says what ICE
   assert.deepEqual(report.localCandidateTypes, ["host"], "no relay candidate: the clue for a blocked network");
   assert.deepEqual(report.remoteCandidateTypes, ["host", "srflx"]);
   assert.deepEqual(report.relayProtocols, []);
+
+  // ICE failed: the report goes without the pair's fields, for the admin's diagnosis.
+  const payload = stats.payloadFor(report);
+  assert.notEqual(payload, null, "a failed connection is reported");
+  for (const field of ["path", "localCandidate", "remoteCandidate", "relayProtocol", "rttMs", "jitterMs", "lossInPct", "lossOutPct"]) {
+    assert.equal(field in payload, false, `${field} is left out`);
+  }
+  assert.equal(payload.iceState, "failed");
+  assert.deepEqual(payload.localCandidateTypes, ["host"]);
+  assert.deepEqual(payload.remoteCandidateTypes, ["host", "srflx"]);
+  assert.deepEqual(payload.relayProtocols, []);
+  assert.equal(report.path, null, "the summary itself is not changed");
+
+  // Still checking: nothing to say yet; the next sample (or the failure) will.
+  const { report: checking } = stats.summariseStats(failed, null, { iceState: "checking", networkType: null });
+  assert.equal(stats.payloadFor(checking), null);
+});
+
+test("a complete report is sent whole; a selected pair without figures is not sent", () => {
+  const { report } = stats.summariseStats(relayedReport(1000, { audioIn: 10, videoIn: 0, lostIn: 0, sent: 10, lostOut: 0, samples: 1, concealed: 0 }), null, context);
+  assert.equal(stats.payloadFor(report), report);
+  const { report: failedAfterConnecting } = stats.summariseStats(relayedReport(1000, { audioIn: 10, videoIn: 0, lostIn: 0, sent: 10, lostOut: 0, samples: 1, concealed: 0 }), null, { iceState: "failed", networkType: null });
+  assert.equal(stats.payloadFor(failedAfterConnecting).path, "relay", "ICE failed after a pair was selected: the full report, path included");
+  const noRtt = { ...report, iceState: "failed", rttMs: null };
+  assert.equal(stats.payloadFor(noRtt), null, "with a path, the server requires the figures");
 });
 
 test("values stay within the spec's bounds", () => {
@@ -276,4 +301,47 @@ test("the reporter sends every 10 s while active, keeps 5 s between reports, and
   assert.equal(sent.length, 3, "nothing after the final report");
   await reporter.finish(pc);
   assert.equal(sent.length, 3, "one final report only");
+});
+
+test("the reporter sends a failure report without a path when ICE failed before any pair was selected", async (t) => {
+  t.mock.timers.enable({ apis: ["setInterval", "setTimeout", "Date"], now: 2_000_000 });
+  globalThis.window ??= globalThis;
+  globalThis.navigator ??= {};
+  const sent = [];
+  const reporter = new stats.StatsReporter(() => "call-2", (event, payload) => sent.push({ event, payload }));
+  const entries = [
+    { id: "L", type: "local-candidate", candidateType: "host" },
+    { id: "R", type: "remote-candidate", candidateType: "srflx" },
+  ];
+  const pc = {
+    iceConnectionState: "checking",
+    connectionState: "connecting",
+    getStats: async () => ({ forEach: (visit) => entries.forEach((entry) => visit(entry)) }),
+  };
+  reporter.watch(pc);
+  t.mock.timers.tick(10_000);
+  await settle();
+  assert.equal(sent.length, 0, "while ICE is still checking there is nothing to report");
+  pc.iceConnectionState = "failed";
+  reporter.failed(pc);
+  t.mock.timers.tick(0);
+  await settle();
+  assert.equal(sent.length, 1);
+  const { event, payload } = sent[0];
+  assert.equal(event, "call:stats");
+  assert.deepEqual(payload, {
+    callId: "call-2",
+    bitrateInKbps: null,
+    bitrateOutKbps: null,
+    audioConcealedPct: null,
+    videoFreezes: null,
+    videoWidth: null,
+    videoHeight: null,
+    networkType: null,
+    iceState: "failed",
+    localCandidateTypes: ["host"],
+    remoteCandidateTypes: ["srflx"],
+    relayProtocols: [],
+  });
+  reporter.stop();
 });

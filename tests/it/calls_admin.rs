@@ -17,14 +17,14 @@ fn stderr(output: &std::process::Output) -> String {
 
 fn report(path: &str, relay_protocol: Option<&str>, loss_pct: f64) -> StatsReport {
     StatsReport {
-        path: path.into(),
+        path: Some(path.into()),
         local_candidate: Some(if path == "relay" { "relay" } else { "host" }.into()),
         remote_candidate: Some("host".into()),
         relay_protocol: relay_protocol.map(str::to_owned),
-        rtt_ms: 48.0,
-        jitter_ms: 4.0,
-        loss_in_pct: loss_pct,
-        loss_out_pct: 0.0,
+        rtt_ms: Some(48.0),
+        jitter_ms: Some(4.0),
+        loss_in_pct: Some(loss_pct),
+        loss_out_pct: Some(0.0),
         bitrate_in_kbps: Some(64.0),
         bitrate_out_kbps: Some(60.0),
         audio_concealed_pct: Some(0.5),

@@ -357,3 +357,69 @@ def test_extension_fields_are_stored_and_calls_show_explains_the_failure(daemon,
     for family in ("parley_call_setup_seconds", "parley_call_rtt_seconds",
                    "parley_call_loss_ratio", "parley_call_reports_total"):
         assert f"# TYPE {family} " in text, family
+
+
+def never_connected(call_id, **overrides):
+    """What a browser whose ICE failed before any candidate pair was selected sends: no path,
+    no figures, only what ICE saw."""
+    body = {
+        "callId": call_id, "iceState": "failed", "localCandidateTypes": ["host"],
+        "remoteCandidateTypes": ["host", "srflx", "relay"], "relayProtocols": [],
+    }
+    body.update(overrides)
+    return body
+
+
+def test_a_report_without_a_pair_is_stored_without_quality_and_calls_show_diagnoses_it(
+        daemon, clients):
+    rtts_before = metric(daemon, "parley_call_rtt_seconds_count")
+    alice, bob, caller, callee, call_id = active_call(daemon, clients)
+    assert caller.call("call:stats", stats(call_id))["ok"]
+    reply = callee.call("call:stats", never_connected(call_id, iceState="checking"))
+    assert reply["ok"], reply
+
+    # No path, no figures: no verdict for bob's side; alice's side is unaffected.
+    for user, expected_null in ((bob, True), (alice, False)):
+        r = user.http("GET", f"/api/v1/calls/{call_id}")
+        assert r.status_code == 200, r.text
+        quality = r.json()["call"]["quality"]
+        assert (quality is None) == expected_null, (user.name, quality)
+    assert callee.act("end", call_id)["ok"]
+    # The final report: ICE failed. Null is as good as absent for the pair's fields.
+    reply = callee.call("call:stats", never_connected(
+        call_id, path=None, rttMs=None, jitterMs=None, lossInPct=None, lossOutPct=None))
+    assert reply["ok"], reply
+    items = bob.http("GET", "/api/v1/calls").json()["items"]
+    assert next(item for item in items if item["id"] == call_id)["quality"] is None
+
+    listed = calls_cli(daemon, "list", "--poor", "--user", bob.name)
+    assert listed.returncode == 0, listed.stderr
+    rows = listed.stdout.splitlines()[1:]
+    assert len(rows) == 1 and rows[0].startswith(call_id[:12]), listed.stdout
+    assert rows[0].endswith("no-pair - ice:failed"), listed.stdout
+
+    shown = calls_cli(daemon, "show", call_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "  path: no media path (local ?, remote ?)" in shown.stdout, shown.stdout
+    assert "  quality: not measured (no candidate pair was selected)" in shown.stdout
+    assert ("ICE state: failed; gathered: host; remote sent: host, srflx, relay; relay over: none"
+            in shown.stdout), shown.stdout
+    # conftest's daemon runs without the relay.
+    assert (f"  - ICE failed: callee's ({bob.name}) client had no relay candidate; the embedded "
+            "relay is disabled") in shown.stdout, shown.stdout
+    # A report without figures never reaches the RTT histogram (nor, once settled, would it).
+    assert metric(daemon, "parley_call_rtt_seconds_count") == rtts_before
+
+
+@pytest.mark.parametrize("ice_state", ["connected", "completed", None])
+def test_a_report_without_a_path_while_ice_has_a_pair_is_invalid_payload_naming_path(
+        daemon, clients, ice_state):
+    _, _, caller, _, call_id = active_call(daemon, clients)
+    body = never_connected(call_id, iceState=ice_state)
+    reply = caller.call("call:stats", body)
+    assert error_code(reply) == "INVALID_PAYLOAD", reply
+    assert reply["error"]["message"].startswith("path: missing field"), reply
+    # With a path, the figures stay required whatever the ICE state.
+    reply = caller.call("call:stats", never_connected(call_id, path="direct"))
+    assert error_code(reply) == "INVALID_PAYLOAD", reply
+    assert reply["error"]["message"].startswith("rttMs: "), reply

@@ -1,7 +1,8 @@
 // How a call's media went, for the server's call log (spec: "Call quality", `call:stats`).
 // `summariseStats` is the rule, pure and unit-tested: `getStats()` entries in, the report out.
 // `StatsReporter` is the shell around one call: it samples every 10 s while the call is
-// active, once when ICE fails, and once more, the final report, as the call ends.
+// active, once when ICE fails (without a selected pair, too: then the report has no path and
+// no figures, only what ICE saw), and once more, the final report, as the call ends.
 
 import type { Id } from "./types";
 
@@ -230,11 +231,29 @@ export function summariseStats(
 }
 
 /**
- * True when the report has what the server requires (the path, RTT, jitter and loss): a
- * connection that never chose a candidate pair has no path to report.
+ * True when the report has what the server requires of a connected call (the path, RTT,
+ * jitter and loss): a connection that never chose a candidate pair has no path to report.
  */
 export function complete(report: CallStats): boolean {
   return report.path !== null && report.rttMs !== null && report.jitterMs !== null && report.lossInPct !== null && report.lossOutPct !== null;
+}
+
+/** The fields that describe a selected candidate pair and what flowed over it. */
+const PAIR_FIELDS = ["path", "localCandidate", "remoteCandidate", "relayProtocol", "rttMs", "jitterMs", "lossInPct", "lossOutPct"] as const;
+
+/**
+ * What to send for `report`, or `null` when there is nothing the server would accept: a
+ * complete report as it is; and when ICE failed before any candidate pair was selected, the
+ * report without the pair's fields (docs/api.md: the server then takes `path` and the figures
+ * as absent), so that the admin still learns which candidates each side had. Any other
+ * incomplete report (still checking, or a pair without RTT yet) waits for the next sample.
+ */
+export function payloadFor(report: CallStats): Partial<CallStats> | null {
+  if (complete(report)) return report;
+  if (report.iceState !== "failed" || report.path !== null) return null;
+  const pairless: Partial<CallStats> = { ...report };
+  for (const field of PAIR_FIELDS) delete pairless[field];
+  return pairless;
 }
 
 /** The spec: at most one report every 5 s while the call is active. */
@@ -318,13 +337,14 @@ export class StatsReporter {
     raw.forEach((stat: Stat) => stats.set(stat.id, stat));
     const { report, counters } = summariseStats(stats, this.previous, { iceState, networkType: browserNetworkType() });
     if (pc === this.pc) this.previous = counters;
-    if (!complete(report)) {
+    const payload = payloadFor(report);
+    if (payload === null) {
       console.debug("parley: no quality report yet (no candidate pair, RTT or media)", report);
       return;
     }
     if (!final && Date.now() - this.lastSent < MIN_INTERVAL_MS) return;
     this.lastSent = Date.now();
-    this.send("call:stats", { callId: this.callId(), ...report });
+    this.send("call:stats", { callId: this.callId(), ...payload });
   }
 }
 

@@ -129,9 +129,11 @@ fn report_from(row: &SqliteRow) -> Result<(String, i64, PartyReport)> {
 pub enum QualityFigure {
     /// `answered_at - created_at` of every answered call, in milliseconds.
     SetupMs,
-    /// `rtt_ms` of each party's report of a settled call.
+    /// `rtt_ms` of each party's report of a settled call (reports without a media path, from a
+    /// client whose ICE never connected, have none and are not counted).
     RttMs,
-    /// The worse direction's loss, in percent, of each party's report of a settled call.
+    /// The worse direction's loss, in percent, of each party's report of a settled call (as
+    /// for `RttMs`, only reports with a media path).
     LossPct,
 }
 
@@ -252,12 +254,14 @@ impl Store {
             }
             QualityFigure::RttMs => {
                 "SELECT q.rtt_ms AS v FROM call_quality q JOIN calls c ON c.id = q.call_id
-                 WHERE c.ended_at IS NOT NULL AND c.ended_at <= ?1"
+                 WHERE c.ended_at IS NOT NULL AND c.ended_at <= ?1
+                   AND q.path IS NOT NULL AND q.rtt_ms IS NOT NULL"
             }
             QualityFigure::LossPct => {
                 "SELECT max(q.loss_in_pct, q.loss_out_pct) AS v
                  FROM call_quality q JOIN calls c ON c.id = q.call_id
-                 WHERE c.ended_at IS NOT NULL AND c.ended_at <= ?1"
+                 WHERE c.ended_at IS NOT NULL AND c.ended_at <= ?1 AND q.path IS NOT NULL
+                   AND q.loss_in_pct IS NOT NULL AND q.loss_out_pct IS NOT NULL"
             }
         };
         // Only fixed text and numbered placeholders are spliced in; every value is bound.
@@ -281,7 +285,8 @@ impl Store {
         Ok(counts)
     }
 
-    /// Reports of settled calls (as [`Store::quality_counts`]) by path and relay protocol.
+    /// Reports of settled calls (as [`Store::quality_counts`]) by path and relay protocol; a
+    /// report without a path (ICE never selected a pair) has neither and is not counted.
     pub async fn quality_paths(
         &self,
         now: i64,
@@ -290,7 +295,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT q.path, q.relay_protocol, count(*)
              FROM call_quality q JOIN calls c ON c.id = q.call_id
-             WHERE c.ended_at IS NOT NULL AND c.ended_at <= ?
+             WHERE c.ended_at IS NOT NULL AND c.ended_at <= ? AND q.path IS NOT NULL
              GROUP BY q.path, q.relay_protocol",
         )
         .bind(now.saturating_sub(settled_ms))

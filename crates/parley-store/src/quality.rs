@@ -13,19 +13,23 @@ use crate::{Result, Store};
 
 /// One checked `call:stats` report (spec: "Call quality"). Optional fields are those a client
 /// may not know (no video in an audio call, no relay on a direct path).
+///
+/// `path` and the four figures are `None` in the report of a client whose ICE never selected a
+/// candidate pair (ICE `new`, `checking`, `failed`, `disconnected` or `closed`, docs/api.md):
+/// there is no media to measure, but its ICE state and candidate lists still say why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatsReport {
-    /// `direct` or `relay`.
-    pub path: String,
+    /// `direct` or `relay`; `None` when no candidate pair was selected.
+    pub path: Option<String>,
     /// `host`, `srflx`, `prflx` or `relay`.
     pub local_candidate: Option<String>,
     pub remote_candidate: Option<String>,
     /// `udp`, `tcp` or `tls`; `None` on a direct path.
     pub relay_protocol: Option<String>,
-    pub rtt_ms: f64,
-    pub jitter_ms: f64,
-    pub loss_in_pct: f64,
-    pub loss_out_pct: f64,
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub loss_in_pct: Option<f64>,
+    pub loss_out_pct: Option<f64>,
     pub bitrate_in_kbps: Option<f64>,
     pub bitrate_out_kbps: Option<f64>,
     pub audio_concealed_pct: Option<f64>,
@@ -110,23 +114,55 @@ pub struct Quality {
 }
 
 impl Quality {
-    fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(String, Quality)> {
-        let loss_pct = row
-            .try_get::<f64, _>("loss_in_pct")?
-            .max(row.try_get::<f64, _>("loss_out_pct")?);
-        let rtt_ms: f64 = row.try_get("rtt_ms")?;
-        let jitter_ms: f64 = row.try_get("jitter_ms")?;
-        Ok((
-            row.try_get("call_id")?,
-            Quality {
-                path: row.try_get("path")?,
-                relay_protocol: row.try_get("relay_protocol")?,
-                rtt_ms,
-                loss_pct,
-                jitter_ms,
-                verdict: verdict(rtt_ms, loss_pct, jitter_ms),
-            },
-        ))
+    /// The summary of one report; `None` for a report without a media path (ICE never
+    /// selected a pair), which has no figures to give a verdict on.
+    pub fn of(report: &StatsReport) -> Option<Quality> {
+        Quality::summarise(
+            report.path.clone(),
+            report.relay_protocol.clone(),
+            [
+                report.rtt_ms,
+                report.jitter_ms,
+                report.loss_in_pct,
+                report.loss_out_pct,
+            ],
+        )
+    }
+
+    /// `figures`: round-trip time, jitter, loss in, loss out.
+    fn summarise(
+        path: Option<String>,
+        relay_protocol: Option<String>,
+        figures: [Option<f64>; 4],
+    ) -> Option<Quality> {
+        let (Some(path), [Some(rtt_ms), Some(jitter_ms), Some(loss_in), Some(loss_out)]) =
+            (path, figures)
+        else {
+            return None;
+        };
+        let loss_pct = loss_in.max(loss_out);
+        Some(Quality {
+            path,
+            relay_protocol,
+            rtt_ms,
+            loss_pct,
+            jitter_ms,
+            verdict: verdict(rtt_ms, loss_pct, jitter_ms),
+        })
+    }
+
+    fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(String, Option<Quality>)> {
+        let quality = Quality::summarise(
+            row.try_get("path")?,
+            row.try_get("relay_protocol")?,
+            [
+                row.try_get("rtt_ms")?,
+                row.try_get("jitter_ms")?,
+                row.try_get("loss_in_pct")?,
+                row.try_get("loss_out_pct")?,
+            ],
+        );
+        Ok((row.try_get("call_id")?, quality))
     }
 }
 
@@ -196,7 +232,8 @@ impl Store {
         Ok(())
     }
 
-    /// `user`'s side of a call's quality, `None` when that party sent no report.
+    /// `user`'s side of a call's quality, `None` when that party sent no report or its latest
+    /// report has no media path (ICE never connected: nothing to give a verdict on).
     pub async fn call_quality(&self, call_id: &str, user_id: i64) -> Result<Option<Quality>> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -207,13 +244,14 @@ impl Store {
         .bind(user_id)
         .fetch_optional(self.pool())
         .await?;
-        row.as_ref()
-            .map(Quality::from_row)
-            .transpose()
-            .map(|found| found.map(|(_, quality)| quality))
+        Ok(match row.as_ref().map(Quality::from_row).transpose()? {
+            Some((_, quality)) => quality,
+            None => None,
+        })
     }
 
-    /// `user`'s side of the quality of each of `call_ids` that has a report (a history page).
+    /// `user`'s side of the quality of each of `call_ids` that has a report with a media path (a
+    /// history page).
     pub async fn calls_quality(
         &self,
         user_id: i64,
@@ -239,8 +277,9 @@ impl Store {
             query = query.bind(*id);
         }
         for row in query.fetch_all(self.pool()).await? {
-            let (call_id, quality) = Quality::from_row(&row)?;
-            found.insert(call_id, quality);
+            if let (call_id, Some(quality)) = Quality::from_row(&row)? {
+                found.insert(call_id, quality);
+            }
         }
         Ok(found)
     }
@@ -278,14 +317,14 @@ mod tests {
 
     fn report(rtt_ms: f64, loss_out_pct: f64) -> StatsReport {
         StatsReport {
-            path: "relay".into(),
+            path: Some("relay".into()),
             local_candidate: Some("relay".into()),
             remote_candidate: None,
             relay_protocol: Some("tcp".into()),
-            rtt_ms,
-            jitter_ms: 3.0,
-            loss_in_pct: 0.5,
-            loss_out_pct,
+            rtt_ms: Some(rtt_ms),
+            jitter_ms: Some(3.0),
+            loss_in_pct: Some(0.5),
+            loss_out_pct: Some(loss_out_pct),
             bitrate_in_kbps: None,
             bitrate_out_kbps: Some(40.0),
             audio_concealed_pct: None,
@@ -373,5 +412,108 @@ mod tests {
                 .is_empty()
         );
         assert!(store.calls_quality(alice.id, &[]).await.unwrap().is_empty());
+    }
+
+    /// The report of a client whose ICE failed before any candidate pair was selected.
+    fn never_connected() -> StatsReport {
+        StatsReport {
+            path: None,
+            local_candidate: None,
+            remote_candidate: None,
+            relay_protocol: None,
+            rtt_ms: None,
+            jitter_ms: None,
+            loss_in_pct: None,
+            loss_out_pct: None,
+            ice_state: Some("failed".into()),
+            local_candidate_types: Some(vec!["host".into()]),
+            remote_candidate_types: Some(vec!["host".into(), "srflx".into()]),
+            relay_protocols: Some(vec![]),
+            ..report(0.0, 0.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_report_without_a_media_path_is_kept_but_has_no_quality_and_no_metrics() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("parley.db"))
+            .await
+            .expect("open");
+        let alice = store
+            .create_user("alice", None, "password-123")
+            .await
+            .unwrap();
+        let bob = store
+            .create_user("bob", None, "password-123")
+            .await
+            .unwrap();
+        store
+            .save_call(&crate::calls::CallWrite {
+                id: "c1",
+                caller_id: alice.id,
+                callee_id: bob.id,
+                media: "audio",
+                state: "ended",
+                status: Some("completed"),
+                reason: Some("hangup"),
+                ended_by: None,
+                message: None,
+                created_at: 1,
+                answered_at: Some(2),
+                ended_at: Some(3),
+                caller_device: None,
+                callee_device: None,
+            })
+            .await
+            .expect("call");
+        store
+            .save_call_stats("c1", alice.id, 10, &never_connected())
+            .await
+            .expect("stored");
+        assert_eq!(Quality::of(&never_connected()), None);
+        assert_eq!(store.call_quality("c1", alice.id).await.unwrap(), None);
+        assert!(
+            store
+                .calls_quality(alice.id, &["c1"])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let call = store.admin_call("c1").await.unwrap().expect("the call");
+        assert_eq!(
+            call.caller_report.expect("kept for the admin").report,
+            never_connected(),
+            "the ICE state and candidate lists are what `parley calls show` reads"
+        );
+        let settled = 1_000_000;
+        for figure in [
+            crate::admin::QualityFigure::RttMs,
+            crate::admin::QualityFigure::LossPct,
+        ] {
+            let counts = store
+                .quality_counts(figure, &[1.0, 100.0], settled, 0)
+                .await
+                .unwrap();
+            assert_eq!(counts.count, 0, "{figure:?}: a report without figures");
+        }
+        assert!(store.quality_paths(settled, 0).await.unwrap().is_empty());
+
+        // The next report, once a pair was selected, replaces it and has a verdict again.
+        store
+            .save_call_stats("c1", alice.id, 20, &report(40.0, 0.0))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .call_quality("c1", alice.id)
+                .await
+                .unwrap()
+                .map(|q| q.verdict),
+            Some(Verdict::Good)
+        );
+        assert_eq!(
+            store.quality_paths(settled, 0).await.unwrap(),
+            vec![("relay".to_owned(), Some("tcp".to_owned()), 1)]
+        );
     }
 }

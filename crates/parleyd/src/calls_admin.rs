@@ -11,7 +11,7 @@ use anyhow::bail;
 use parley_config::Config;
 use parley_store::Store;
 use parley_store::admin::{AdminCall, AdminCallQuery, PartyReport};
-use parley_store::quality::{StatsReport, Verdict, verdict};
+use parley_store::quality::{Quality, StatsReport, Verdict};
 
 use crate::cli::CallsCommand;
 
@@ -131,14 +131,16 @@ impl RelayFacts {
 }
 
 /// The call went wrong: a poor verdict on either side, ICE failed or disconnected in a
-/// party's last report, or a device lost its connection to the server. `--poor` lists these.
+/// party's last report, a party's media never connected (its last report has no path), or a
+/// device lost its connection to the server. `--poor` lists these.
 pub fn went_wrong(call: &AdminCall) -> bool {
     call.reason.as_deref() == Some("connection_lost")
         || [&call.caller_report, &call.callee_report]
             .into_iter()
             .flatten()
             .any(|party| {
-                party_verdict(&party.report) == Verdict::Poor
+                party_verdict(&party.report) == Some(Verdict::Poor)
+                    || party.report.path.is_none()
                     || matches!(
                         party.report.ice_state.as_deref(),
                         Some("failed" | "disconnected")
@@ -146,12 +148,9 @@ pub fn went_wrong(call: &AdminCall) -> bool {
             })
 }
 
-fn party_verdict(report: &StatsReport) -> Verdict {
-    verdict(
-        report.rtt_ms,
-        report.loss_in_pct.max(report.loss_out_pct),
-        report.jitter_ms,
-    )
+/// `None` for a report without a media path: nothing was measured.
+fn party_verdict(report: &StatsReport) -> Option<Verdict> {
+    Quality::of(report).map(|quality| quality.verdict)
 }
 
 fn verdict_word(verdict: Verdict) -> &'static str {
@@ -162,12 +161,14 @@ fn verdict_word(verdict: Verdict) -> &'static str {
     }
 }
 
-/// The path in words: "direct", "relayed over TLS", "relayed".
+/// The path in words: "direct", "relayed over TLS", "relayed", or "no media path" when ICE
+/// never selected a candidate pair.
 pub fn path_in_words(report: &StatsReport) -> String {
-    match (report.path.as_str(), report.relay_protocol.as_deref()) {
-        ("relay", Some(protocol)) => format!("relayed over {}", protocol.to_uppercase()),
-        ("relay", None) => "relayed".into(),
-        _ => "direct".into(),
+    match (report.path.as_deref(), report.relay_protocol.as_deref()) {
+        (Some("relay"), Some(protocol)) => format!("relayed over {}", protocol.to_uppercase()),
+        (Some("relay"), None) => "relayed".into(),
+        (Some(_), _) => "direct".into(),
+        (None, _) => "no media path".into(),
     }
 }
 
@@ -269,18 +270,17 @@ fn ice_failure(report: &StatsReport, relay: &RelayFacts, other: Option<&str>) ->
 }
 
 /// Why a party's quality was poor: which of the verdict's limits it passed.
-fn poor_because(report: &StatsReport) -> String {
+fn poor_because(report: &StatsReport, quality: &Quality) -> String {
     use parley_store::quality::{POOR_OVER_JITTER_MS, POOR_OVER_LOSS_PCT, POOR_OVER_RTT_MS};
-    let loss = report.loss_in_pct.max(report.loss_out_pct);
     let mut why = Vec::new();
-    if loss > POOR_OVER_LOSS_PCT {
-        why.push(format!("{} loss", percent(loss)));
+    if quality.loss_pct > POOR_OVER_LOSS_PCT {
+        why.push(format!("{} loss", percent(quality.loss_pct)));
     }
-    if report.rtt_ms > POOR_OVER_RTT_MS {
-        why.push(format!("{:.0} ms round trip", report.rtt_ms));
+    if quality.rtt_ms > POOR_OVER_RTT_MS {
+        why.push(format!("{:.0} ms round trip", quality.rtt_ms));
     }
-    if report.jitter_ms > POOR_OVER_JITTER_MS {
-        why.push(format!("{:.0} ms jitter", report.jitter_ms));
+    if quality.jitter_ms > POOR_OVER_JITTER_MS {
+        why.push(format!("{:.0} ms jitter", quality.jitter_ms));
     }
     let mut text = format!(
         "poor connection, {}: {}",
@@ -341,20 +341,37 @@ pub fn diagnose(call: &AdminCall, relay: &RelayFacts) -> Vec<String> {
                     ice_failure(report, relay, other_blocked.then_some(other_role))
                 ));
             }
-            Some("disconnected") => {
+            Some("disconnected") if report.path.is_some() => {
                 ice_failed = true;
                 findings.push(format!(
                     "media interrupted: the {who} last report says ICE disconnected ({})",
                     path_in_words(report)
                 ));
             }
+            // The call was answered but this side's media never started: its last report came
+            // before ICE selected a pair (or after it gave up without saying failed).
+            state if report.path.is_none() => {
+                ice_failed = true;
+                findings.push(format!(
+                    "media never connected: the {who} last report says ICE {} with no candidate \
+                     pair selected; it gathered {}",
+                    state.unwrap_or("(state not reported)"),
+                    match report.local_candidate_types.as_deref() {
+                        None => "candidates it did not list".to_owned(),
+                        Some([]) => "no candidate".to_owned(),
+                        Some(types) => join_and(types),
+                    }
+                ));
+            }
             _ => {}
         }
-        if party_verdict(report) == Verdict::Poor {
+        if let Some(quality) = Quality::of(report)
+            && quality.verdict == Verdict::Poor
+        {
             findings.push(format!(
                 "{role} ({}): {}",
                 party.username,
-                poor_because(report)
+                poor_because(report, &quality)
             ));
         }
     }
@@ -408,10 +425,11 @@ fn side(report: &Option<PartyReport>) -> String {
     match report {
         None => "-".into(),
         Some(PartyReport { report, .. }) => {
-            let verdict = verdict_word(party_verdict(report));
-            let path = match (report.path.as_str(), report.relay_protocol.as_deref()) {
-                ("relay", Some(protocol)) => format!("relay/{protocol}"),
-                (path, _) => path.to_owned(),
+            let verdict = party_verdict(report).map_or("-", verdict_word);
+            let path = match (report.path.as_deref(), report.relay_protocol.as_deref()) {
+                (Some("relay"), Some(protocol)) => format!("relay/{protocol}"),
+                (Some(path), _) => path.to_owned(),
+                (None, _) => "no-pair".to_owned(),
             };
             let failed = match report.ice_state.as_deref() {
                 Some(state @ ("failed" | "disconnected")) => format!(" ice:{state}"),
@@ -484,15 +502,29 @@ fn print_party(role: &str, call: &AdminCall, out: &mut String) {
         r.local_candidate.as_deref().unwrap_or("?"),
         r.remote_candidate.as_deref().unwrap_or("?")
     );
-    let _ = writeln!(
-        out,
-        "  quality: {}: round trip {:.0} ms, loss in {} / out {}, jitter {:.0} ms",
-        verdict_word(party_verdict(r)),
+    match (
+        party_verdict(r),
         r.rtt_ms,
-        percent(r.loss_in_pct),
-        percent(r.loss_out_pct),
-        r.jitter_ms
-    );
+        r.loss_in_pct,
+        r.loss_out_pct,
+        r.jitter_ms,
+    ) {
+        (Some(verdict), Some(rtt), Some(loss_in), Some(loss_out), Some(jitter)) => {
+            let _ = writeln!(
+                out,
+                "  quality: {}: round trip {rtt:.0} ms, loss in {} / out {}, jitter {jitter:.0} ms",
+                verdict_word(verdict),
+                percent(loss_in),
+                percent(loss_out),
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "  quality: not measured (no candidate pair was selected)"
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "  bitrate in {} / out {}, audio concealed {}, video {}",
@@ -590,14 +622,14 @@ mod tests {
 
     fn report(path: &str, protocol: Option<&str>) -> StatsReport {
         StatsReport {
-            path: path.into(),
+            path: Some(path.into()),
             local_candidate: Some(if path == "relay" { "relay" } else { "host" }.into()),
             remote_candidate: Some("host".into()),
             relay_protocol: protocol.map(str::to_owned),
-            rtt_ms: 40.0,
-            jitter_ms: 3.0,
-            loss_in_pct: 0.0,
-            loss_out_pct: 0.0,
+            rtt_ms: Some(40.0),
+            jitter_ms: Some(3.0),
+            loss_in_pct: Some(0.0),
+            loss_out_pct: Some(0.0),
             bitrate_in_kbps: None,
             bitrate_out_kbps: None,
             audio_concealed_pct: None,
@@ -720,6 +752,94 @@ mod tests {
         );
     }
 
+    /// The report of a browser whose ICE never selected a candidate pair: no path, no figures,
+    /// only its ICE state and the candidates it gathered.
+    fn never_connected(ice_state: &str, gathered: &[&str]) -> StatsReport {
+        StatsReport {
+            path: None,
+            local_candidate: None,
+            remote_candidate: None,
+            relay_protocol: None,
+            rtt_ms: None,
+            jitter_ms: None,
+            loss_in_pct: None,
+            loss_out_pct: None,
+            ice_state: Some(ice_state.into()),
+            local_candidate_types: Some(gathered.iter().map(|t| (*t).to_owned()).collect()),
+            remote_candidate_types: Some(vec!["host".into(), "srflx".into(), "relay".into()]),
+            relay_protocols: Some(vec![]),
+            ..report("direct", None)
+        }
+    }
+
+    #[test]
+    fn a_never_connected_report_is_diagnosed_from_its_ice_state_and_candidates() {
+        let failed = call(
+            "hangup",
+            Some(report("relay", Some("udp"))),
+            Some(never_connected("failed", &["host"])),
+        );
+        assert_eq!(
+            diagnose(&failed, &NO_TLS),
+            vec![
+                "ICE failed: callee's (bob) client had no relay candidate; its network blocks \
+                 UDP, TURN over TCP did not get through and TURN/TLS is not configured \
+                 (tls.enabled with turn.on_https_port, or turn.tls_listen)"
+            ],
+            "no verdict to give, and no other finding than the failure"
+        );
+        assert!(went_wrong(&failed));
+        let mut out = String::new();
+        print_call(&failed, &NO_TLS, &mut out);
+        assert!(
+            out.contains("  path: no media path (local ?, remote ?)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  quality: not measured (no candidate pair was selected)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  ICE state: failed; gathered: host; remote sent: host, srflx, relay"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  - ICE failed: callee's (bob) client had no relay"),
+            "{out}"
+        );
+        let mut out = String::new();
+        print_list(std::slice::from_ref(&failed), &mut out);
+        let line = out.lines().nth(1).expect("one row");
+        assert!(
+            line.ends_with("relay/udp good              no-pair - ice:failed"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_report_still_checking_when_the_call_ended_says_media_never_connected() {
+        let checking = call(
+            "hangup",
+            Some(never_connected("checking", &["host", "srflx"])),
+            None,
+        );
+        assert_eq!(
+            diagnose(&checking, &ALL),
+            vec![
+                "media never connected: the caller's (alice) last report says ICE checking with \
+                 no candidate pair selected; it gathered host and srflx",
+                "the callee's (bob) client sent no quality report"
+            ]
+        );
+        assert!(went_wrong(&checking));
+        let mut nothing = never_connected("new", &[]);
+        nothing.local_candidate_types = Some(vec![]);
+        assert!(
+            diagnose(&call("hangup", Some(nothing), None), &ALL)[0]
+                .ends_with("ICE new with no candidate pair selected; it gathered no candidate")
+        );
+    }
+
     #[test]
     fn an_older_client_without_candidate_lists_is_said_so() {
         let mut caller = report("direct", None);
@@ -734,8 +854,8 @@ mod tests {
     #[test]
     fn a_poor_call_names_the_limits_it_passed_and_the_tcp_relay() {
         let mut callee = report("relay", Some("tls"));
-        callee.loss_in_pct = 8.0;
-        callee.rtt_ms = 700.0;
+        callee.loss_in_pct = Some(8.0);
+        callee.rtt_ms = Some(700.0);
         let findings = diagnose(
             &call("hangup", Some(report("direct", None)), Some(callee)),
             &ALL,
@@ -776,7 +896,7 @@ mod tests {
     fn list_columns_show_path_verdict_and_ice_state() {
         let mut callee = report("relay", Some("tcp"));
         callee.ice_state = Some("failed".into());
-        callee.loss_out_pct = 20.0;
+        callee.loss_out_pct = Some(20.0);
         let mut out = String::new();
         print_list(&[call("hangup", None, Some(callee))], &mut out);
         let line = out.lines().nth(1).expect("one row");

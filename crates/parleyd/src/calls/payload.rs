@@ -205,7 +205,9 @@ pub const MAX_NETWORK_TYPE_CHARS: usize = 32;
 /// out-of-range value is `INVALID_PAYLOAD` naming the field, a payload over
 /// [`MAX_STATS_BYTES`] is `PAYLOAD_TOO_LARGE`, unknown fields are ignored. `callId`, `path`,
 /// `rttMs`, `jitterMs`, `lossInPct` and `lossOutPct` are required (the quality verdict needs
-/// them); every other field may be absent or `null`.
+/// them); every other field may be absent or `null`. One exception (a Parley extension,
+/// docs/api.md): a client whose ICE never selected a candidate pair (`iceState` one of
+/// [`NO_PAIR_ICE_STATES`]) has no path and no figures, and may leave out all five.
 pub fn call_stats(value: &Value) -> Result<(CallId, StatsReport), ApiError> {
     let size = serde_json::to_vec(value)
         .map(|bytes| bytes.len())
@@ -215,16 +217,41 @@ pub fn call_stats(value: &Value) -> Result<(CallId, StatsReport), ApiError> {
     }
     let map = object(value)?;
     let call_id = call_id(map)?;
+    let path = one_of(map, "path", &["direct", "relay"])?;
+    let ice_state = one_of(map, "iceState", ICE_STATES)?;
+    // Without a selected candidate pair there is no path and nothing to measure, but the ICE
+    // state and candidate lists still say why the call failed (docs/api.md). Only a state in
+    // which no pair can be selected excuses the missing path: a connected client has one.
+    let has_pair = path.is_some();
+    if !has_pair
+        && !ice_state
+            .as_deref()
+            .is_some_and(|state| NO_PAIR_ICE_STATES.contains(&state))
+    {
+        return Err(invalid(
+            "path",
+            format!(
+                "missing field (it may be left out only with iceState {})",
+                NO_PAIR_ICE_STATES.join(", ")
+            ),
+        ));
+    }
+    let figure = |field: &str, max: f64| {
+        if has_pair {
+            required(map, field, max).map(Some)
+        } else {
+            bounded(map, field, max)
+        }
+    };
     let report = StatsReport {
-        path: one_of(map, "path", &["direct", "relay"])?
-            .ok_or_else(|| invalid("path", "missing field"))?,
+        path,
         local_candidate: one_of(map, "localCandidate", CANDIDATE_TYPES)?,
         remote_candidate: one_of(map, "remoteCandidate", CANDIDATE_TYPES)?,
         relay_protocol: one_of(map, "relayProtocol", &["udp", "tcp", "tls"])?,
-        rtt_ms: required(map, "rttMs", MAX_STATS_MS)?,
-        jitter_ms: required(map, "jitterMs", MAX_STATS_MS)?,
-        loss_in_pct: required(map, "lossInPct", 100.0)?,
-        loss_out_pct: required(map, "lossOutPct", 100.0)?,
+        rtt_ms: figure("rttMs", MAX_STATS_MS)?,
+        jitter_ms: figure("jitterMs", MAX_STATS_MS)?,
+        loss_in_pct: figure("lossInPct", 100.0)?,
+        loss_out_pct: figure("lossOutPct", 100.0)?,
         bitrate_in_kbps: bounded(map, "bitrateInKbps", MAX_STATS_KBPS)?,
         bitrate_out_kbps: bounded(map, "bitrateOutKbps", MAX_STATS_KBPS)?,
         audio_concealed_pct: bounded(map, "audioConcealedPct", 100.0)?,
@@ -237,7 +264,7 @@ pub fn call_stats(value: &Value) -> Result<(CallId, StatsReport), ApiError> {
             }
             other => other.map(str::to_owned),
         },
-        ice_state: one_of(map, "iceState", ICE_STATES)?,
+        ice_state,
         local_candidate_types: list_of(map, "localCandidateTypes", CANDIDATE_TYPES)?,
         remote_candidate_types: list_of(map, "remoteCandidateTypes", CANDIDATE_TYPES)?,
         relay_protocols: list_of(map, "relayProtocols", RELAY_PROTOCOLS)?,
@@ -267,6 +294,9 @@ const ICE_STATES: &[&str] = &[
     "failed",
     "closed",
 ];
+/// The ICE states in which a peer connection has no selected candidate pair, so that a report
+/// may leave out `path` and the figures.
+pub const NO_PAIR_ICE_STATES: &[&str] = &["new", "checking", "failed", "disconnected", "closed"];
 
 /// An optional array of at most `allowed.len()` entries, each one of `allowed` (a Parley
 /// extension field: `localCandidateTypes`, `remoteCandidateTypes`, `relayProtocols`). Returned
@@ -440,9 +470,12 @@ mod tests {
     fn call_stats_reads_a_full_report_and_ignores_unknown_fields() {
         let (id, report) = call_stats(&full_report()).expect("valid");
         assert_eq!(id, CallId("c1".into()));
-        assert_eq!(report.path, "relay");
+        assert_eq!(report.path.as_deref(), Some("relay"));
         assert_eq!(report.relay_protocol.as_deref(), Some("udp"));
-        assert_eq!((report.rtt_ms, report.loss_out_pct), (42.5, 1.0));
+        assert_eq!(
+            (report.rtt_ms, report.loss_out_pct),
+            (Some(42.5), Some(1.0))
+        );
         assert_eq!(
             (report.video_width, report.video_height),
             (Some(1280), Some(720))
@@ -482,7 +515,12 @@ mod tests {
                 json!("carrier-pigeon"),
                 "INVALID_PAYLOAD path: expected one of direct, relay",
             ),
-            ("path", Value::Null, "INVALID_PAYLOAD path: missing field"),
+            (
+                "path",
+                Value::Null,
+                "INVALID_PAYLOAD path: missing field (it may be left out only with iceState new, \
+                 checking, failed, disconnected, closed)",
+            ),
             (
                 "rttMs",
                 json!("fast"),
@@ -589,6 +627,66 @@ mod tests {
         assert_eq!(
             message(call_stats(&json!([1, 2]))),
             "INVALID_PAYLOAD payload: expected a JSON object"
+        );
+    }
+
+    /// What a browser whose ICE failed before any candidate pair was selected can say.
+    fn never_connected(ice_state: &str) -> Value {
+        json!({"callId": "c1", "iceState": ice_state, "localCandidateTypes": ["host"],
+            "remoteCandidateTypes": ["host", "srflx"], "relayProtocols": []})
+    }
+
+    #[test]
+    fn a_report_without_a_pair_needs_no_path_nor_figures() {
+        for state in NO_PAIR_ICE_STATES {
+            let (_, report) = call_stats(&never_connected(state)).expect(state);
+            assert_eq!(report.path, None, "{state}");
+            assert_eq!(report.ice_state.as_deref(), Some(*state));
+        }
+        let (_, report) = call_stats(&never_connected("failed")).unwrap();
+        assert_eq!(
+            (
+                report.rtt_ms,
+                report.jitter_ms,
+                report.loss_in_pct,
+                report.loss_out_pct
+            ),
+            (None, None, None, None)
+        );
+        assert_eq!(report.local_candidate_types, Some(vec!["host".to_owned()]));
+        assert_eq!(report.relay_protocols, Some(vec![]));
+        let mut nulls = never_connected("failed");
+        for field in ["path", "rttMs", "jitterMs", "lossInPct", "lossOutPct"] {
+            nulls[field] = Value::Null;
+        }
+        assert!(call_stats(&nulls).is_ok(), "null is as good as absent");
+        let mut out_of_range = never_connected("checking");
+        out_of_range["rttMs"] = json!(-1);
+        assert_eq!(
+            message(call_stats(&out_of_range)),
+            "INVALID_PAYLOAD rttMs: expected a number from 0 to 60000",
+            "a figure that is given is still checked"
+        );
+    }
+
+    #[test]
+    fn a_report_without_a_path_is_refused_naming_path_unless_ice_had_no_pair() {
+        for state in ["connected", "completed"] {
+            assert!(
+                message(call_stats(&never_connected(state)))
+                    .starts_with("INVALID_PAYLOAD path: missing field"),
+                "{state}"
+            );
+        }
+        let mut no_state = never_connected("failed");
+        no_state.as_object_mut().unwrap().remove("iceState");
+        assert!(message(call_stats(&no_state)).starts_with("INVALID_PAYLOAD path: missing field"));
+        let mut with_path = never_connected("failed");
+        with_path["path"] = json!("relay");
+        assert_eq!(
+            message(call_stats(&with_path)),
+            "INVALID_PAYLOAD rttMs: missing field",
+            "with a path, the figures stay required whatever the ICE state"
         );
     }
 
