@@ -10,17 +10,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::daemon::{Daemon, free_port, parley};
+use crate::tls_client::{self, leaf};
 
 const NAME: &str = "parley.test";
 
@@ -201,31 +199,13 @@ impl Pebble {
     }
 }
 
-fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
 /// A verified TLS connection to `address` for `name`.
 async fn connect(
     address: SocketAddr,
     name: &str,
     roots: rustls::RootCertStore,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(address).await?;
-    let name = ServerName::try_from(name.to_owned()).expect("valid name");
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        TlsConnector::from(client_config(roots)).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+    tls_client::connect(address, name, &tls_client::trusting(roots)).await
 }
 
 /// One request on an open connection (keep-alive); returns the response body.
@@ -234,41 +214,12 @@ async fn request(
     host: &str,
     path: &str,
 ) -> std::io::Result<String> {
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    stream.flush().await?;
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let read = async {
-        loop {
-            let n = stream.read(&mut buffer).await?;
-            if n == 0 {
-                return Err(std::io::Error::other("connection closed by the server"));
-            }
-            response.extend_from_slice(&buffer[..n]);
-            let text = String::from_utf8_lossy(&response).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length = text[..end]
-                    .lines()
-                    .find_map(|line| {
-                        let (name, value) = line.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if response.len() >= end + 4 + length {
-                    if !text.starts_with("HTTP/1.1 200") {
-                        return Err(std::io::Error::other(format!("not 200: {text}")));
-                    }
-                    return Ok(text[end + 4..].to_owned());
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .map_err(|_| std::io::Error::other("no response within 5 s"))?
+    let text = tls_client::get(stream, host, path).await?;
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("not 200: {text}")));
+    }
+    let (_, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    Ok(body.to_owned())
 }
 
 async fn https_get(
@@ -279,15 +230,6 @@ async fn https_get(
 ) -> String {
     let mut stream = connect(address, name, roots).await.expect("TLS to pebble");
     request(&mut stream, name, path).await.expect("GET")
-}
-
-fn leaf(stream: &TlsStream<TcpStream>) -> Vec<u8> {
-    stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .expect("a certificate")[0]
-        .to_vec()
 }
 
 /// The daemon for `parley.test`, ACME on, trusting pebble's directory. `extra` adds TOML.
@@ -558,61 +500,7 @@ async fn wait_log(daemon: &mut Daemon, text: &str, within: Duration) -> String {
 
 /// `/readyz` over TLS without checking the certificate (it is the self-signed one).
 async fn readyz_on_self_signed(address: SocketAddr) -> String {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    #[derive(Debug)]
-    struct Any(Arc<rustls::crypto::CryptoProvider>);
-    impl ServerCertVerifier for Any {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Any(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(address).await.expect("connect");
-    let mut stream = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(NAME).expect("name"), tcp)
+    let mut stream = tls_client::connect(address, NAME, &tls_client::accepting_any())
         .await
         .expect("TLS on the self-signed certificate");
     request(&mut stream, NAME, "/readyz")

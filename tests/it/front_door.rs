@@ -5,8 +5,7 @@
 //! trusting the test's own certificate, and raw sockets; every daemon on free 127.0.0.1 ports.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,20 +15,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::daemon::{Daemon, free_port, parley};
+use crate::daemon::{Daemon, free_port, parley, parse_response};
+use crate::turnutils::{Peer, assert_no_loss, uclient};
 
 const SECRET: &str = "it-front-door-secret";
 /// `http.header_timeout_secs` of these daemons: the budget of a connection's first bytes.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn coturn_tool(name: &str) -> PathBuf {
-    let path = PathBuf::from("/usr/bin").join(name);
-    assert!(
-        path.exists(),
-        "{name} is missing: install Debian's coturn package (apt-get install -y coturn)"
-    );
-    path
-}
 
 /// A daemon serving HTTPS with a certificate for 127.0.0.1 that `connector` trusts, the relay
 /// on its own UDP/TCP port and, by default, on the HTTPS port.
@@ -163,101 +154,6 @@ impl HttpsDaemon {
     }
 }
 
-fn parse_response(response: &[u8]) -> (u16, String) {
-    let text = String::from_utf8_lossy(response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || tail.len() < size {
-            break;
-        }
-        out.push_str(&tail[..size]);
-        rest = tail[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// coturn's echo peer on a free loopback port, stopped on drop.
-struct Peer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_peer() -> Peer {
-    let port = free_port();
-    let child = Command::new(coturn_tool("turnutils_peer"))
-        .args(["-L", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start turnutils_peer");
-    std::thread::sleep(Duration::from_millis(300));
-    Peer { child, port }
-}
-
-/// `turnutils_uclient` against `port`: 5 allocations with a channel each, 200 messages of 120
-/// bytes every 5 ms per client, REST-API credentials from the shared secret. (sent, received,
-/// the "Total lost packets" line, the whole output).
-fn uclient(port: u16, peer: u16, tls: bool) -> (u64, u64, String, String) {
-    let mut command = Command::new("timeout");
-    command
-        .arg("120")
-        .arg(coturn_tool("turnutils_uclient"))
-        .arg("-t");
-    if tls {
-        command.arg("-S");
-    }
-    let output = command
-        .args(["-c", "-e", "127.0.0.1", "-r", &peer.to_string()])
-        .args(["-p", &port.to_string(), "-n", "200", "-m", "5", "-l", "120"])
-        .args(["-z", "5", "-W", SECRET, "127.0.0.1"])
-        .output()
-        .expect("run turnutils_uclient");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let (mut sent, mut received, mut lost) = (0, 0, String::new());
-    for line in text.lines() {
-        if let Some(rest) = line.split("start_mclient: tot_send_msgs=").nth(1) {
-            let mut parts = rest.split(", tot_recv_msgs=");
-            sent = parts.next().unwrap_or("0").trim().parse().unwrap_or(0);
-            received = parts.next().unwrap_or("0").trim().parse().unwrap_or(0);
-        }
-        if line.contains("Total lost packets") {
-            lost = line.to_owned();
-        }
-    }
-    (sent, received, lost, text)
-}
-
 /// Waits until the daemon closes `stream` (end of stream or reset); how long that took from
 /// `since`. Panics if it is still open after `limit`.
 async fn closed_within<S: AsyncRead + Unpin>(
@@ -280,7 +176,7 @@ async fn closed_within<S: AsyncRead + Unpin>(
 #[tokio::test]
 async fn uclient_relays_over_tls_and_tcp_on_the_https_port_while_https_answers_issue_11() {
     let door = Arc::new(HttpsDaemon::start("").await);
-    let peer = start_peer();
+    let peer = Peer::on_loopback();
     let https_port = door.https().port();
 
     // HTTPS requests to the same port, one after another, for as long as uclient runs.
@@ -308,17 +204,22 @@ async fn uclient_relays_over_tls_and_tcp_on_the_https_port_while_https_answers_i
         } else {
             "TURN over TCP"
         };
-        let peer_port = peer.port;
-        let (sent, received, lost, output) =
-            tokio::task::spawn_blocking(move || uclient(https_port, peer_port, tls))
+        // 5 allocations with a channel each, 200 messages of 120 bytes every 5 ms per client,
+        // REST-API credentials from the shared secret.
+        let mut args = vec!["-t"];
+        if tls {
+            args.push("-S");
+        }
+        let (peer_port, https_port) = (peer.port.to_string(), https_port.to_string());
+        args.extend(["-c", "-e", "127.0.0.1", "-r", &peer_port, "-p", &https_port]);
+        args.extend(["-n", "200", "-m", "5", "-l", "120", "-z", "5", "-W", SECRET]);
+        args.push("127.0.0.1");
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let result =
+            tokio::task::spawn_blocking(move || uclient(Command::new("timeout"), 120, args))
                 .await
                 .unwrap();
-        assert!(
-            sent >= 1000,
-            "{name}: uclient sent {sent} messages:\n{output}"
-        );
-        assert_eq!(received, sent, "{name}: {lost}\n{output}");
-        assert!(lost.contains("Total lost packets 0 "), "{name}: {lost}");
+        assert_no_loss(name, &result, 1000, "");
     }
     stop.store(true, Ordering::Relaxed);
     let slowest = https.await.unwrap();

@@ -8,3 +8,5 @@ mod loadgen;
 mod relay;
 mod relay_netns;
 mod tls;
+mod tls_client;
+mod turnutils;

@@ -10,20 +10,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parley_turn::probe::{ProbeTransport, TurnClient};
 
-use crate::daemon::{free_port, parley_binary};
+use crate::daemon::{free_port, parley_binary, parse_response};
+use crate::turnutils::{Peer, assert_no_loss, uclient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 const SECRET: &str = "it-relay-secret";
-
-fn coturn_tool(name: &str) -> PathBuf {
-    let path = PathBuf::from("/usr/bin").join(name);
-    assert!(
-        path.exists(),
-        "{name} is missing: install Debian's coturn package (apt-get install -y coturn)"
-    );
-    path
-}
 
 fn now_unix() -> u64 {
     SystemTime::now()
@@ -151,22 +143,7 @@ impl Daemon {
         stream.write_all(body.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        Ok((status, body))
+        Ok(parse_response(&response))
     }
 
     async fn json(
@@ -236,86 +213,6 @@ impl Daemon {
     }
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || tail.len() < size {
-            break;
-        }
-        out.push_str(&tail[..size]);
-        rest = tail[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// coturn's echo peer on a free loopback port, stopped on drop.
-struct Peer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_peer() -> Peer {
-    let port = free_port();
-    let child = Command::new(coturn_tool("turnutils_peer"))
-        .args(["-L", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start turnutils_peer");
-    std::thread::sleep(Duration::from_millis(300));
-    Peer { child, port }
-}
-
-#[derive(Debug)]
-struct UclientResult {
-    sent: u64,
-    received: u64,
-    lost_line: String,
-    output: String,
-}
-
-/// Runs `turnutils_uclient` with `args` before the server host; parses its totals.
-fn uclient(args: &[String]) -> UclientResult {
-    let output = Command::new("timeout")
-        .arg("120")
-        .arg(coturn_tool("turnutils_uclient"))
-        .args(args)
-        .arg("127.0.0.1")
-        .output()
-        .expect("run turnutils_uclient");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut result = UclientResult {
-        sent: 0,
-        received: 0,
-        lost_line: String::new(),
-        output: text.clone(),
-    };
-    for line in text.lines() {
-        if let Some(rest) = line.split("start_mclient: tot_send_msgs=").nth(1) {
-            let mut parts = rest.split(", tot_recv_msgs=");
-            result.sent = parts.next().unwrap_or("0").trim().parse().unwrap_or(0);
-            result.received = parts.next().unwrap_or("0").trim().parse().unwrap_or(0);
-        }
-        if line.contains("Total lost packets") {
-            result.lost_line = line.to_owned();
-        }
-    }
-    result
-}
-
 fn uclient_args(daemon: &Daemon, peer: &Peer, transport: &str, auth: &[String]) -> Vec<String> {
     let port = match transport {
         "tls" => daemon.tls.expect("TLS configured").port(),
@@ -348,6 +245,7 @@ fn uclient_args(daemon: &Daemon, peer: &Peer, transport: &str, auth: &[String]) 
         args.push(arg.to_owned());
     }
     args.extend(auth.iter().cloned());
+    args.push("127.0.0.1".to_owned());
     args
 }
 
@@ -358,31 +256,15 @@ async fn uclient_relays_over_udp_tcp_and_tls_without_loss() {
         true,
     )
     .await;
-    let peer = start_peer();
+    let peer = Peer::on_loopback();
     for transport in ["udp", "tcp", "tls"] {
         // -W: REST-API shared secret, uclient sends the bare expiry as the username.
-        let result = uclient(&uclient_args(
-            &daemon,
-            &peer,
-            transport,
-            &["-W".into(), SECRET.into()],
-        ));
-        assert!(
-            result.sent >= 1000,
-            "{transport}: uclient sent {} messages:\n{}",
-            result.sent,
-            result.output
+        let result = uclient(
+            Command::new("timeout"),
+            120,
+            uclient_args(&daemon, &peer, transport, &["-W".into(), SECRET.into()]),
         );
-        assert_eq!(
-            result.received, result.sent,
-            "{transport}: {}\n{}",
-            result.lost_line, result.output
-        );
-        assert!(
-            result.lost_line.contains("Total lost packets 0 "),
-            "{transport}: {}",
-            result.lost_line
-        );
+        assert_no_loss(transport, &result, 1000, "");
     }
     assert!(
         daemon
@@ -443,13 +325,17 @@ async fn credentials_from_the_api_work_in_uclient_and_expire() {
     assert!(expiry.abs_diff(now_unix() + 21600) <= 5, "expiry {expiry}");
 
     // coturn's client accepts them as plain long-term credentials.
-    let peer = start_peer();
-    let result = uclient(&uclient_args(
-        &daemon,
-        &peer,
-        "udp",
-        &["-u".into(), username.into(), "-w".into(), credential.into()],
-    ));
+    let peer = Peer::on_loopback();
+    let result = uclient(
+        Command::new("timeout"),
+        120,
+        uclient_args(
+            &daemon,
+            &peer,
+            "udp",
+            &["-u".into(), username.into(), "-w".into(), credential.into()],
+        ),
+    );
     assert!(
         result.sent >= 1000 && result.received == result.sent,
         "{}\n{}",
@@ -502,13 +388,12 @@ async fn default_policy_refuses_internal_peers() {
     }
 
     // coturn's client, pointed at a loopback peer, gets nothing through.
-    let peer = start_peer();
-    let result = uclient(&uclient_args(
-        &daemon,
-        &peer,
-        "udp",
-        &["-W".into(), SECRET.into()],
-    ));
+    let peer = Peer::on_loopback();
+    let result = uclient(
+        Command::new("timeout"),
+        120,
+        uclient_args(&daemon, &peer, "udp", &["-W".into(), SECRET.into()]),
+    );
     assert_eq!(result.received, 0, "{}", result.output);
     assert_eq!(
         daemon

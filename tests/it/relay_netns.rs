@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::daemon::parley_binary;
+use crate::turnutils::{Peer, UclientResult, assert_no_loss, coturn_tool, uclient};
 
 const SECRET: &str = "it-netns-secret";
 
@@ -31,15 +32,6 @@ const CLI_V4: &str = "10.201.1.2";
 const SRV_V6: &str = "fd20:201:6::1";
 const SRV_V6_SECOND: &str = "fd20:201:9::1";
 const CLI_V6: &str = "fd20:201:6::2";
-
-fn coturn_tool(name: &str) -> PathBuf {
-    let path = PathBuf::from("/usr/bin").join(name);
-    assert!(
-        path.exists(),
-        "{name} is missing: install Debian's coturn package (apt-get install -y coturn)"
-    );
-    path
-}
 
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
@@ -266,99 +258,39 @@ impl Daemon {
 }
 
 /// `turnutils_peer` (an echo server) in `ns` on `address`:3480; killed on drop.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_peer(topology: &Topology, ns: &str, address: &str) -> Peer {
-    let child = topology
-        .command(ns, coturn_tool("turnutils_peer"))
-        .args(["-L", address, "-p", "3480"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start turnutils_peer");
-    std::thread::sleep(Duration::from_millis(300));
-    Peer(child)
+    Peer::start(
+        topology.command(ns, coturn_tool("turnutils_peer")),
+        address,
+        3480,
+    )
 }
 
-#[derive(Debug)]
-struct UclientResult {
-    sent: u64,
-    received: u64,
-    lost_line: String,
-    output: String,
-}
-
-/// Runs `turnutils_uclient` in `ns` against `server`:`port`, relaying through a channel to
-/// the echo peer at `peer`:3480; `extra` adds options (e.g. `-x` for an IPv6 relayed address).
-fn uclient(
-    topology: &Topology,
-    ns: &str,
-    server: &str,
-    port: u16,
-    peer: &str,
-    extra: &[&str],
-) -> UclientResult {
-    let port = port.to_string();
-    let output = topology
-        .command(ns, "timeout")
-        .arg("60")
-        .arg(coturn_tool("turnutils_uclient"))
-        .args(["-W", SECRET, "-e", peer, "-r", "3480", "-p", &port])
+impl Topology {
+    /// Runs `turnutils_uclient` in `ns` against `server`:`port`, relaying through a channel to
+    /// the echo peer at `peer`:3480; `extra` adds options (e.g. `-x` for an IPv6 relayed
+    /// address).
+    fn uclient(
+        &self,
+        ns: &str,
+        server: &str,
+        port: u16,
+        peer: &str,
+        extra: &[&str],
+    ) -> UclientResult {
+        let port = port.to_string();
+        let mut args = vec!["-W", SECRET, "-e", peer, "-r", "3480", "-p", &port];
         // 5 allocations with a channel each, 100 messages of 120 bytes every 5 ms per client.
-        .args(["-n", "100", "-m", "5", "-l", "120", "-z", "5", "-c"])
-        .args(extra)
-        .arg(server)
-        .output()
-        .expect("run turnutils_uclient");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut result = UclientResult {
-        sent: 0,
-        received: 0,
-        lost_line: String::new(),
-        output: text.clone(),
-    };
-    for line in text.lines() {
-        if let Some(rest) = line.split("start_mclient: tot_send_msgs=").nth(1) {
-            let mut parts = rest.split(", tot_recv_msgs=");
-            result.sent = parts.next().unwrap_or("0").trim().parse().unwrap_or(0);
-            result.received = parts.next().unwrap_or("0").trim().parse().unwrap_or(0);
-        }
-        if line.contains("Total lost packets") {
-            result.lost_line = line.to_owned();
-        }
+        args.extend(["-n", "100", "-m", "5", "-l", "120", "-z", "5", "-c"]);
+        args.extend(extra);
+        args.push(server);
+        uclient(self.command(ns, "timeout"), 60, args)
     }
-    result
 }
 
-fn assert_no_loss(what: &str, result: &UclientResult, daemon: &Daemon) {
-    assert!(
-        result.sent >= 500,
-        "{what}: uclient sent {} messages:\n{}\n--- parley log ---\n{}",
-        result.sent,
-        result.output,
-        daemon.log()
-    );
-    assert_eq!(
-        result.received, result.sent,
-        "{what}: {}\n{}",
-        result.lost_line, result.output
-    );
-    assert!(
-        result.lost_line.contains("Total lost packets 0 "),
-        "{what}: {}",
-        result.lost_line
-    );
+fn assert_relayed(what: &str, result: &UclientResult, daemon: &Daemon) {
+    let log = format!("\n--- parley log ---\n{}", daemon.log());
+    assert_no_loss(what, result, 500, &log);
 }
 
 /// A UDP echo that lets the kernel choose the source (plain `recvfrom`/`sendto` on a wildcard
@@ -425,10 +357,10 @@ fn uclient_relays_through_wildcard_listeners_reached_at_the_second_address() {
         ),
     );
     let _peer = start_peer(&topology, &topology.cli, CLI_V4);
-    let result = uclient(&topology, &topology.cli, SRV_V4_SECOND, 3478, CLI_V4, &[]);
-    assert_no_loss("UDP 3478 at the second IPv4 address", &result, &daemon);
-    let result = uclient(&topology, &topology.cli, SRV_V4_SECOND, 443, CLI_V4, &[]);
-    assert_no_loss(
+    let result = topology.uclient(&topology.cli, SRV_V4_SECOND, 3478, CLI_V4, &[]);
+    assert_relayed("UDP 3478 at the second IPv4 address", &result, &daemon);
+    let result = topology.uclient(&topology.cli, SRV_V4_SECOND, 443, CLI_V4, &[]);
+    assert_relayed(
         "UDP 443 (udp_listen_extra) at the second IPv4 address",
         &result,
         &daemon,
@@ -450,45 +382,24 @@ fn an_ipv6_only_client_relays_to_an_ipv4_peer_through_a_dual_stack_listener() {
     let _peer = start_peer(&topology, &topology.cli, CLI_V4);
     // cli6 has no IPv4 address: it talks to the relay over IPv6, the relay to the peer over
     // IPv4 (no REQUESTED-ADDRESS-FAMILY means an IPv4 relayed address, RFC 6156).
-    let result = uclient(&topology, &topology.cli6, SRV_V6_SECOND, 3478, CLI_V4, &[]);
-    assert_no_loss("IPv6 client to IPv4 peer", &result, &daemon);
+    let result = topology.uclient(&topology.cli6, SRV_V6_SECOND, 3478, CLI_V4, &[]);
+    assert_relayed("IPv6 client to IPv4 peer", &result, &daemon);
     // The same listener still serves IPv4 clients.
-    let result = uclient(&topology, &topology.cli, SRV_V4_SECOND, 3478, CLI_V4, &[]);
-    assert_no_loss("IPv4 client on the dual-stack listener", &result, &daemon);
+    let result = topology.uclient(&topology.cli, SRV_V4_SECOND, 3478, CLI_V4, &[]);
+    assert_relayed("IPv4 client on the dual-stack listener", &result, &daemon);
     // No IPv6 relayed address configured: asking for one gets 440, as RFC 6156 says (uclient
     // asks for the family of its peer, here an IPv6 one; `turn` alone would answer 508).
-    let result = uclient(
-        &topology,
-        &topology.cli6,
-        SRV_V6_SECOND,
-        3478,
-        CLI_V6,
-        &["-x"],
-    );
+    let result = topology.uclient(&topology.cli6, SRV_V6_SECOND, 3478, CLI_V6, &["-x"]);
     assert!(
         result.output.contains("error 440"),
         "expected 440 Address Family not Supported:\n{}",
         result.output
     );
     // And TURN over TCP on the same [::]:3478, from both families.
-    let result = uclient(
-        &topology,
-        &topology.cli6,
-        SRV_V6_SECOND,
-        3478,
-        CLI_V4,
-        &["-t"],
-    );
-    assert_no_loss("IPv6 client over TCP to IPv4 peer", &result, &daemon);
-    let result = uclient(
-        &topology,
-        &topology.cli,
-        SRV_V4_SECOND,
-        3478,
-        CLI_V4,
-        &["-t"],
-    );
-    assert_no_loss(
+    let result = topology.uclient(&topology.cli6, SRV_V6_SECOND, 3478, CLI_V4, &["-t"]);
+    assert_relayed("IPv6 client over TCP to IPv4 peer", &result, &daemon);
+    let result = topology.uclient(&topology.cli, SRV_V4_SECOND, 3478, CLI_V4, &["-t"]);
+    assert_relayed(
         "IPv4 client over TCP on the dual-stack listener",
         &result,
         &daemon,
@@ -507,15 +418,8 @@ fn an_ipv6_relayed_address_is_allocated_when_the_client_asks_for_one() {
     );
     let _peer = start_peer(&topology, &topology.cli6, CLI_V6);
     // REQUESTED-ADDRESS-FAMILY IPv6 (uclient sends it for an IPv6 peer, and with -x).
-    let result = uclient(
-        &topology,
-        &topology.cli6,
-        SRV_V6_SECOND,
-        3478,
-        CLI_V6,
-        &["-x"],
-    );
-    assert_no_loss("IPv6 relayed address to an IPv6 peer", &result, &daemon);
+    let result = topology.uclient(&topology.cli6, SRV_V6_SECOND, 3478, CLI_V6, &["-x"]);
+    assert_relayed("IPv6 relayed address to an IPv6 peer", &result, &daemon);
     assert!(
         daemon
             .log()

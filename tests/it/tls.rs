@@ -4,19 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::daemon::Daemon;
+use crate::tls_client::{self, leaf};
 
 /// Shorter than the daemon's 2 s file poll plus its settle interval, so a reload seen within
 /// this time was triggered by SIGHUP, not by the file watcher.
@@ -116,7 +110,7 @@ impl TlsDaemon {
         let start = Instant::now();
         loop {
             let stream = connect(self.address()).await.expect("TLS handshake");
-            if presented(&stream) == expected {
+            if leaf(&stream) == expected {
                 return start.elapsed();
             }
             assert!(
@@ -129,121 +123,17 @@ impl TlsDaemon {
     }
 }
 
-/// Accepts any certificate (they are self-signed and change under test) but still verifies
-/// the handshake signature, so the server provably holds the key of what it presented.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn connector() -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
-}
-
 async fn connect(address: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(address).await?;
-    let name = ServerName::try_from("localhost").expect("valid name");
-    tokio::time::timeout(Duration::from_secs(5), connector().connect(name, tcp))
-        .await
-        .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
-}
-
-fn presented(stream: &TlsStream<TcpStream>) -> Vec<u8> {
-    stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .expect("the server sent a certificate")[0]
-        .to_vec()
+    tls_client::connect(address, "localhost", &tls_client::accepting_any()).await
 }
 
 /// One keep-alive `GET /healthz` on an open connection; returns the status code.
 async fn get_healthz(stream: &mut TlsStream<TcpStream>) -> std::io::Result<u16> {
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await?;
-    stream.flush().await?;
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 1024];
-    let read_response = async {
-        loop {
-            let read = stream.read(&mut buffer).await?;
-            if read == 0 {
-                return Err(std::io::Error::other("connection closed by the server"));
-            }
-            response.extend_from_slice(&buffer[..read]);
-            let text = String::from_utf8_lossy(&response).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length = text[..end]
-                    .lines()
-                    .find_map(|line| {
-                        let (name, value) = line.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if response.len() >= end + 4 + length {
-                    let status = text
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|code| code.parse().ok())
-                        .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))?;
-                    return Ok(status);
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read_response)
-        .await
-        .map_err(|_| std::io::Error::other("no response within 5 s"))?
+    let text = tls_client::get(stream, "localhost", "/healthz").await?;
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))
 }
 
 #[tokio::test]
@@ -253,7 +143,7 @@ async fn sighup_reloads_the_certificate_and_open_connections_stay() {
     let mut daemon = TlsDaemon::start(&first).await;
 
     let mut open = connect(daemon.address()).await.expect("TLS handshake");
-    assert_eq!(presented(&open), first.der);
+    assert_eq!(leaf(&open), first.der);
     assert_eq!(get_healthz(&mut open).await.expect("healthz"), 200);
 
     install(&second, &daemon.cert, &daemon.key);
@@ -271,7 +161,7 @@ async fn sighup_reloads_the_certificate_and_open_connections_stay() {
             .expect("the open connection survived the reload"),
         200
     );
-    assert_eq!(presented(&open), first.der, "it keeps its own session");
+    assert_eq!(leaf(&open), first.der, "it keeps its own session");
 }
 
 #[tokio::test]
@@ -300,7 +190,7 @@ async fn a_broken_replacement_keeps_the_old_certificate() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     daemon.assert_alive();
     let stream = connect(daemon.address()).await.expect("TLS still works");
-    assert_eq!(presented(&stream), first.der);
+    assert_eq!(leaf(&stream), first.der);
 
     // Completing the pair is then picked up by the next SIGHUP.
     install(&second, &daemon.cert, &daemon.key);
