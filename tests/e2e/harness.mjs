@@ -6,11 +6,11 @@
 // PARLEY_BIN), /usr/bin/chromium (Debian package `chromium`, or CHROMIUM_BIN)
 // and `npm ci` in tests/e2e for playwright-core. A missing tool fails loudly.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { after, before } from "node:test";
 import { createSocket } from "node:dgram";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -37,7 +37,7 @@ export function chromiumBinary() {
 }
 
 /** A TCP port that is free now (the daemon binds it a moment later). */
-async function freeTcpPort() {
+export async function freeTcpPort() {
   return new Promise((resolvePort, reject) => {
     const server = createServer();
     server.unref();
@@ -191,27 +191,47 @@ export async function startDaemon(config = {}) {
   return daemon;
 }
 
-/** Chromium flags from shared/testing-webrtc.md. */
-export function chromiumArgs({ fakeMedia = true, grantMedia = true } = {}) {
+/**
+ * Chromium flags from shared/testing-webrtc.md. `loopback: false` leaves out loopback ICE
+ * candidates; `hostResolverRules` replaces the loopback-only name resolution.
+ */
+export function chromiumArgs({
+  fakeMedia = true,
+  grantMedia = true,
+  loopback = true,
+  hostResolverRules = "MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+} = {}) {
   return [
     ...(fakeMedia ? ["--use-fake-device-for-media-stream"] : []),
     ...(grantMedia ? ["--use-fake-ui-for-media-stream"] : []),
-    "--allow-loopback-in-peer-connection",
-    // No background look-ups of outside hosts; only loopback resolves.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+    ...(loopback ? ["--allow-loopback-in-peer-connection"] : []),
+    // No background look-ups of outside hosts; by default only loopback resolves.
+    `--host-resolver-rules=${hostResolverRules}`,
     "--disable-background-networking",
     "--no-first-run",
     "--no-default-browser-check",
   ];
 }
 
-/** Launches Debian's Chromium headless; `HOME` is a temp dir (crash reports go there). */
-export async function launchBrowser(options = {}) {
+/**
+ * Launches Debian's Chromium headless; `HOME` is a temp dir (crash reports go there), removed
+ * on close. `options` are chromiumArgs' plus: `extraArgs`, appended; `trustCa`, a PEM file of a
+ * CA that Chromium trusts through an NSS database in that HOME (the system store is never
+ * touched); `executablePath`, instead of Chromium itself (e.g. a script that enters a network
+ * namespace and execs it).
+ */
+export async function launchBrowser({ extraArgs = [], trustCa, executablePath = chromiumBinary(), ...options } = {}) {
   const home = await mkdtemp(join(tmpdir(), "parley-chromium-"));
+  if (trustCa) {
+    const nssdb = join(home, ".pki/nssdb");
+    await mkdir(nssdb, { recursive: true });
+    execFileSync("/usr/bin/certutil", ["-N", "-d", `sql:${nssdb}`, "--empty-password"]);
+    execFileSync("/usr/bin/certutil", ["-A", "-t", "C,,", "-n", "parley-test-ca", "-i", trustCa, "-d", `sql:${nssdb}`]);
+  }
   const browser = await chromium.launch({
-    executablePath: chromiumBinary(),
+    executablePath,
     headless: true,
-    args: chromiumArgs(options),
+    args: [...chromiumArgs(options), ...extraArgs],
     env: { ...process.env, HOME: home },
     timeout: 30_000,
   });
@@ -221,6 +241,55 @@ export async function launchBrowser(options = {}) {
     await rm(home, { recursive: true, force: true });
   };
   return browser;
+}
+
+/**
+ * The page's live peer connection from getStats() (null before the first one): its states, the
+ * selected pair's two ends (`local`, `remote`; `localCandidateType`, `relayProtocol` and `url`
+ * repeat the local end's), what arrived, and for failure messages every candidate gathered and
+ * offered and how each pair's checks went. Needs `instrumentation()` on the page.
+ */
+export async function callStats(page) {
+  return page.evaluate(async () => {
+    const pc = window.__probe.pcs.filter((candidate) => candidate.connectionState !== "closed").at(-1);
+    if (!pc) return null;
+    const report = await pc.getStats();
+    const stats = [...report.values()];
+    const transport = stats.find((stat) => stat.type === "transport" && stat.selectedCandidatePairId);
+    const pair = transport && report.get(transport.selectedCandidatePairId);
+    const pick = (candidate) =>
+      candidate && {
+        candidateType: candidate.candidateType,
+        protocol: candidate.protocol,
+        relayProtocol: candidate.relayProtocol,
+        address: candidate.address,
+        port: candidate.port,
+        relatedAddress: candidate.relatedAddress,
+        url: candidate.url,
+      };
+    const local = pick(pair && report.get(pair.localCandidateId));
+    const audio = stats.find((stat) => stat.type === "inbound-rtp" && stat.kind === "audio");
+    const video = stats.find((stat) => stat.type === "inbound-rtp" && stat.kind === "video");
+    const candidates = (type) =>
+      stats.filter((stat) => stat.type === type).map((c) => `${c.candidateType}${c.relayProtocol ? `/${c.relayProtocol}` : ""} ${c.protocol} ${c.address}:${c.port}${c.url ? ` ${c.url}` : ""}`);
+    return {
+      origin: location.origin,
+      connectionState: pc.connectionState,
+      iceConnectionState: pc.iceConnectionState,
+      gathered: candidates("local-candidate"),
+      offered: candidates("remote-candidate"),
+      pairs: stats.filter((stat) => stat.type === "candidate-pair").map((p) => `${report.get(p.localCandidateId)?.candidateType}->${report.get(p.remoteCandidateId)?.candidateType} ${p.state} sent ${p.requestsSent ?? 0}/recv ${p.responsesReceived ?? 0}`),
+      local,
+      remote: pick(pair && report.get(pair.remoteCandidateId)),
+      localCandidateType: local?.candidateType,
+      relayProtocol: local?.relayProtocol,
+      url: local?.url,
+      audioBytes: audio?.bytesReceived ?? 0,
+      audioEnergy: audio?.totalAudioEnergy ?? 0,
+      videoBytes: video?.bytesReceived ?? 0,
+      videoFrames: video?.framesDecoded ?? 0,
+    };
+  });
 }
 
 /**

@@ -14,12 +14,10 @@ import { execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import https from "node:https";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { chromium } from "playwright-core";
-import { chromiumArgs, chromiumBinary, daemonBinary, eventually, instrumentation, personItem, signIn, uniqueName } from "./harness.mjs";
+import { callStats, daemonBinary, eventually, freeTcpPort, instrumentation, launchBrowser, personItem, signIn, uniqueName } from "./harness.mjs";
 
 const NAME = "parley.test";
 
@@ -35,17 +33,6 @@ let browser;
 let daemon;
 let pebbleRoot;
 const logs = { daemon: [], pebble: [] };
-
-async function freePort() {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolvePort(port));
-    });
-  });
-}
 
 function start(binary, args, env, into) {
   const child = spawn(binary, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
@@ -87,7 +74,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), "parley-e2e-acme-"));
   await directoryPki();
   const [httpPort, turnPort, directoryPort, managementPort, dnsPort, dnsManagementPort] = await Promise.all(
-    Array.from({ length: 6 }, freePort),
+    Array.from({ length: 6 }, freeTcpPort),
   );
   await writeFile(
     join(dir, "pebble.json"),
@@ -97,7 +84,7 @@ before(async () => {
         managementListenAddress: `127.0.0.1:${managementPort}`,
         certificate: join(dir, "cert.pem"),
         privateKey: join(dir, "key.pem"),
-        httpPort: await freePort(),
+        httpPort: await freeTcpPort(),
         tlsPort: httpPort,
         ocspResponderURL: "",
         externalAccountBindingRequired: false,
@@ -168,15 +155,10 @@ before(async () => {
   await writeFile(join(dir, "pebble-root.pem"), pebbleRoot);
 
   // Chromium trusts pebble's root through the NSS database of its own $HOME.
-  const home = join(dir, "home");
-  const nssdb = join(home, ".pki/nssdb");
-  execFileSync("/usr/bin/mkdir", ["-p", nssdb]);
-  execFileSync("/usr/bin/certutil", ["-N", "-d", `sql:${nssdb}`, "--empty-password"]);
-  execFileSync("/usr/bin/certutil", ["-A", "-t", "C,,", "-n", "pebble-root", "-i", join(dir, "pebble-root.pem"), "-d", `sql:${nssdb}`]);
-  const args = chromiumArgs().map((arg) =>
-    arg.startsWith("--host-resolver-rules=") ? `--host-resolver-rules=MAP ${NAME} 127.0.0.1 , MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1` : arg,
-  );
-  browser = await chromium.launch({ executablePath: chromiumBinary(), headless: true, args, env: { ...process.env, HOME: home }, timeout: 30_000 });
+  browser = await launchBrowser({
+    trustCa: join(dir, "pebble-root.pem"),
+    hostResolverRules: `MAP ${NAME} 127.0.0.1 , MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1`,
+  });
 });
 
 after(async () => {
@@ -219,27 +201,6 @@ async function person(displayName) {
   assert.ok(response.ok(), `the web client loads over HTTPS: ${response.status()}`);
   await signIn(page, username, "correct horse battery");
   return { context, page };
-}
-
-async function callStats(page) {
-  return page.evaluate(async () => {
-    const pc = window.__probe.pcs.filter((candidate) => candidate.connectionState !== "closed").at(-1);
-    if (!pc) return null;
-    const report = await pc.getStats();
-    const stats = [...report.values()];
-    const transport = stats.find((stat) => stat.type === "transport" && stat.selectedCandidatePairId);
-    const pair = transport && report.get(transport.selectedCandidatePairId);
-    const local = pair && report.get(pair.localCandidateId);
-    const audio = stats.find((stat) => stat.type === "inbound-rtp" && stat.kind === "audio");
-    const video = stats.find((stat) => stat.type === "inbound-rtp" && stat.kind === "video");
-    return {
-      localCandidateType: local?.candidateType,
-      relayProtocol: local?.relayProtocol,
-      url: local?.url,
-      audioBytes: audio?.bytesReceived ?? 0,
-      videoFrames: video?.framesDecoded ?? 0,
-    };
-  });
 }
 
 test("Chromium trusts the ACME certificate: the web client loads over HTTPS with no certificate error", async () => {

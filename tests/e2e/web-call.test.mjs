@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { eventually, personItem, scene } from "./harness.mjs";
+import { callStats, eventually, personItem, scene } from "./harness.mjs";
 
 const fixture = scene();
 const person = (displayName) => fixture.person(displayName);
@@ -14,28 +14,6 @@ async function remoteVideoMoving(page) {
   await eventually("remote video frames", () => video.evaluate((element) => element.videoWidth > 0 && !element.paused));
   const first = await video.evaluate((element) => element.currentTime);
   await eventually("remote video to advance", () => video.evaluate((element, start) => element.currentTime > start + 0.3, first));
-}
-
-/** Stats of the page's live peer connection: the route and what arrived. */
-async function callStats(page) {
-  return page.evaluate(async () => {
-    const pc = window.__probe.pcs.filter((candidate) => candidate.connectionState !== "closed").at(-1);
-    if (!pc) return null;
-    const report = await pc.getStats();
-    const stats = [...report.values()];
-    const transport = stats.find((stat) => stat.type === "transport" && stat.selectedCandidatePairId);
-    const pair = transport && report.get(transport.selectedCandidatePairId);
-    const local = pair && report.get(pair.localCandidateId);
-    const audio = stats.find((stat) => stat.type === "inbound-rtp" && stat.kind === "audio");
-    const video = stats.find((stat) => stat.type === "inbound-rtp" && stat.kind === "video");
-    return {
-      localCandidateType: local?.candidateType,
-      relayProtocol: local?.relayProtocol,
-      audioBytes: audio?.bytesReceived ?? 0,
-      audioEnergy: audio?.totalAudioEnergy ?? 0,
-      videoFrames: video?.framesDecoded ?? 0,
-    };
-  });
 }
 
 /** Every camera and microphone track the page ever opened has been stopped. */

@@ -9,13 +9,11 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { chromium } from "playwright-core";
-import { axeViolations, chromiumArgs, chromiumBinary, launchBrowser, newPerson, registerUser, signIn, startDaemon, uniqueName } from "./harness.mjs";
+import { axeViolations, freeTcpPort, launchBrowser, newPerson, registerUser, signIn, startDaemon, uniqueName } from "./harness.mjs";
 
 let daemon;
 let browser;
@@ -29,29 +27,6 @@ after(async () => {
   await browser?.close();
   await daemon?.stop();
 });
-
-/**
- * A headless Chromium like the harness's, with `extra` flags; `prepareHome(home)` may set up
- * its $HOME first (removed on close).
- */
-async function launchWith(extra, prepareHome = async () => {}) {
-  const home = await mkdtemp(join(tmpdir(), "parley-chromium-"));
-  await prepareHome(home);
-  const launched = await chromium.launch({
-    executablePath: chromiumBinary(),
-    headless: true,
-    args: [...chromiumArgs(), ...extra],
-    env: { ...process.env, HOME: home },
-    timeout: 30_000,
-  });
-  return {
-    browser: launched,
-    async close() {
-      await launched.close();
-      await rm(home, { recursive: true, force: true });
-    },
-  };
-}
 
 /** The daemon's log records of received diagnostics (`diagnostics: {json}` lines). */
 function diagnosticsLogged() {
@@ -111,9 +86,9 @@ test("signed out, the test finds the microphone, the camera and the relay over U
 });
 
 test("with UDP blocked, the test reports UDP failing and says calls will use TCP", async () => {
-  const blocked = await launchWith(["--webrtc-ip-handling-policy=disable_non_proxied_udp"]);
+  const blocked = await launchBrowser({ extraArgs: ["--webrtc-ip-handling-policy=disable_non_proxied_udp"] });
   try {
-    const tab = await newPerson(blocked.browser, daemon);
+    const tab = await newPerson(blocked, daemon);
     const { rows, verdict } = await runTest(tab.page);
     assert.match(rows["Relay over UDP"], /^Failed: does not work/);
     assert.match(rows["Relay over TCP"], /^Passed: works, \d+ ms round trip$/);
@@ -146,17 +121,6 @@ test("signed in, the test is reachable from home, passes axe in light and dark m
   }
 });
 
-async function freePort() {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolvePort(port));
-    });
-  });
-}
-
 /** A test CA and a certificate for 127.0.0.1 signed by it, in `dir`. */
 function makeCertificates(dir) {
   const openssl = (args) => execFileSync("/usr/bin/openssl", args, { cwd: dir, stdio: "pipe" });
@@ -176,15 +140,10 @@ test("with a trusted certificate on the TURN-over-TLS listener, the relay over T
     await writeFile(join(dir, "leaf.ext"), "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n");
     makeCertificates(dir);
     tlsDaemon = await startDaemon({
-      turn: { tls_listen: `127.0.0.1:${await freePort()}`, tls_cert: join(dir, "cert.pem"), tls_key: join(dir, "key.pem") },
+      turn: { tls_listen: `127.0.0.1:${await freeTcpPort()}`, tls_cert: join(dir, "cert.pem"), tls_key: join(dir, "key.pem") },
     });
-    trusting = await launchWith([], async (home) => {
-      const nssdb = join(home, ".pki/nssdb");
-      await mkdir(nssdb, { recursive: true });
-      execFileSync("/usr/bin/certutil", ["-N", "-d", `sql:${nssdb}`, "--empty-password"]);
-      execFileSync("/usr/bin/certutil", ["-A", "-t", "C,,", "-n", "parley-test-ca", "-i", join(dir, "ca.pem"), "-d", `sql:${nssdb}`]);
-    });
-    const tab = await newPerson(trusting.browser, tlsDaemon);
+    trusting = await launchBrowser({ trustCa: join(dir, "ca.pem") });
+    const tab = await newPerson(trusting, tlsDaemon);
     const { rows, verdict } = await runTest(tab.page);
     assert.match(rows["Relay over UDP"], /^Passed: works/);
     assert.match(rows["Relay over TCP"], /^Passed: works/);
