@@ -8,11 +8,10 @@
 // tests/e2e (whose harness.mjs lends the sign-in and directory helpers).
 
 import assert from "node:assert/strict";
-import { chmod, mkdir, mkdtemp, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
-import { chromiumBinary, daemonBinary, eventually, instrumentation, personItem, signIn } from "../e2e/harness.mjs";
+import { callStats, chromiumBinary, daemonBinary, eventually, instrumentation, launchBrowser as launchHarnessBrowser, personItem, signIn } from "../e2e/harness.mjs";
 import { run } from "./topology.mjs";
 
 /** The host name people (and ICE URLs) use; each browser maps it to the address it should reach. */
@@ -109,12 +108,6 @@ export async function startDaemon(net, { dir, pki, reach, config }) {
  * trusts the test CA and nothing else of ours: the system store is never touched.
  */
 export async function launchBrowser(net, role, { dir, pki, hostAddress }) {
-  const home = join(dir, `home-${role}`);
-  const nssdb = join(home, ".pki/nssdb");
-  await mkdir(nssdb, { recursive: true });
-  await run("certutil", ["-N", "-d", `sql:${nssdb}`, "--empty-password"]);
-  await run("certutil", ["-A", "-t", "C,,", "-n", "parley-netns-test-ca", "-i", pki.ca.cert, "-d", `sql:${nssdb}`]);
-
   // Playwright starts this script; `ip netns exec` replaces itself with Chromium, so the
   // DevTools pipe Playwright opened is Chromium's own.
   const wrapper = join(dir, `chromium-${role}.sh`);
@@ -122,24 +115,16 @@ export async function launchBrowser(net, role, { dir, pki, hostAddress }) {
   await chmod(wrapper, 0o755);
 
   const target = hostAddress.includes(":") ? `[${hostAddress}]` : hostAddress;
-  const browser = await chromium.launch({
+  return launchHarnessBrowser({
     executablePath: wrapper,
-    headless: true,
-    args: [
-      "--use-fake-device-for-media-stream",
-      "--use-fake-ui-for-media-stream",
-      // HOST goes where the scenario says; no other name resolves (no look-ups of outside hosts).
-      // IP literals pass through these rules too (TURN over TCP/TLS to an IP does): exclude the
-      // server's address, or such a connection fails with ICE error 701.
-      `--host-resolver-rules=MAP ${HOST} ${target} , MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE ${hostAddress}`,
-      "--disable-background-networking",
-      "--no-first-run",
-      "--no-default-browser-check",
-    ],
-    env: { ...process.env, HOME: home },
-    timeout: 30_000,
+    trustCa: pki.ca.cert,
+    // Only the scenario's addresses take part in ICE.
+    loopback: false,
+    // HOST goes where the scenario says; no other name resolves (no look-ups of outside hosts).
+    // IP literals pass through these rules too (TURN over TCP/TLS to an IP does): exclude the
+    // server's address, or such a connection fails with ICE error 701.
+    hostResolverRules: `MAP ${HOST} ${target} , MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE ${hostAddress}`,
   });
-  return browser;
 }
 
 /** A tab on https://HOST/ for `displayName`, registered over the HTTP API and signed in. */
@@ -175,46 +160,6 @@ export async function person(browser, displayName) {
   return { context, page, console: consoleLines };
 }
 
-/** The live peer connection's selected route and what arrived, from getStats(). */
-export async function callStats(page) {
-  return page.evaluate(async () => {
-    const pc = window.__probe.pcs.filter((candidate) => candidate.connectionState !== "closed").at(-1);
-    if (!pc) return null;
-    const report = await pc.getStats();
-    const stats = [...report.values()];
-    const transport = stats.find((stat) => stat.type === "transport" && stat.selectedCandidatePairId);
-    const pair = transport && report.get(transport.selectedCandidatePairId);
-    const pick = (candidate) =>
-      candidate && {
-        candidateType: candidate.candidateType,
-        protocol: candidate.protocol,
-        relayProtocol: candidate.relayProtocol,
-        address: candidate.address,
-        port: candidate.port,
-        relatedAddress: candidate.relatedAddress,
-        url: candidate.url,
-      };
-    const audio = stats.find((stat) => stat.type === "inbound-rtp" && stat.kind === "audio");
-    const video = stats.find((stat) => stat.type === "inbound-rtp" && stat.kind === "video");
-    const candidates = (type) =>
-      stats.filter((stat) => stat.type === type).map((c) => `${c.candidateType}${c.relayProtocol ? `/${c.relayProtocol}` : ""} ${c.protocol} ${c.address}:${c.port}${c.url ? ` ${c.url}` : ""}`);
-    return {
-      origin: location.origin,
-      connectionState: pc.connectionState,
-      iceConnectionState: pc.iceConnectionState,
-      // For failure messages: everything ICE had to choose from, and how the checks went.
-      gathered: candidates("local-candidate"),
-      offered: candidates("remote-candidate"),
-      pairs: stats.filter((stat) => stat.type === "candidate-pair").map((p) => `${report.get(p.localCandidateId)?.candidateType}->${report.get(p.remoteCandidateId)?.candidateType} ${p.state} sent ${p.requestsSent ?? 0}/recv ${p.responsesReceived ?? 0}`),
-      local: pick(pair && report.get(pair.localCandidateId)),
-      remote: pick(pair && report.get(pair.remoteCandidateId)),
-      audioBytes: audio?.bytesReceived ?? 0,
-      videoBytes: video?.bytesReceived ?? 0,
-      framesDecoded: video?.framesDecoded ?? 0,
-    };
-  });
-}
-
 /**
  * Alice places a video call to Bob through the web client, Bob accepts; resolves when media has
  * flowed both ways and kept flowing for 3 s, with both sides' stats at that point.
@@ -232,7 +177,7 @@ export async function videoCall(alice, bob) {
   try {
     first = await eventually("media both ways", async () => {
       const both = [await callStats(alice.page), await callStats(bob.page)];
-      return both.every((s) => s && s.connectionState === "connected" && s.audioBytes > 0 && s.framesDecoded > 0) ? both : null;
+      return both.every((s) => s && s.connectionState === "connected" && s.audioBytes > 0 && s.videoFrames > 0) ? both : null;
     }, 30_000);
   } catch (error) {
     const now = [await callStats(alice.page).catch(() => null), await callStats(bob.page).catch(() => null)];
@@ -245,7 +190,7 @@ export async function videoCall(alice, bob) {
   for (const [who, now, before] of [["Alice", a, first[0]], ["Bob", b, first[1]]]) {
     assert.equal(now.connectionState, "connected", `${who} still connected`);
     assert.ok(now.audioBytes > before.audioBytes, `${who} keeps receiving audio: ${JSON.stringify(now)}`);
-    assert.ok(now.framesDecoded > before.framesDecoded + 10, `${who} keeps decoding video: ${JSON.stringify(now)}`);
+    assert.ok(now.videoFrames > before.videoFrames + 10, `${who} keeps decoding video: ${JSON.stringify(now)}`);
   }
   return { alice: a, bob: b, connectSecs };
 }
