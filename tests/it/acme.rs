@@ -302,6 +302,22 @@ async fn wait_trusted(
     }
 }
 
+/// A daemon (configured with `extra`) that gets its certificate from a pebble validating
+/// TLS-ALPN-01 on the daemon's HTTPS port (HTTP-01 goes nowhere), certificates valid
+/// `validity_secs` (0: pebble's default). Returns pebble, the root it issues from, the daemon
+/// and the leaf it serves once a verified handshake succeeds (within 60 s).
+async fn tls_alpn_01_daemon(
+    extra: &str,
+    validity_secs: u64,
+) -> (Pebble, CertificateDer<'static>, Daemon, Vec<u8>) {
+    let daemon = Daemon::configure(extra);
+    let pebble = Pebble::start(daemon.http.port(), free_port(), validity_secs);
+    let root = pebble.issuing_root().await;
+    let mut daemon = acme_daemon(&pebble, daemon, "").spawn_without_waiting(&[]);
+    let issued = wait_trusted(&mut daemon, &pebble, &root, Duration::from_secs(60)).await;
+    (pebble, root, daemon, issued)
+}
+
 fn roots(root: &CertificateDer<'static>) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).expect("add root");
@@ -319,13 +335,7 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test]
 async fn tls_alpn_01_gets_a_certificate_served_at_once_and_reused_after_a_restart() {
-    let daemon = Daemon::configure("");
-    // Pebble validates TLS-ALPN-01 on the daemon's HTTPS port; HTTP-01 goes nowhere.
-    let pebble = Pebble::start(daemon.http.port(), free_port(), 0);
-    let root = pebble.issuing_root().await;
-    let mut daemon = acme_daemon(&pebble, daemon, "").spawn_without_waiting(&[]);
-
-    let issued = wait_trusted(&mut daemon, &pebble, &root, Duration::from_secs(60)).await;
+    let (pebble, root, mut daemon, issued) = tls_alpn_01_daemon("", 0).await;
     assert_eq!(pebble.issued(), 1, "{}", pebble.log());
     let log = daemon.log();
     assert!(
@@ -431,12 +441,9 @@ async fn http_01_on_the_redirect_listener_gets_a_certificate_and_redirects_plain
 
 #[tokio::test]
 async fn a_short_lived_certificate_is_renewed_and_swapped_while_a_connection_stays_open() {
-    let daemon = Daemon::configure("[http]\nheader_timeout_secs = 300");
     // 30 s certificates: renewal starts at two thirds of the lifetime, 20 s after issuance.
-    let pebble = Pebble::start(daemon.http.port(), free_port(), 30);
-    let root = pebble.issuing_root().await;
-    let mut daemon = acme_daemon(&pebble, daemon, "").spawn_without_waiting(&[]);
-    let first = wait_trusted(&mut daemon, &pebble, &root, Duration::from_secs(60)).await;
+    let (pebble, root, daemon, first) =
+        tls_alpn_01_daemon("[http]\nheader_timeout_secs = 300", 30).await;
 
     let mut open = connect(daemon.http, NAME, roots(&root)).await.expect("TLS");
     assert_eq!(leaf(&open), first);

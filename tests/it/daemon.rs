@@ -294,6 +294,23 @@ pub fn http(
     Ok((status, json))
 }
 
+/// The head of a one-shot HTTP/1.1 request (`connection: close`) with a bearer `token` and a
+/// JSON `body` if given; the body goes after it.
+pub fn request_head(method: &str, path: &str, body: &str, token: Option<&str>) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    head
+}
+
 /// An HTTP/1.1 response read to its end: the status (0 when there is none) and the body,
 /// de-chunked when it came chunked.
 pub fn parse_response(response: &[u8]) -> (u16, String) {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::daemon::{Daemon, free_port, parley, parse_response};
+use crate::daemon::{Daemon, free_port, parley, parse_response, request_head};
 use crate::turnutils::{Peer, assert_no_loss, uclient};
 
 const SECRET: &str = "it-front-door-secret";
@@ -116,18 +116,7 @@ impl HttpsDaemon {
     ) -> std::io::Result<(u16, String)> {
         let mut stream = self.tls().await?;
         let body = body.unwrap_or("");
-        let mut head =
-            format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
-        if let Some(token) = token {
-            head.push_str(&format!("authorization: Bearer {token}\r\n"));
-        }
-        if !body.is_empty() {
-            head.push_str(&format!(
-                "content-type: application/json\r\ncontent-length: {}\r\n",
-                body.len()
-            ));
-        }
-        head.push_str("\r\n");
+        let head = request_head(method, path, body, token);
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body.as_bytes()).await?;
         let mut response = Vec::new();

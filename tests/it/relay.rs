@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parley_turn::probe::{ProbeTransport, TurnClient};
 
-use crate::daemon::{free_port, parley_binary, parse_response};
+use crate::daemon::{free_port, parley_binary, parse_response, request_head};
 use crate::turnutils::{Peer, assert_no_loss, uclient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -126,19 +126,8 @@ impl Daemon {
         token: Option<&str>,
     ) -> std::io::Result<(u16, String)> {
         let mut stream = TcpStream::connect(self.http).await?;
-        let mut head =
-            format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
-        if let Some(token) = token {
-            head.push_str(&format!("authorization: Bearer {token}\r\n"));
-        }
         let body = body.unwrap_or("");
-        if !body.is_empty() {
-            head.push_str(&format!(
-                "content-type: application/json\r\ncontent-length: {}\r\n",
-                body.len()
-            ));
-        }
-        head.push_str("\r\n");
+        let head = request_head(method, path, body, token);
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body.as_bytes()).await?;
         let mut response = Vec::new();
