@@ -282,13 +282,7 @@ async fn wait_trusted(
 ) -> Vec<u8> {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(status) = daemon
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            panic!("parley exited ({status}):\n{}", daemon.log());
-        }
+        daemon.assert_running();
         if let Ok(stream) = connect(daemon.http, NAME, roots(root)).await {
             return leaf(&stream);
         }
@@ -486,13 +480,7 @@ async fn a_short_lived_certificate_is_renewed_and_swapped_while_a_connection_sta
 async fn wait_log(daemon: &mut Daemon, text: &str, within: Duration) -> String {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(status) = daemon
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            panic!("parley exited ({status}):\n{}", daemon.log());
-        }
+        daemon.assert_running();
         let log = daemon.log();
         if log.contains(text) {
             return log;

@@ -127,16 +127,21 @@ impl Daemon {
         self
     }
 
+    /// Panics with the log if the started daemon has exited: waiting for it is in vain.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!("parley exited early ({status}):\n{}", self.log());
+        }
+    }
+
     fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("parley exited early ({status}):\n{}", self.log());
-            }
+            self.assert_running();
             if let Ok((200, _)) = http(self.http, "GET", "/healthz", None, None) {
                 return;
             }

@@ -80,14 +80,7 @@ impl HttpsDaemon {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self
-                .daemon
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
-                panic!("parley exited early ({status}):\n{}", self.daemon.log());
-            }
+            self.daemon.assert_running();
             if let Ok((200, _)) = self.request("GET", "/readyz", None, None).await {
                 return;
             }
