@@ -80,7 +80,11 @@ test("screen sharing: the other side's video becomes the screen, and Stop sharin
   // Picture in picture and full screen for the remote video.
   await bob.page.getByRole("button", { name: "Full screen" }).click();
   await eventually("full screen", () => bob.page.evaluate(() => document.fullscreenElement?.id === "call-view"));
-  assert.equal(await bob.page.getByRole("button", { name: "Full screen" }).getAttribute("aria-pressed"), "true");
+  // The button follows the `fullscreenchange` event, which the browser fires a frame after
+  // `document.fullscreenElement` is set: wait for it rather than read it in that frame.
+  await eventually("the Full screen button pressed", async () =>
+    (await bob.page.getByRole("button", { name: "Full screen" }).getAttribute("aria-pressed")) === "true",
+  );
   await bob.page.getByRole("button", { name: "Full screen" }).click();
   await eventually("full screen left", () => bob.page.evaluate(() => document.fullscreenElement === null));
   await bob.page.getByRole("button", { name: "Picture in picture" }).click();
