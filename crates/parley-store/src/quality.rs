@@ -315,6 +315,44 @@ mod tests {
         assert_eq!(verdict(60_000.0, 100.0, 60_000.0), Verdict::Poor);
     }
 
+    /// A database with alice calling bob, call `c1`, answered; ended (completed) or still active.
+    async fn store_with_answered_call(
+        ended: bool,
+    ) -> (tempfile::TempDir, Store, crate::User, crate::User) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("parley.db"))
+            .await
+            .expect("open");
+        let alice = store
+            .create_user("alice", None, "password-123")
+            .await
+            .unwrap();
+        let bob = store
+            .create_user("bob", None, "password-123")
+            .await
+            .unwrap();
+        store
+            .save_call(&crate::calls::CallWrite {
+                id: "c1",
+                caller_id: alice.id,
+                callee_id: bob.id,
+                media: "audio",
+                state: if ended { "ended" } else { "active" },
+                status: ended.then_some("completed"),
+                reason: ended.then_some("hangup"),
+                ended_by: None,
+                message: None,
+                created_at: 1,
+                answered_at: Some(2),
+                ended_at: ended.then_some(3),
+                caller_device: None,
+                callee_device: None,
+            })
+            .await
+            .expect("call");
+        (dir, store, alice, bob)
+    }
+
     fn report(rtt_ms: f64, loss_out_pct: f64) -> StatsReport {
         StatsReport {
             path: Some("relay".into()),
@@ -341,37 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_latest_report_per_party_is_kept_and_read_back_for_that_party_only() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("parley.db"))
-            .await
-            .expect("open");
-        let alice = store
-            .create_user("alice", None, "password-123")
-            .await
-            .unwrap();
-        let bob = store
-            .create_user("bob", None, "password-123")
-            .await
-            .unwrap();
-        store
-            .save_call(&crate::calls::CallWrite {
-                id: "c1",
-                caller_id: alice.id,
-                callee_id: bob.id,
-                media: "audio",
-                state: "active",
-                status: None,
-                reason: None,
-                ended_by: None,
-                message: None,
-                created_at: 1,
-                answered_at: Some(2),
-                ended_at: None,
-                caller_device: None,
-                callee_device: None,
-            })
-            .await
-            .expect("call");
+        let (_dir, store, alice, bob) = store_with_answered_call(false).await;
         assert_eq!(store.call_quality("c1", alice.id).await.unwrap(), None);
         store
             .save_call_stats("c1", alice.id, 10, &report(40.0, 0.0))
@@ -435,37 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_report_without_a_media_path_is_kept_but_has_no_quality_and_no_metrics() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("parley.db"))
-            .await
-            .expect("open");
-        let alice = store
-            .create_user("alice", None, "password-123")
-            .await
-            .unwrap();
-        let bob = store
-            .create_user("bob", None, "password-123")
-            .await
-            .unwrap();
-        store
-            .save_call(&crate::calls::CallWrite {
-                id: "c1",
-                caller_id: alice.id,
-                callee_id: bob.id,
-                media: "audio",
-                state: "ended",
-                status: Some("completed"),
-                reason: Some("hangup"),
-                ended_by: None,
-                message: None,
-                created_at: 1,
-                answered_at: Some(2),
-                ended_at: Some(3),
-                caller_device: None,
-                callee_device: None,
-            })
-            .await
-            .expect("call");
+        let (_dir, store, alice, _bob) = store_with_answered_call(true).await;
         store
             .save_call_stats("c1", alice.id, 10, &never_connected())
             .await
