@@ -322,21 +322,25 @@ impl RelayCore {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut stream_tasks = Vec::new();
 
+        // A UDP socket as the turn server sees it: answers leave from the address each client
+        // sent to (see `pktinfo`), and every request passes the gate first (`guard`).
+        let guarded_udp = |socket, address: SocketAddr, up: &Arc<AtomicBool>| {
+            let socket =
+                PktinfoConn::new(socket).map_err(|e| RelayError::Bind("UDP", address, e))?;
+            let guard = GuardConn::new(Arc::new(socket), Arc::clone(&shared), Arc::clone(up))
+                .map_err(|e| RelayError::Bind("UDP", address, e))?;
+            Ok::<_, RelayError>(turn::server::config::ConnConfig {
+                conn: Arc::new(guard) as Arc<dyn Conn + Send + Sync>,
+                relay_addr_generator: generator(),
+            })
+        };
         if let Some(first) = sockets.udp.first() {
             let address = first
                 .local_addr()
                 .map_err(|e| RelayError::Bind("UDP", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
             let up = Arc::new(AtomicBool::new(true));
             for socket in sockets.udp {
-                // Answers leave from the address each client sent to (see `pktinfo`).
-                let socket =
-                    PktinfoConn::new(socket).map_err(|e| RelayError::Bind("UDP", address, e))?;
-                let guard = GuardConn::new(Arc::new(socket), Arc::clone(&shared), Arc::clone(&up))
-                    .map_err(|e| RelayError::Bind("UDP", address, e))?;
-                conn_configs.push(turn::server::config::ConnConfig {
-                    conn: Arc::new(guard) as Arc<dyn Conn + Send + Sync>,
-                    relay_addr_generator: generator(),
-                });
+                conn_configs.push(guarded_udp(socket, address, &up)?);
             }
             listeners.push(Listener {
                 transport: Transport::Udp,
@@ -351,14 +355,7 @@ impl RelayCore {
                 .local_addr()
                 .map_err(|e| RelayError::Bind("UDP", fallback, e))?;
             let up = Arc::new(AtomicBool::new(true));
-            let socket =
-                PktinfoConn::new(socket).map_err(|e| RelayError::Bind("UDP", address, e))?;
-            let guard = GuardConn::new(Arc::new(socket), Arc::clone(&shared), Arc::clone(&up))
-                .map_err(|e| RelayError::Bind("UDP", address, e))?;
-            conn_configs.push(turn::server::config::ConnConfig {
-                conn: Arc::new(guard) as Arc<dyn Conn + Send + Sync>,
-                relay_addr_generator: generator(),
-            });
+            conn_configs.push(guarded_udp(socket, address, &up)?);
             listeners.push(Listener {
                 transport: Transport::Udp,
                 address,
