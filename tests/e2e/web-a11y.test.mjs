@@ -126,6 +126,8 @@ test("the Devices dialog: camera preview, microphone meter, speaker choice; Esc 
   await eve.page.getByRole("button", { name: "Devices" }).click();
   await microphone.selectOption({ label: other });
   await dialog.getByRole("button", { name: "Done" }).click();
+  // The dialog saves when it closes (its close event comes a task after the click).
+  await dialog.waitFor({ state: "detached" });
   assert.match(await eve.page.evaluate(() => localStorage.getItem("parley.devices")), /audioInput/);
 });
 

@@ -181,10 +181,23 @@ test("usable on a phone-sized screen", async () => {
   assert.equal(await fits(), true, "the sign-in form overflows sideways");
   await signIn(page, ivan, "correct horse battery");
   assert.equal(await fits(), true, "the directory overflows sideways");
-  for (const [role, name] of [["button", "Sign out"], ["tab", "People"]]) {
-    const box = await page.getByRole(role, { name }).boundingBox();
-    assert.ok(box && box.x >= 0 && box.x + box.width <= 375 && box.height >= 40, `${name}: ${JSON.stringify(box)}`);
+  const controlsFit = async (when) => {
+    for (const [role, name] of [["button", "Sign out"], ["button", "Devices"], ["tab", "People"]]) {
+      const box = await page.getByRole(role, { name }).boundingBox();
+      assert.ok(box && box.x >= 0 && box.x + box.width <= 375 && box.height >= 40, `${when}: ${name}: ${JSON.stringify(box)}`);
+    }
+  };
+  await controlsFit("signed in");
+  // While the server is away the top bar says so, and still fits.
+  await daemon.halt();
+  try {
+    await page.getByText("Reconnecting to server…").waitFor();
+    assert.equal(await fits(), true, "the reconnecting state overflows sideways");
+    await controlsFit("reconnecting");
+  } finally {
+    await daemon.resume();
   }
+  await page.getByText("Reconnecting to server…").waitFor({ state: "detached", timeout: 20_000 });
 });
 
 test("history pages with Load more", async () => {

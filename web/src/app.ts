@@ -216,7 +216,8 @@ let everConnected = false;
 
 function renderLink(): void {
   const state = document.getElementById("server-state");
-  if (state) state.textContent = app.link === "connected" ? "" : "Reconnecting to server…";
+  // Before the first connection of this sign-in nothing was lost yet: "Connecting".
+  if (state) state.textContent = app.link === "connected" ? "" : everConnected ? "Reconnecting to server…" : "Connecting to server…";
   document.body.dataset.link = app.link;
 }
 
