@@ -146,14 +146,8 @@ impl Store {
         if calls.is_empty() {
             return Ok(());
         }
-        let mut sql = String::from(UPSERT_HEAD);
-        for i in 0..calls.len() {
-            sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-        }
-        sql.push_str(UPSERT_TAIL);
         // Built from constants and placeholders only; every value is bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(calls.len())));
         for call in calls {
             query = query
                 .bind(call.id)
@@ -303,6 +297,17 @@ impl Store {
     }
 }
 
+/// The upsert of `rows` call snapshots, 14 placeholders each, in `CallWrite`'s field order.
+fn upsert_sql(rows: usize) -> String {
+    let mut sql = String::from(UPSERT_HEAD);
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    }
+    sql.push_str(UPSERT_TAIL);
+    sql
+}
+
 const UPSERT_HEAD: &str =
     "INSERT INTO calls (id, caller_id, callee_id, media, state, status, reason,
                                 ended_by, message, created_at, answered_at, ended_at,
@@ -315,3 +320,41 @@ const UPSERT_TAIL: &str = "
                     answered_at = excluded.answered_at, ended_at = excluded.ended_at,
                     caller_device = excluded.caller_device,
                     callee_device = excluded.callee_device";
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+
+    use super::upsert_sql;
+    use crate::Store;
+
+    /// Issue 14: the upsert runs for every call state change. A CHECK written `x IN (...)` made
+    /// SQLite build an ephemeral b-tree of the list on every execution (four per upsert, a sixth
+    /// of the store's instructions per call setup); migration 0006 wrote them with `OR`.
+    #[tokio::test]
+    async fn the_call_log_upsert_builds_no_temporary_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("parley.db")).await.unwrap();
+        for rows in [1, 3] {
+            let explain = format!("EXPLAIN {}", upsert_sql(rows));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(explain));
+            for _ in 0..rows * 14 {
+                query = query.bind(None::<i64>);
+            }
+            let opcodes: Vec<String> = query
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get("opcode"))
+                .collect();
+            assert!(opcodes.iter().any(|op| op == "Insert"), "{opcodes:?}");
+            assert_eq!(
+                opcodes.iter().filter(|op| *op == "OpenEphemeral").count(),
+                0,
+                "{rows} row(s): {opcodes:?}"
+            );
+        }
+        store.close().await;
+    }
+}
