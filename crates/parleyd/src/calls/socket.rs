@@ -37,6 +37,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// defaults (64 MiB messages, 16 MiB frames) would let one client make us buffer that much.
 const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
+/// How much tungstenite reads from a WebSocket at a time, and the read buffer every connection
+/// keeps for its life. socketioxide's default is 4 KiB; almost every client message (pongs,
+/// events, ICE candidates) is a few hundred bytes, and a bigger one (an SDP) reserves its own
+/// length and is read in several steps. 1 KiB: 4.1 -> 1.0 KiB per idle connection in heaptrack
+/// (docs/benchmarks.md, issue 14).
+const WS_READ_BUFFER_BYTES: usize = 1024;
+
 const CLIENT_EVENTS: [&str; 10] = [
     "call:initiate",
     "call:accept",
@@ -151,6 +158,7 @@ pub fn socket_layer(state: AppState) -> (RealtimeLayer, SocketIo) {
         // for the connection's life (vendor/README.md; 51 -> 44 KiB per idle connection at
         // 3,000, 71 -> 64 KiB at 5,000: docs/benchmarks.md).
         .ws_write_buffer_size(0)
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_payload(MAX_MESSAGE_BYTES as u64)
         // A vanished client (no close, e.g. a laptop lid) is noticed within about 20 s instead of
         // socketioxide's 45 s, so its peer hears `call:peer-reconnecting` while it still matters.
