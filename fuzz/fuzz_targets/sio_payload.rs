@@ -5,7 +5,8 @@
 //! in turn. The HTTP call routes use the same decoders (see `http_api` for the whole route).
 //!
 //! Properties checked: no panic; every refusal is `INVALID_PAYLOAD` or `PAYLOAD_TOO_LARGE` with a
-//! message that starts with the field it names; whatever is accepted is within the spec's limits.
+//! message that starts with the field it names; whatever is accepted is within the spec's limits;
+//! `event_name` finds the name socketioxide reads from a whole event packet's data.
 
 #![no_main]
 
@@ -132,6 +133,16 @@ fuzz_target!(|data: &[u8]| {
         });
         // The report decoder that takes the JSON text itself.
         check(payload::call_stats_str(text), check_report);
+        // The event name read from the data's first bytes (socket handlers) is the first
+        // element that socketioxide matched handlers against, escapes left as written.
+        if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text)
+            && let Some(Value::String(first)) = items.first()
+        {
+            let name = payload::event_name(text).expect("an array that starts with a string");
+            if !name.contains('\\') {
+                assert_eq!(name, first);
+            }
+        }
     }
     let Ok(value) = serde_json::from_slice::<Value>(data) else {
         return;

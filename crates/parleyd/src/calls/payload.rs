@@ -33,6 +33,29 @@ fn invalid(field: &str, what: impl std::fmt::Display) -> ApiError {
     ApiError::new(Code::InvalidPayload, format!("{field}: {what}"))
 }
 
+/// The event name of a Socket.IO event's data (`["name", ...]`), read from its first bytes only.
+/// socketioxide reads the whole data (a JSON array whose first element is a string) before it
+/// picks a handler by this name, so a handler only has to find the name again; socketioxide's
+/// `Event` extractor scanned the whole packet, 4 KB SDPs included, a second time for it (issue
+/// 14). A name with an escape (`"\u00e9"`) comes back as written, as the vendored parser gives
+/// it to the fallback handler: no handler's name has one. `None` when the data does not start
+/// like an event.
+pub fn event_name(data: &str) -> Option<&str> {
+    const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+    let rest = data.trim_start_matches(JSON_WHITESPACE).strip_prefix('[')?;
+    let rest = rest.trim_start_matches(JSON_WHITESPACE).strip_prefix('"')?;
+    let mut escaped = false;
+    for (offset, byte) in rest.bytes().enumerate() {
+        match (escaped, byte) {
+            (true, _) => escaped = false,
+            (false, b'\\') => escaped = true,
+            (false, b'"') => return Some(&rest[..offset]),
+            (false, _) => {}
+        }
+    }
+    None
+}
+
 /// The payload as an object. Socket.IO clients send the object as the single argument.
 pub fn object(value: &Value) -> Result<&Map<String, Value>, ApiError> {
     match value {
@@ -388,6 +411,28 @@ mod tests {
     fn message(result: Result<impl std::fmt::Debug, ApiError>) -> String {
         let error = result.expect_err("should be refused");
         format!("{} {}", error.code.as_str(), error.message)
+    }
+
+    #[test]
+    fn event_name_is_the_first_string_of_the_array() {
+        for (data, name) in [
+            (r#"["call:accept",{"callId":"c"}]"#, Some("call:accept")),
+            (r#"["signal:offer"]"#, Some("signal:offer")),
+            (" \r\n[\t \"call:end\" , {}]", Some("call:end")),
+            // Escapes stay as written (and match no handler).
+            (r#"["a\"b",1]"#, Some(r#"a\"b"#)),
+            (r#"["\u00e9",1]"#, Some(r#"\u00e9"#)),
+            (r#"["",1]"#, Some("")),
+            // Not an event: no name.
+            (r#"{"callId":"c"}"#, None),
+            (r#"[1,"call:end"]"#, None),
+            (r#"["call:end"#, None),
+            (r#"["call:end\"#, None),
+            ("", None),
+            ("[", None),
+        ] {
+            assert_eq!(event_name(data), name, "{data:?}");
+        }
     }
 
     #[test]

@@ -494,10 +494,12 @@ impl FromMessageParts<LocalAdapter> for Queued {
         value: &mut socketioxide::handler::Value,
         ack_id: &Option<i64>,
     ) -> Result<Queued, Infallible> {
-        let event = match Event::from_message_parts(socket, value, ack_id) {
-            Ok(Event(name)) => name,
-            Err(_) => String::new(),
-        };
+        // Not socketioxide's `Event`: it scans the whole packet again (issue 14).
+        let event = value
+            .as_str()
+            .and_then(|data| payload::event_name(data))
+            .unwrap_or_default()
+            .to_owned();
         let auth = socket.extensions.get::<Arc<SocketAuth>>();
         if let Some(auth) = &auth {
             ensure_registered(SocketRef::from(socket.clone()), auth);

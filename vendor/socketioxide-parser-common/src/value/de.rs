@@ -2,7 +2,6 @@ use std::{collections::VecDeque, fmt};
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, Visitor};
-use socketioxide_core::parser::FirstElement;
 
 pub fn from_str<'de, T: de::Deserialize<'de>>(
     data: &'de str,
@@ -31,6 +30,43 @@ pub fn from_str_seed<'de, T: de::DeserializeSeed<'de>>(
         skip_first_element: with_event,
     };
     seed.deserialize(de)
+}
+
+/// Parley patch (issue 14): socketioxide-core's `FirstElement`, except that the "first element
+/// not found" error is built only when the array is empty. Upstream builds it before it looks
+/// (`ok_or`, not `ok_or_else`): a formatted message in a heap allocation, made and dropped for
+/// every event read, twice per event (the handler's name, then its data).
+pub(crate) struct FirstElement<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for FirstElement<T> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<'de, T: de::Deserialize<'de>> Visitor<'de> for FirstElement<T> {
+    type Value = T;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "a sequence in which we care about first element",)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let data = seq
+            .next_element::<T>()?
+            .ok_or_else(|| de::Error::custom("first element not found"));
+        // Consume the rest of the sequence
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        data
+    }
+}
+
+impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for FirstElement<T> {
+    type Value = T;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
 }
 
 pub fn read_event(data: &str) -> serde_json::Result<&str> {

@@ -4,10 +4,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize, de::Error};
 use socketioxide_core::{
     Str, Value,
-    parser::{FirstElement, is_de_tuple, is_ser_tuple},
+    parser::{is_de_tuple, is_ser_tuple},
 };
 
 mod de;
+use de::FirstElement;
 mod ser;
 
 /// Deserialize any deserializable data from a generic [`SocketIoValue`] data with this form:
