@@ -98,6 +98,11 @@ pub fn channel_data(data: &[u8]) {
         *first = (*first & 0x3F) | 0x40;
     }
     let _ = decide(&shared, LISTENER, &datagram, CLIENT);
+    // The fast data path's reading of it: a payload inside the datagram, or nothing.
+    if let Some((number, payload)) = crate::fastpath::channel_data(&datagram) {
+        assert!((0x4000..=0x7FFF).contains(&number));
+        assert!(payload.start == 4 && payload.end <= datagram.len());
+    }
 }
 
 /// Bytes through the stream framer, in chunks of `1 + data[0] % 64` bytes.

@@ -303,6 +303,55 @@ pub(crate) struct Gate {
     pending_credentials: HashMap<[u8; 12], (String, Vec<u8>)>,
     /// Which relayed-address families the relay offers: (IPv4, IPv6).
     relay_families: (bool, bool),
+    /// Allocate, Refresh and ChannelBind requests passed to the server, for the fast data
+    /// path's view of allocations and channels (see `fastpath`): what each asked for and the
+    /// moment it arrived, which is before the server starts the matching timer.
+    pending_routes: HashMap<[u8; 12], PendingRoute>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingRoute {
+    key: AllocationKey,
+    asked: Asked,
+    received: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Asked {
+    /// Allocate or Refresh: a lifetime for the allocation.
+    Lifetime,
+    ChannelBind {
+        number: u16,
+        peer: SocketAddr,
+    },
+}
+
+/// What a success response tells the fast data path about the allocation of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteUpdate {
+    /// An Allocate succeeded: the allocation relays from `relayed` until `expires`.
+    Allocated {
+        relayed: SocketAddr,
+        expires: Instant,
+    },
+    /// A Refresh succeeded: the allocation lives until `expires` (for a deletion, the moment
+    /// the request arrived).
+    Refreshed { expires: Instant },
+    /// A ChannelBind succeeded: `number` is bound to `peer` until `expires`.
+    ChannelBound {
+        number: u16,
+        peer: SocketAddr,
+        expires: Instant,
+    },
+}
+
+/// Whether `request` deletes its allocation (a Refresh with LIFETIME 0, as `turn` reads it).
+pub(crate) fn deletes_allocation(request: &Request) -> bool {
+    request.method() == METHOD_REFRESH
+        && request
+            .message
+            .get(ATTR_LIFETIME)
+            .is_ok_and(|value| value.as_slice() == [0, 0, 0, 0])
 }
 
 impl Gate {
@@ -316,6 +365,7 @@ impl Gate {
             allocation_credentials: HashMap::new(),
             pending_credentials: HashMap::new(),
             relay_families: (true, true),
+            pending_routes: HashMap::new(),
         }
     }
 
@@ -462,11 +512,76 @@ impl Gate {
             self.pending_credentials
                 .insert(msg.transaction_id.0, (username.text.clone(), key.clone()));
         }
+        let asked = match method {
+            METHOD_ALLOCATE | METHOD_REFRESH => Some(Asked::Lifetime),
+            METHOD_CHANNEL_BIND => {
+                match (msg.get(ATTR_CHANNEL_NUMBER).as_deref(), &request.peers[..]) {
+                    (Ok([n0, n1, _, _]), [peer]) => Some(Asked::ChannelBind {
+                        number: u16::from_be_bytes([*n0, *n1]),
+                        peer: *peer,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(asked) = asked {
+            if self.pending_routes.len() >= MAX_VERIFIED {
+                self.pending_routes.clear(); // those requests only miss the fast path
+            }
+            self.pending_routes.insert(
+                msg.transaction_id.0,
+                PendingRoute {
+                    key: (source, local),
+                    asked,
+                    received: now,
+                },
+            );
+        }
         if self.verified.len() >= MAX_VERIFIED {
             self.verified.clear();
         }
         self.verified.insert(source, (username.text, key));
         Verdict::Forward
+    }
+
+    /// The server answered a request the gate passed: what its success means for the fast
+    /// data path, for the allocation of `key` (the response's target and listener).
+    pub fn handle_route_response(
+        &mut self,
+        response: &Message,
+        key: AllocationKey,
+    ) -> Option<RouteUpdate> {
+        let pending = self.pending_routes.remove(&response.transaction_id.0)?;
+        if pending.key != key || response.typ.class != CLASS_SUCCESS_RESPONSE {
+            return None;
+        }
+        let lifetime = || {
+            let mut lifetime = turn::proto::lifetime::Lifetime::default();
+            lifetime.get_from(response).ok().map(|()| lifetime.0)
+        };
+        match (response.typ.method, pending.asked) {
+            (METHOD_ALLOCATE, Asked::Lifetime) => {
+                let value = response.get(ATTR_XOR_RELAYED_ADDRESS).ok()?;
+                let relayed = xor_peer_address(&value, &response.transaction_id)?;
+                Some(RouteUpdate::Allocated {
+                    relayed,
+                    expires: pending.received + lifetime()?,
+                })
+            }
+            (METHOD_REFRESH, Asked::Lifetime) => Some(RouteUpdate::Refreshed {
+                // No LIFETIME in a success is not something `turn` sends: end the view.
+                expires: pending.received + lifetime().unwrap_or_default(),
+            }),
+            (METHOD_CHANNEL_BIND, Asked::ChannelBind { number, peer }) => {
+                Some(RouteUpdate::ChannelBound {
+                    number,
+                    peer,
+                    expires: pending.received + crate::fastpath::CHANNEL_LIFETIME,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// The server sent `response` to `target` on `local`: learn issued nonces and Allocate
@@ -1062,6 +1177,152 @@ mod tests {
         assert!(
             gate.release_credentials((client(), listener()), now)
                 .is_none()
+        );
+    }
+
+    /// A success response to the request with transaction id [7; 12].
+    fn success(method: Method, attributes: Vec<Box<dyn Setter>>) -> Message {
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId([7; 12])),
+            Box::new(MessageType::new(method, CLASS_SUCCESS_RESPONSE)),
+        ];
+        setters.extend(attributes);
+        let mut message = Message::new();
+        message.build(&setters).unwrap();
+        message
+    }
+
+    fn lifetime(seconds: u64) -> Box<dyn Setter> {
+        Box::new(turn::proto::lifetime::Lifetime(Duration::from_secs(
+            seconds,
+        )))
+    }
+
+    fn route_of(gate: &mut Gate, response: &Message) -> Option<RouteUpdate> {
+        gate.handle_route_response(response, (client(), listener()))
+    }
+
+    #[test]
+    fn an_allocate_success_routes_its_relayed_address_from_the_moment_the_request_came() {
+        let asked = Instant::now();
+        let mut gate = gate(asked);
+        let data = request(METHOD_ALLOCATE, &[], Some(&credentials(1)));
+        assert_eq!(verdict_of(&mut gate, &data, asked), Verdict::Forward);
+        let relayed: SocketAddr = "198.51.100.1:50000".parse().unwrap();
+        let response = success(
+            METHOD_ALLOCATE,
+            vec![
+                Box::new(turn::proto::relayaddr::RelayedAddress {
+                    ip: relayed.ip(),
+                    port: relayed.port(),
+                }),
+                lifetime(600),
+            ],
+        );
+        assert_eq!(
+            route_of(&mut gate, &response),
+            Some(RouteUpdate::Allocated {
+                relayed,
+                expires: asked + Duration::from_secs(600)
+            })
+        );
+        // Each request is learnt from once.
+        assert_eq!(route_of(&mut gate, &response), None);
+    }
+
+    #[test]
+    fn a_channel_bind_success_routes_the_channel_for_the_servers_channel_lifetime() {
+        let asked = Instant::now();
+        let mut gate = gate(asked);
+        let data = request(
+            METHOD_CHANNEL_BIND,
+            &[
+                (ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0]),
+                (ATTR_XOR_PEER_ADDRESS, xor_peer(PUBLIC.parse().unwrap())),
+            ],
+            Some(&credentials(1)),
+        );
+        assert_eq!(verdict_of(&mut gate, &data, asked), Verdict::Forward);
+        assert_eq!(
+            route_of(&mut gate, &success(METHOD_CHANNEL_BIND, vec![])),
+            Some(RouteUpdate::ChannelBound {
+                number: 0x4001,
+                peer: PUBLIC.parse().unwrap(),
+                expires: asked + crate::fastpath::CHANNEL_LIFETIME,
+            })
+        );
+    }
+
+    #[test]
+    fn a_refused_channel_bind_routes_nothing() {
+        let now = Instant::now();
+        let mut gate = gate(now);
+        let data = request(
+            METHOD_CHANNEL_BIND,
+            &[
+                (ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0]),
+                (ATTR_XOR_PEER_ADDRESS, xor_peer(PUBLIC.parse().unwrap())),
+            ],
+            Some(&credentials(1)),
+        );
+        assert_eq!(verdict_of(&mut gate, &data, now), Verdict::Forward);
+        let mut error = Message::new();
+        error
+            .build(&[
+                Box::new(TransactionId([7; 12])),
+                Box::new(MessageType::new(METHOD_CHANNEL_BIND, CLASS_ERROR_RESPONSE)),
+            ])
+            .unwrap();
+        assert_eq!(route_of(&mut gate, &error), None);
+        // The pending request is gone: a later success with that id teaches nothing.
+        assert_eq!(
+            route_of(&mut gate, &success(METHOD_CHANNEL_BIND, vec![])),
+            None
+        );
+    }
+
+    #[test]
+    fn a_response_for_another_client_or_an_unchecked_request_routes_nothing() {
+        let now = Instant::now();
+        let mut gate = gate(now);
+        let data = request(METHOD_REFRESH, &[], Some(&credentials(1)));
+        assert_eq!(verdict_of(&mut gate, &data, now), Verdict::Forward);
+        let response = success(METHOD_REFRESH, vec![lifetime(600)]);
+        let other = "203.0.113.99:1".parse().unwrap();
+        assert_eq!(
+            gate.handle_route_response(&response, (other, listener())),
+            None
+        );
+        // A request the gate never passed (no MESSAGE-INTEGRITY: challenged).
+        let mut gate = self::gate(now);
+        let unsigned = request(METHOD_REFRESH, &[], None);
+        assert_ne!(verdict_of(&mut gate, &unsigned, now), Verdict::Forward);
+        assert_eq!(route_of(&mut gate, &response), None);
+    }
+
+    #[test]
+    fn a_refresh_success_moves_the_expiry_and_a_deletion_ends_it_when_it_was_asked() {
+        let asked = Instant::now();
+        let mut gate = gate(asked);
+        let keep = request(METHOD_REFRESH, &[], Some(&credentials(1)));
+        assert_eq!(verdict_of(&mut gate, &keep, asked), Verdict::Forward);
+        assert_eq!(
+            route_of(&mut gate, &success(METHOD_REFRESH, vec![lifetime(300)])),
+            Some(RouteUpdate::Refreshed {
+                expires: asked + Duration::from_secs(300)
+            })
+        );
+        let delete = request(
+            METHOD_REFRESH,
+            &[(ATTR_LIFETIME, vec![0, 0, 0, 0])],
+            Some(&credentials(1)),
+        );
+        assert!(deletes_allocation(&decoded(&delete)));
+        assert!(!deletes_allocation(&decoded(&keep)));
+        assert_eq!(verdict_of(&mut gate, &delete, asked), Verdict::Forward);
+        assert_eq!(
+            route_of(&mut gate, &success(METHOD_REFRESH, vec![lifetime(0)])),
+            Some(RouteUpdate::Refreshed { expires: asked })
         );
     }
 

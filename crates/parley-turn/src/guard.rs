@@ -5,7 +5,9 @@
 //! client-side bandwidth cap, counts metrics and logs (rate-limited).
 //!
 //! The hot path (ChannelData) costs a couple of byte comparisons and the bandwidth check;
-//! STUN messages are decoded here, which the server does again anyway.
+//! STUN messages are decoded here, which the server does again anyway. On a UDP listener a
+//! client's ChannelData on a channel the fast path knows goes from here straight to the
+//! relay socket (`fastpath`); the success responses the server sends teach it the routes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,8 +27,10 @@ use webrtc_util::Conn;
 
 use crate::bandwidth::TokenBucket;
 use crate::credentials::Secrets;
-use crate::gate::{Answer, Gate, Packet, Verdict, Why, decode};
+use crate::fastpath::{AllocationView, FastPath, channel_data};
+use crate::gate::{Answer, Gate, Packet, RouteUpdate, Verdict, Why, decode, deletes_allocation};
 use crate::metrics::Metrics;
+use crate::pktinfo::PktinfoConn;
 use crate::policy::PeerPolicy;
 use crate::quota::{AllocationKey, Quotas};
 
@@ -54,6 +58,8 @@ pub(crate) struct Shared {
     log_window: AtomicU64,
     log_count: AtomicU64,
     next_purge_check: Mutex<Instant>,
+    /// Routes of the fast data path (ChannelData over UDP beside the server).
+    pub fast: FastPath,
 }
 
 pub(crate) fn now_unix() -> u64 {
@@ -98,6 +104,7 @@ impl Shared {
             log_window: AtomicU64::new(0),
             log_count: AtomicU64::new(0),
             next_purge_check: Mutex::new(Instant::now()),
+            fast: FastPath::default(),
         }
     }
 
@@ -138,6 +145,7 @@ impl Shared {
         gate.handle_allocation_closed(key);
         let active = gate.quotas.active() as u64;
         drop(gate);
+        self.fast.handle_allocation_closed(key);
         lock(&self.client_buckets).remove(&key.0);
         self.metrics
             .allocations_active
@@ -339,9 +347,13 @@ pub(crate) fn decide(
         Packet::Ignored => return Decision::Drop, // the server would only log an error
         Packet::Refused(answer) => Verdict::Answer(answer),
         Packet::Request(request) => {
-            shared
+            let verdict = shared
                 .lock()
-                .handle_request(&request, source, local, now, now_unix())
+                .handle_request(&request, source, local, now, now_unix());
+            if verdict == Verdict::Forward && deletes_allocation(&request) {
+                shared.fast.handle_deleting((source, local));
+            }
+            verdict
         }
     };
     match verdict {
@@ -359,6 +371,8 @@ pub(crate) struct GuardConn {
     shared: Arc<Shared>,
     local: SocketAddr,
     up: Arc<AtomicBool>,
+    /// A UDP listener's socket, for the fast data path (none on TCP/TLS).
+    udp: Option<Arc<PktinfoConn>>,
 }
 
 impl GuardConn {
@@ -373,10 +387,75 @@ impl GuardConn {
             shared,
             local,
             up,
+            udp: None,
         })
     }
 
-    /// Watches the server's responses for issued nonces and Allocate outcomes.
+    /// Wraps a UDP listener, with the fast data path for its clients' ChannelData.
+    pub fn udp(
+        socket: Arc<PktinfoConn>,
+        shared: Arc<Shared>,
+        up: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
+        let mut guard = GuardConn::new(Arc::clone(&socket) as _, shared, up)?;
+        guard.udp = Some(socket);
+        Ok(guard)
+    }
+
+    /// Relays a client's ChannelData to its peer on the fast path; `false` if it has no fast
+    /// route (the server then handles it).
+    async fn relay_fast(&self, datagram: &[u8], source: SocketAddr) -> bool {
+        if self.udp.is_none() {
+            return false;
+        }
+        let Some((number, payload)) = channel_data(datagram) else {
+            return false;
+        };
+        let Some(link) = self.shared.fast.route((source, self.local)) else {
+            return false;
+        };
+        let Some(peer) = link.peer_of(number, Instant::now()) else {
+            return false;
+        };
+        if let Err(err) = link.send_to_peer(&datagram[payload], peer).await
+            && self.shared.may_log()
+        {
+            log::debug!("turn: cannot relay to {peer}: {err}");
+        }
+        true
+    }
+
+    /// Applies what a success response said to the fast data path's routes.
+    fn update_route(&self, update: RouteUpdate, key: AllocationKey) {
+        let fast = &self.shared.fast;
+        match update {
+            RouteUpdate::Allocated { relayed, expires } => match &self.udp {
+                Some(listener) => {
+                    if let Some(link) = fast.claim(key, relayed) {
+                        link.attach(key.0, Arc::clone(listener), AllocationView::new(expires));
+                    }
+                }
+                // TCP/TLS allocations stay on the server's path.
+                None => fast.handle_relay_socket_closed(relayed),
+            },
+            RouteUpdate::Refreshed { expires } => {
+                if let Some(link) = fast.route(key) {
+                    link.update(|view| view.handle_refreshed(expires));
+                }
+            }
+            RouteUpdate::ChannelBound {
+                number,
+                peer,
+                expires,
+            } => {
+                if let Some(link) = fast.route(key) {
+                    link.update(|view| view.handle_channel_bound(number, peer, expires));
+                }
+            }
+        }
+    }
+
+    /// Watches the server's responses for issued nonces, Allocate outcomes and routes.
     fn observe_response(&self, data: &[u8], target: SocketAddr) {
         let mut msg = Message {
             raw: data.to_vec(),
@@ -387,8 +466,12 @@ impl GuardConn {
         }
         let mut gate = self.shared.lock();
         let allocated = gate.handle_response(&msg, target, self.local, Instant::now());
+        let route = gate.handle_route_response(&msg, (target, self.local));
         let active = gate.quotas.active() as u64;
         drop(gate);
+        if let Some(update) = route {
+            self.update_route(update, (target, self.local));
+        }
         if allocated {
             self.shared
                 .metrics
@@ -399,8 +482,8 @@ impl GuardConn {
     }
 }
 
-/// Whether the server's message is one the gate learns from: an error response (nonces) or
-/// an Allocate success (quotas).
+/// Whether the server's message is one the gate learns from: an error response (nonces), an
+/// Allocate success (quotas, routes), a Refresh or ChannelBind success (routes).
 fn is_observed_response(data: &[u8]) -> bool {
     if data.len() < 20 || data[0] & 0xC0 != 0 {
         return false;
@@ -408,7 +491,8 @@ fn is_observed_response(data: &[u8]) -> bool {
     let mut typ = MessageType::default();
     typ.read_value(u16::from_be_bytes([data[0], data[1]]));
     typ.class == CLASS_ERROR_RESPONSE
-        || (typ.class == CLASS_SUCCESS_RESPONSE && typ.method == METHOD_ALLOCATE)
+        || (typ.class == CLASS_SUCCESS_RESPONSE
+            && [METHOD_ALLOCATE, METHOD_REFRESH, METHOD_CHANNEL_BIND].contains(&typ.method))
 }
 
 #[async_trait]
@@ -437,7 +521,12 @@ impl Conn for GuardConn {
                 }
             };
             match decide(&self.shared, self.local, &buf[..n], source) {
-                Decision::Forward => return Ok((n, source)),
+                Decision::Forward => {
+                    if self.relay_fast(&buf[..n], source).await {
+                        continue;
+                    }
+                    return Ok((n, source));
+                }
                 Decision::Drop => continue,
                 Decision::Answer(response) => {
                     if let Err(err) = self.inner.send_to(&response, source).await
@@ -523,7 +612,7 @@ mod tests {
     }
 
     #[test]
-    fn only_error_and_allocate_responses_are_observed() {
+    fn only_error_and_route_responses_are_observed() {
         let build = |typ: MessageType| {
             let mut msg = Message::new();
             msg.build(&[Box::new(TransactionId::new()), Box::new(typ)])
@@ -538,8 +627,12 @@ mod tests {
             METHOD_ALLOCATE,
             CLASS_SUCCESS_RESPONSE
         ))));
+        assert!(is_observed_response(&build(MessageType::new(
+            METHOD_CHANNEL_BIND,
+            CLASS_SUCCESS_RESPONSE
+        ))));
         assert!(!is_observed_response(&build(MessageType::new(
-            METHOD_REFRESH,
+            METHOD_CREATE_PERMISSION,
             CLASS_SUCCESS_RESPONSE
         ))));
         assert!(!is_observed_response(&[0x40, 0, 0, 4, 1, 2, 3, 4]));

@@ -11,6 +11,8 @@
 //! - `stream`: TURN over TCP and TLS, multiplexed into one `Conn` per listener;
 //! - `relay_socket`: relay sockets in the configured port range, advertised at the
 //!   configured relay address;
+//! - `fastpath`: ChannelData over UDP relayed beside the server, from a view of its
+//!   allocations and channels that never outlives them;
 //! - [`probe`]: a small TURN client for `parley doctor` and the tests;
 //! - [`fuzzing`]: entry points for the fuzz targets in `fuzz/`.
 //!
@@ -19,6 +21,7 @@
 
 pub mod bandwidth;
 pub mod credentials;
+mod fastpath;
 pub mod fuzzing;
 mod gate;
 mod guard;

@@ -362,24 +362,7 @@ impl Conn for PktinfoConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        let control = self
-            .lock_sources()
-            .and_then(|sources| sources.source_for(target, Instant::now()))
-            .and_then(|local| reply_control(local, self.is_v6));
-        let socket_target = socket_target(target, self.is_v6);
-        if let Some(control) = control {
-            match self.send_from(buf, socket_target, control).await {
-                Ok(n) => return Ok(n),
-                // The address went away since the client used it (EADDRNOTAVAIL, EINVAL):
-                // the kernel's choice is the best left.
-                Err(err)
-                    if err
-                        .raw_os_error()
-                        .is_some_and(|e| e == libc::EADDRNOTAVAIL || e == libc::EINVAL) => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Ok(self.socket.send_to(buf, socket_target).await?)
+        Ok(self.send_datagram(buf, target).await?)
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
@@ -396,6 +379,35 @@ impl Conn for PktinfoConn {
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
+    }
+}
+
+impl PktinfoConn {
+    /// Sends one datagram to a client from the address the client last sent to. Also the
+    /// fast data path's way to clients (a plain method: no boxed future per datagram).
+    pub(crate) async fn send_datagram(
+        &self,
+        buf: &[u8],
+        target: SocketAddr,
+    ) -> std::io::Result<usize> {
+        let control = self
+            .lock_sources()
+            .and_then(|sources| sources.source_for(target, Instant::now()))
+            .and_then(|local| reply_control(local, self.is_v6));
+        let socket_target = socket_target(target, self.is_v6);
+        if let Some(control) = control {
+            match self.send_from(buf, socket_target, control).await {
+                Ok(n) => return Ok(n),
+                // The address went away since the client used it (EADDRNOTAVAIL, EINVAL):
+                // the kernel's choice is the best left.
+                Err(err)
+                    if err
+                        .raw_os_error()
+                        .is_some_and(|e| e == libc::EADDRNOTAVAIL || e == libc::EINVAL) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        self.socket.send_to(buf, socket_target).await
     }
 }
 

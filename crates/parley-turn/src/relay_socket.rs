@@ -1,11 +1,12 @@
 //! Relay sockets: a `RelayAddressGenerator` that binds inside `turn.relay_ports` and
-//! advertises `turn.relay_address` (for 1:1 NAT), and a `Conn` wrapper on each relay socket
-//! that counts traffic, applies the per-allocation bandwidth cap, and enforces the peer
-//! policy once more: every allocation's traffic to and from peers goes through it, so no
-//! permission the server might hold (however it was made) reaches a denied address.
+//! advertises `turn.relay_address` (for 1:1 NAT), and around each relay socket a
+//! [`RelayLink`] that counts traffic, applies the per-allocation bandwidth cap, and enforces
+//! the peer policy once more: every allocation's traffic to and from peers goes through it,
+//! on the server's path ([`RelayConn`], its `Conn`) and on the fast path (`fastpath`) alike,
+//! so no permission the server might hold (however it was made) reaches a denied address.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -14,8 +15,10 @@ use tokio::net::UdpSocket;
 use webrtc_util::Conn;
 
 use crate::bandwidth::TokenBucket;
+use crate::fastpath::{AllocationView, write_channel_data};
 use crate::guard::Shared;
 use crate::metrics::Metrics;
+use crate::pktinfo::PktinfoConn;
 #[cfg(test)]
 use crate::policy::PeerPolicy;
 
@@ -208,13 +211,18 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
                     TokenBucket::new(rate, Instant::now()),
                 ))
             });
-            let conn = RelayConn {
+            let relayed = SocketAddr::new(family.advertised, port);
+            let link = Arc::new(RelayLink {
                 is_v4: family.bind.is_ipv4(),
                 socket,
+                relayed,
                 shared: Arc::clone(&self.shared),
                 buckets: bucket,
-            };
-            return Ok((Arc::new(conn), SocketAddr::new(family.advertised, port)));
+                closed: AtomicBool::new(false),
+                route: Mutex::new(None),
+            });
+            self.shared.fast.handle_relay_socket(relayed, &link);
+            return Ok((Arc::new(RelayConn { link }), relayed));
         }
         if self.shared.may_log() {
             log::warn!(
@@ -227,17 +235,32 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
     }
 }
 
-/// One allocation's relay socket.
-struct RelayConn {
+/// One allocation's relay socket, shared by the server's `Conn` ([`RelayConn`]) and the fast
+/// data path (see `fastpath`). Every datagram to or from a peer, on either path, passes the
+/// same checks here.
+pub(crate) struct RelayLink {
     socket: UdpSocket,
     /// The socket's family: a peer of the other family cannot be reached from it.
     is_v4: bool,
+    /// The relayed address this socket advertises.
+    relayed: SocketAddr,
     shared: Arc<Shared>,
     /// (to peers, from peers) when a bandwidth limit is set.
     buckets: Option<Mutex<(TokenBucket, TokenBucket)>>,
+    /// The server closed the allocation: nothing more is relayed on the fast path.
+    closed: AtomicBool,
+    /// The allocation's client and what the fast path knows of it, once the server's
+    /// Allocate success on a UDP listener named them.
+    route: Mutex<Option<Route>>,
 }
 
-impl RelayConn {
+struct Route {
+    client: SocketAddr,
+    listener: Arc<PktinfoConn>,
+    view: AllocationView,
+}
+
+impl RelayLink {
     fn allowed(&self, bytes: usize, to_peer: bool) -> bool {
         let Some(buckets) = &self.buckets else {
             return true;
@@ -268,45 +291,16 @@ impl RelayConn {
         }
         allowed
     }
-}
 
-#[async_trait]
-impl Conn for RelayConn {
-    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        // `turn` never connects relay sockets; if it ever does, only to allowed peers (and
-        // `send` then goes where the policy allowed).
-        if !self.peer_allowed(addr) {
-            return Err(webrtc_util::Error::Other(format!(
-                "peer {addr} is not allowed"
-            )));
-        }
-        Ok(self.socket.connect(addr).await?)
+    fn lock_route(&self) -> std::sync::MutexGuard<'_, Option<Route>> {
+        self.route.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        self.recv_from(buf).await.map(|(n, _)| n)
-    }
-
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        loop {
-            let (n, from) = self.socket.recv_from(buf).await?;
-            if !self.peer_allowed(from) || !self.allowed(n, false) {
-                continue;
-            }
-            Metrics::add(&self.shared.metrics.packets_from_peers, 1);
-            Metrics::add(&self.shared.metrics.bytes_from_peers, n as u64);
-            return Ok((n, from));
-        }
-    }
-
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        Ok(self.socket.send(buf).await?)
-    }
-
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        // Dropped like a congested link drops: not an error for `turn` to log.
-        // A peer of the other family (a permission `turn` accepted without checking RFC
-        // 6156's family match) is unreachable from this socket.
+    /// Sends one datagram to `target`, or drops it as a congested link drops (not an error
+    /// for `turn` to log): a peer the policy refuses, a peer of the other family (a
+    /// permission `turn` accepted without checking RFC 6156's family match), or over the
+    /// bandwidth cap.
+    pub async fn send_to_peer(&self, buf: &[u8], target: SocketAddr) -> std::io::Result<usize> {
         if target.is_ipv4() != self.is_v4
             || !self.peer_allowed(target)
             || !self.allowed(buf.len(), true)
@@ -319,8 +313,142 @@ impl Conn for RelayConn {
         Ok(n)
     }
 
+    /// Whether a datagram of `bytes` received from `from` may go on to the client.
+    fn accept_from_peer(&self, bytes: usize, from: SocketAddr) -> bool {
+        if !self.peer_allowed(from) || !self.allowed(bytes, false) {
+            return false;
+        }
+        Metrics::add(&self.shared.metrics.packets_from_peers, 1);
+        Metrics::add(&self.shared.metrics.bytes_from_peers, bytes as u64);
+        true
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The server's Allocate success named `client` on `listener`: relay on the fast path.
+    pub fn attach(&self, client: SocketAddr, listener: Arc<PktinfoConn>, view: AllocationView) {
+        *self.lock_route() = Some(Route {
+            client,
+            listener,
+            view,
+        });
+    }
+
+    /// No more fast relaying for this allocation (it is being deleted).
+    pub fn detach(&self) {
+        *self.lock_route() = None;
+    }
+
+    /// Applies what a success response said about the allocation.
+    pub fn update(&self, change: impl FnOnce(&mut AllocationView)) {
+        if let Some(route) = self.lock_route().as_mut() {
+            change(&mut route.view);
+        }
+    }
+
+    /// The peer of a client's channel `number` at `now`, when the fast path may relay it.
+    pub fn peer_of(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        if self.is_closed() {
+            return None;
+        }
+        self.lock_route().as_ref()?.view.peer_of(number, now)
+    }
+
+    /// Where a datagram from `peer` goes on the fast path at `now`: the client, its
+    /// listener and the channel number.
+    fn client_of(
+        &self,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Option<(SocketAddr, Arc<PktinfoConn>, u16)> {
+        if self.is_closed() {
+            return None;
+        }
+        let route = self.lock_route();
+        let route = route.as_ref()?;
+        let number = route.view.channel_of(peer, now)?;
+        Some((route.client, Arc::clone(&route.listener), number))
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.detach();
+        self.shared.fast.handle_relay_socket_closed(self.relayed);
+    }
+}
+
+/// The largest datagram `turn` reads from a relay socket (its `RTP_MTU`): longer ones are
+/// truncated on both paths alike.
+const PEER_DATAGRAM_MAX: usize = 1500;
+
+/// One allocation's relay socket as the server's `Conn`.
+struct RelayConn {
+    link: Arc<RelayLink>,
+}
+
+impl Drop for RelayConn {
+    fn drop(&mut self) {
+        self.link.close();
+    }
+}
+
+#[async_trait]
+impl Conn for RelayConn {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        // `turn` never connects relay sockets; if it ever does, only to allowed peers (and
+        // `send` then goes where the policy allowed).
+        if !self.link.peer_allowed(addr) {
+            return Err(webrtc_util::Error::Other(format!(
+                "peer {addr} is not allowed"
+            )));
+        }
+        Ok(self.link.socket.connect(addr).await?)
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        self.recv_from(buf).await.map(|(n, _)| n)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        // Received behind room for the ChannelData header, so that the fast path sends the
+        // frame without copying; padding after it.
+        let mut frame = [0u8; 4 + PEER_DATAGRAM_MAX + 4];
+        loop {
+            let (n, from) = self
+                .link
+                .socket
+                .recv_from(&mut frame[4..4 + PEER_DATAGRAM_MAX])
+                .await?;
+            if !self.link.accept_from_peer(n, from) {
+                continue;
+            }
+            if let Some((client, listener, number)) = self.link.client_of(from, Instant::now()) {
+                let length = write_channel_data(&mut frame, number, n);
+                if let Err(err) = listener.send_datagram(&frame[..length], client).await
+                    && self.link.shared.may_log()
+                {
+                    log::debug!("turn: cannot relay to {client}: {err}");
+                }
+                continue;
+            }
+            let n = n.min(buf.len());
+            buf[..n].copy_from_slice(&frame[4..4 + n]);
+            return Ok((n, from));
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        Ok(self.link.socket.send(buf).await?)
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        Ok(self.link.send_to_peer(buf, target).await?)
+    }
+
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.socket.local_addr()?)
+        Ok(self.link.socket.local_addr()?)
     }
 
     fn remote_addr(&self) -> Option<SocketAddr> {
@@ -328,6 +456,9 @@ impl Conn for RelayConn {
     }
 
     async fn close(&self) -> webrtc_util::Result<()> {
+        // `turn` calls this when the allocation closes (deleted or expired): the fast path
+        // stops here, before the server's close notification arrives.
+        self.link.close();
         Ok(())
     }
 

@@ -327,7 +327,7 @@ impl RelayCore {
         let guarded_udp = |socket, address: SocketAddr, up: &Arc<AtomicBool>| {
             let socket =
                 PktinfoConn::new(socket).map_err(|e| RelayError::Bind("UDP", address, e))?;
-            let guard = GuardConn::new(Arc::new(socket), Arc::clone(&shared), Arc::clone(up))
+            let guard = GuardConn::udp(Arc::new(socket), Arc::clone(&shared), Arc::clone(up))
                 .map_err(|e| RelayError::Bind("UDP", address, e))?;
             Ok::<_, RelayError>(turn::server::config::ConnConfig {
                 conn: Arc::new(guard) as Arc<dyn Conn + Send + Sync>,

@@ -511,3 +511,76 @@ async fn even_port_requests_end_when_no_even_port_is_free() {
     assert_eq!(relayed.port() % 2, 1, "{relayed}");
     relay.relay.shutdown().await;
 }
+
+/// A peer that records what reaches it and can send to the relay.
+async fn quiet_peer() -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    (socket, address)
+}
+
+async fn received(peer: &UdpSocket, within: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(within, peer.recv_from(&mut buf))
+        .await
+        .ok()
+        .map(|r| r.unwrap())
+        .map(|(n, from)| (buf[..n].to_vec(), from))
+}
+
+#[tokio::test]
+async fn a_deleted_allocation_stops_relaying_channel_data_at_once_both_ways() {
+    let relay = start(options(true)).await;
+    let (peer, peer_address) = quiet_peer().await;
+    let mut client = relay.client("udp").await;
+    let (username, password) = mint(SECRET, 7, 600, now_unix());
+    let relayed = client.allocate(&username, &password).await.unwrap();
+    client.channel_bind(0x4000, peer_address).await.unwrap();
+    for round in 0..3u8 {
+        client
+            .send_channel_data(0x4000, &[round; 20])
+            .await
+            .unwrap();
+        let (data, from) = received(&peer, TIMEOUT).await.expect("relayed to the peer");
+        assert_eq!((data, from), (vec![round; 20], relayed));
+        peer.send_to(&[round; 7], relayed).await.unwrap();
+        let (from, data) = client.recv_from_peer(TIMEOUT).await.unwrap();
+        assert_eq!((from, data), (peer_address, vec![round; 7]));
+    }
+
+    client.refresh(Duration::ZERO).await.unwrap();
+    client
+        .send_channel_data(0x4000, b"after delete")
+        .await
+        .unwrap();
+    assert_eq!(received(&peer, Duration::from_millis(300)).await, None);
+    let _ = peer.send_to(b"after delete", relayed).await;
+    assert!(matches!(
+        client.recv_from_peer(Duration::from_millis(300)).await,
+        Err(ProbeError::Timeout(_))
+    ));
+    relay.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn channel_data_on_an_unbound_channel_is_not_relayed() {
+    let relay = start(options(true)).await;
+    let (peer, peer_address) = quiet_peer().await;
+    let mut client = relay.client("udp").await;
+    let (username, password) = mint(SECRET, 7, 600, now_unix());
+    let relayed = client.allocate(&username, &password).await.unwrap();
+    client.channel_bind(0x4000, peer_address).await.unwrap();
+    client.send_channel_data(0x4001, b"unbound").await.unwrap();
+    assert_eq!(received(&peer, Duration::from_millis(300)).await, None);
+    // A peer with a permission but no channel gets its datagrams to the client as Data
+    // indications, from the server.
+    let (other, other_address) = quiet_peer().await;
+    client.create_permission(&[other_address]).await.unwrap();
+    other.send_to(b"no channel", relayed).await.unwrap();
+    let (from, data) = client.recv_from_peer(TIMEOUT).await.unwrap();
+    assert_eq!(
+        (from, data.as_slice()),
+        (other_address, b"no channel".as_slice())
+    );
+    relay.relay.shutdown().await;
+}
