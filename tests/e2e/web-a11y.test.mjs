@@ -126,9 +126,9 @@ test("the Devices dialog: camera preview, microphone meter, speaker choice; Esc 
   await eve.page.getByRole("button", { name: "Devices" }).click();
   await microphone.selectOption({ label: other });
   await dialog.getByRole("button", { name: "Done" }).click();
-  // The dialog saves when it closes (its close event comes a task after the click).
-  await dialog.waitFor({ state: "detached" });
+  // Saved by the click itself: read at once, before the dialog's close event has run.
   assert.match(await eve.page.evaluate(() => localStorage.getItem("parley.devices")), /audioInput/);
+  await dialog.waitFor({ state: "detached" });
 });
 
 test("installable: a manifest with icons, and no service worker that could serve a stale client", async () => {

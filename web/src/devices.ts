@@ -35,8 +35,19 @@ export async function openDeviceSettings(): Promise<void> {
   const video = h("video", { class: "preview", "aria-label": "Camera preview", autoplay: true, playsinline: true, muted: true });
   video.muted = true;
   const meter = h("meter", { id: "mic-level", "aria-label": "Microphone level", min: 0, max: 1, low: 0.05, value: 0 });
-  let saved = false;
-  const done = h("button", { class: "primary", type: "button", onclick: () => ((saved = true), dialog.close()) }, "Done");
+  // Done saves in its own click, not in the close event (a task later): whoever reads the
+  // choice right after the click finds it.
+  const save = () => {
+    const next: DevicePreference = { audioInput: microphone.value, videoInput: camera.value, audioOutput: speaker?.value ?? preference.audioOutput };
+    saveDevices(next);
+    const call = app.call;
+    if (call?.phase === "active") {
+      if (next.audioInput !== preference.audioInput && next.audioInput) void call.switchDevice("audio", next).catch(() => notify("Could not switch the microphone."));
+      if (next.videoInput !== preference.videoInput && next.videoInput) void call.switchDevice("video", next).catch(() => notify("Could not switch the camera."));
+    }
+    renderScreen();
+  };
+  const done = h("button", { class: "primary", type: "button", onclick: () => (save(), dialog.close()) }, "Done");
   const cancel = h("button", { type: "button", onclick: () => dialog.close() }, "Cancel");
   const dialog = h(
     "dialog",
@@ -108,15 +119,6 @@ export async function openDeviceSettings(): Promise<void> {
     stopCheck();
     dialog.remove();
     document.querySelector<HTMLElement>('button[aria-label="Devices"]')?.focus();
-    if (!saved) return;
-    const next: DevicePreference = { audioInput: microphone.value, videoInput: camera.value, audioOutput: speaker?.value ?? preference.audioOutput };
-    saveDevices(next);
-    const call = app.call;
-    if (call?.phase === "active") {
-      if (next.audioInput !== preference.audioInput && next.audioInput) void call.switchDevice("audio", next).catch(() => notify("Could not switch the microphone."));
-      if (next.videoInput !== preference.videoInput && next.videoInput) void call.switchDevice("video", next).catch(() => notify("Could not switch the camera."));
-    }
-    renderScreen();
   });
   document.body.append(dialog);
   dialog.showModal();
