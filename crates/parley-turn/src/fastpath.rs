@@ -27,9 +27,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use crate::guard::lock;
 use crate::quota::AllocationKey;
 use crate::relay_socket::RelayLink;
 
@@ -104,36 +105,30 @@ impl AllocationView {
 
     /// The peer of channel `number` at `now`, if the allocation and the binding both live.
     pub fn peer_of(&self, number: u16, now: Instant) -> Option<SocketAddr> {
-        if now >= self.expires {
-            return None;
-        }
-        self.channels
-            .iter()
-            .find(|c| c.number == number && now < c.expires)
+        self.live_channels(now)
+            .find(|c| c.number == number)
             .map(|c| c.peer)
     }
 
     /// The channel bound to `peer` at `now`, if the allocation and the binding both live.
     pub fn channel_of(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
-        if now >= self.expires {
-            return None;
-        }
+        self.live_channels(now)
+            .find(|c| c.peer == peer)
+            .map(|c| c.number)
+    }
+
+    /// The bindings alive at `now`: none once the allocation itself has expired.
+    fn live_channels(&self, now: Instant) -> impl Iterator<Item = &Channel> {
+        let alive = now < self.expires;
         self.channels
             .iter()
-            .find(|c| c.peer == peer && now < c.expires)
-            .map(|c| c.number)
+            .filter(move |c| alive && now < c.expires)
     }
 }
 
 /// Relay sockets not yet matched to an Allocate success are kept at most this many (sockets
 /// `turn` made and dropped, e.g. odd ports while it looks for an even one, are pruned first).
 const MAX_UNCLAIMED: usize = 4096;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The relay's table of fast routes, shared by the listeners' guards and the relay sockets.
 #[derive(Default)]

@@ -71,7 +71,7 @@ pub(crate) fn now_unix() -> u64 {
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (a bug, logged by
 /// the panic itself).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -519,6 +519,20 @@ async fn quiet_peer() -> (UdpSocket, SocketAddr) {
     (socket, address)
 }
 
+/// A UDP client with an allocation on `relay` and channel `number` bound to a new quiet peer:
+/// (peer, its address, the client, the relayed address).
+async fn channel_to_quiet_peer(
+    relay: &TestRelay,
+    number: u16,
+) -> (UdpSocket, SocketAddr, TurnClient, SocketAddr) {
+    let (peer, peer_address) = quiet_peer().await;
+    let mut client = relay.client("udp").await;
+    let (username, password) = mint(SECRET, 7, 600, now_unix());
+    let relayed = client.allocate(&username, &password).await.unwrap();
+    client.channel_bind(number, peer_address).await.unwrap();
+    (peer, peer_address, client, relayed)
+}
+
 async fn received(peer: &UdpSocket, within: Duration) -> Option<(Vec<u8>, SocketAddr)> {
     let mut buf = [0u8; 2048];
     tokio::time::timeout(within, peer.recv_from(&mut buf))
@@ -531,11 +545,7 @@ async fn received(peer: &UdpSocket, within: Duration) -> Option<(Vec<u8>, Socket
 #[tokio::test]
 async fn a_deleted_allocation_stops_relaying_channel_data_at_once_both_ways() {
     let relay = start(options(true)).await;
-    let (peer, peer_address) = quiet_peer().await;
-    let mut client = relay.client("udp").await;
-    let (username, password) = mint(SECRET, 7, 600, now_unix());
-    let relayed = client.allocate(&username, &password).await.unwrap();
-    client.channel_bind(0x4000, peer_address).await.unwrap();
+    let (peer, peer_address, mut client, relayed) = channel_to_quiet_peer(&relay, 0x4000).await;
     for round in 0..3u8 {
         client
             .send_channel_data(0x4000, &[round; 20])
@@ -565,11 +575,7 @@ async fn a_deleted_allocation_stops_relaying_channel_data_at_once_both_ways() {
 #[tokio::test]
 async fn channel_data_on_an_unbound_channel_is_not_relayed() {
     let relay = start(options(true)).await;
-    let (peer, peer_address) = quiet_peer().await;
-    let mut client = relay.client("udp").await;
-    let (username, password) = mint(SECRET, 7, 600, now_unix());
-    let relayed = client.allocate(&username, &password).await.unwrap();
-    client.channel_bind(0x4000, peer_address).await.unwrap();
+    let (peer, _, mut client, relayed) = channel_to_quiet_peer(&relay, 0x4000).await;
     client.send_channel_data(0x4001, b"unbound").await.unwrap();
     assert_eq!(received(&peer, Duration::from_millis(300)).await, None);
     // A peer with a permission but no channel gets its datagrams to the client as Data
