@@ -1,6 +1,7 @@
 mod acme;
 mod calls_admin;
 mod daemon;
+mod doctor;
 mod foundation;
 mod front_door;
 mod hostile_relay;

@@ -259,6 +259,12 @@ pub async fn run(config: &Config, out: &mut dyn Write) -> anyhow::Result<bool> {
     if turn.tcp {
         listeners.push(("turn tcp ", "tcp", host.clone(), turn.listen.port(), false));
     }
+    // Each extra UDP listener is offered to browsers as its own `stun:` and `turn:` URLs on the
+    // public host (`relay::listener_urls`), so each is checked the way a browser would use it.
+    for extra in &turn.udp_listen_extra {
+        listeners.push(("stun udp ", "udp", host.clone(), extra.port(), true));
+        listeners.push(("turn udp ", "udp", host.clone(), extra.port(), false));
+    }
     if turn.on_https_port {
         // The port browsers are told (`http.public_url`), as they would reach it.
         let (https_host, https_port) = crate::relay::public_https_port(config, config.http.listen);
