@@ -20,7 +20,9 @@ fn doctor_checks_each_extra_udp_listener_as_a_browser_would_use_it() {
         let line = text
             .lines()
             .find(|l| l.starts_with(&format!("{prefix}127.0.0.1:{extra} ")))
-            .unwrap_or_else(|| panic!("no {prefix}line for the extra listener :{extra} in:\n{text}"));
+            .unwrap_or_else(|| {
+                panic!("no {prefix}line for the extra listener :{extra} in:\n{text}")
+            });
         assert!(line.contains("OK"), "{line}");
     }
     let relayed = text
