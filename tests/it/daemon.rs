@@ -59,6 +59,18 @@ pub fn parley(config: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Outp
     child.wait_with_output().expect("parley exits")
 }
 
+/// `parley doctor` with the given config: whether every check passed, and what it printed
+/// (stdout, then stderr).
+pub fn doctor(config: &Path) -> (bool, String) {
+    let output = parley(Some(config), &["doctor"], None);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,

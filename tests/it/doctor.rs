@@ -1,6 +1,6 @@
 //! `parley doctor` against a running daemon: every listener a browser is told about is checked.
 
-use crate::daemon::{Daemon, free_port, parley};
+use crate::daemon::{Daemon, doctor, free_port};
 
 #[test]
 fn doctor_checks_each_extra_udp_listener_as_a_browser_would_use_it() {
@@ -9,13 +9,8 @@ fn doctor_checks_each_extra_udp_listener_as_a_browser_would_use_it() {
         "[turn]\nallowed_peer_ranges = [\"127.0.0.0/8\"]\nudp_listen_extra = [\"127.0.0.1:{extra}\"]\n"
     ))
     .spawn(&[]);
-    let output = parley(Some(&daemon.config_path), &["doctor"], None);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "doctor failed:\n{text}");
+    let (passed, text) = doctor(&daemon.config_path);
+    assert!(passed, "doctor failed:\n{text}");
     for prefix in ["stun udp ", "turn udp "] {
         let line = text
             .lines()
