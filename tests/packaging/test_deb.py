@@ -67,6 +67,11 @@ def test_depends_only_on_libc(deb):
     assert package_field(deb, "Package") == "parley"
 
 
+def test_recommends_the_ca_bundle_that_acme_and_doctor_trust(deb):
+    # ACME to a public CA and `parley doctor`'s TLS check read /etc/ssl/certs.
+    assert package_field(deb, "Recommends") == "ca-certificates"
+
+
 def test_maintainer_scripts_create_user_and_manage_the_unit(deb, tmp_path):
     postinst = control_file(deb, "postinst", tmp_path)
     assert "useradd --system" in postinst

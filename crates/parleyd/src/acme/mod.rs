@@ -482,7 +482,9 @@ fn http_client(settings: &AcmeSettings) -> anyhow::Result<Box<dyn instant_acme::
     let provider = crate::tls::provider();
     let verifier =
         rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-            .context("cannot load the system's root certificates")?;
+            .context(
+                "cannot load the system's root certificates (/etc/ssl/certs; on Debian: apt-get install ca-certificates)",
+            )?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("the ring crypto provider supports no TLS version (a build problem)")?
