@@ -10,6 +10,7 @@
 //! relay socket (`fastpath`); the success responses the server sends teach it the routes.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,8 @@ use crate::metrics::Metrics;
 use crate::pktinfo::PktinfoConn;
 use crate::policy::PeerPolicy;
 use crate::quota::{AllocationKey, Quotas};
+use crate::relay_socket::RelayLink;
+use crate::udp_batch::{BATCH, Received};
 
 /// Source address of the requests the guard injects to purge the server's old nonces; the
 /// server's answers to it are swallowed. TEST-NET-1, never a real client.
@@ -371,8 +374,53 @@ pub(crate) struct GuardConn {
     shared: Arc<Shared>,
     local: SocketAddr,
     up: Arc<AtomicBool>,
-    /// A UDP listener's socket, for the fast data path (none on TCP/TLS).
-    udp: Option<Arc<PktinfoConn>>,
+    /// A UDP listener's socket and its batch, for the fast data path (none on TCP/TLS).
+    udp: Option<(Arc<PktinfoConn>, tokio::sync::Mutex<ListenerBatch>)>,
+}
+
+/// A UDP listener's slot for one datagram: `turn` reads at most this much (its
+/// `INBOUND_MTU`); longer datagrams are truncated, as the server's own read truncates them.
+const LISTENER_SLOT: usize = 1500;
+
+/// The datagrams of a UDP listener's last `recvmmsg`: which of them still wait for the
+/// server, and the fast path's sends being gathered.
+struct ListenerBatch {
+    slots: Box<[u8]>,
+    received: [Received; BATCH],
+    for_server: [bool; BATCH],
+    count: usize,
+    next: usize,
+    /// ChannelData for peers: the relay socket, the peer, the payload's range in `slots`.
+    /// Kept between batches for its capacity.
+    to_peers: Vec<(Arc<RelayLink>, SocketAddr, std::ops::Range<usize>)>,
+}
+
+impl ListenerBatch {
+    fn new() -> Self {
+        ListenerBatch {
+            slots: vec![0; BATCH * LISTENER_SLOT].into_boxed_slice(),
+            received: [Received::default(); BATCH],
+            for_server: [false; BATCH],
+            count: 0,
+            next: 0,
+            to_peers: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// The next datagram of the batch that goes to the server, copied into `buf`.
+    fn next_for_server(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        while self.next < self.count {
+            let i = self.next;
+            self.next += 1;
+            if let (true, Some(from)) = (self.for_server[i], self.received[i].from) {
+                let n = self.received[i].len.min(buf.len());
+                let start = i * LISTENER_SLOT;
+                buf[..n].copy_from_slice(&self.slots[start..start + n]);
+                return Some((n, from));
+            }
+        }
+        None
+    }
 }
 
 impl GuardConn {
@@ -398,31 +446,92 @@ impl GuardConn {
         up: Arc<AtomicBool>,
     ) -> std::io::Result<Self> {
         let mut guard = GuardConn::new(Arc::clone(&socket) as _, shared, up)?;
-        guard.udp = Some(socket);
+        guard.udp = Some((socket, tokio::sync::Mutex::new(ListenerBatch::new())));
         Ok(guard)
     }
 
-    /// Relays a client's ChannelData to its peer on the fast path; `false` if it has no fast
-    /// route (the server then handles it).
-    async fn relay_fast(&self, datagram: &[u8], source: SocketAddr) -> bool {
-        if self.udp.is_none() {
-            return false;
+    /// Where a client's ChannelData goes on the fast path: the relay socket, the peer and the
+    /// payload's range in `datagram`; `None` if it has no fast route (the server then
+    /// handles it).
+    fn fast_route(
+        &self,
+        datagram: &[u8],
+        source: SocketAddr,
+        now: Instant,
+    ) -> Option<(Arc<RelayLink>, SocketAddr, std::ops::Range<usize>)> {
+        let (number, payload) = channel_data(datagram)?;
+        let link = self.shared.fast.route((source, self.local))?;
+        let peer = link.peer_of(number, now)?;
+        Some((link, peer, payload))
+    }
+
+    /// Reads a batch on a UDP listener: decides each datagram in order (as one at a time
+    /// would), answers or drops what the gate says, gathers the fast path's ChannelData per
+    /// relay socket and peer and sends each group at once, and marks the rest for the server.
+    async fn handle_batch(
+        &self,
+        socket: &PktinfoConn,
+        batch: &mut ListenerBatch,
+    ) -> std::io::Result<()> {
+        let count = socket
+            .recv_batch(&mut batch.slots, LISTENER_SLOT, &mut batch.received)
+            .await?;
+        batch.count = count;
+        batch.next = 0;
+        let now = Instant::now();
+        for i in 0..count {
+            batch.for_server[i] = false;
+            let Some(source) = batch.received[i].from else {
+                continue; // no source address: it cannot be answered
+            };
+            let start = i * LISTENER_SLOT;
+            let datagram = &batch.slots[start..start + batch.received[i].len];
+            match decide(&self.shared, self.local, datagram, source) {
+                Decision::Forward => match self.fast_route(datagram, source, now) {
+                    Some((link, peer, payload)) => batch.to_peers.push((
+                        link,
+                        peer,
+                        start + payload.start..start + payload.end,
+                    )),
+                    None => batch.for_server[i] = true,
+                },
+                Decision::Drop => {}
+                Decision::Answer(response) => {
+                    if let Err(err) = socket.send_datagram(&response, source).await
+                        && self.shared.may_log()
+                    {
+                        log::debug!("turn: cannot answer {source}: {err}");
+                    }
+                }
+            }
         }
-        let Some((number, payload)) = channel_data(datagram) else {
-            return false;
-        };
-        let Some(link) = self.shared.fast.route((source, self.local)) else {
-            return false;
-        };
-        let Some(peer) = link.peer_of(number, Instant::now()) else {
-            return false;
-        };
-        if let Err(err) = link.send_to_peer(&datagram[payload], peer).await
-            && self.shared.may_log()
-        {
-            log::debug!("turn: cannot relay to {peer}: {err}");
+        // Per relay socket and peer, in arrival order: one flow's datagrams stay in order.
+        let to_peers = std::mem::take(&mut batch.to_peers);
+        let mut sent = [false; BATCH];
+        for first in 0..to_peers.len() {
+            if sent[first] {
+                continue;
+            }
+            let (link, peer, _) = &to_peers[first];
+            let mut payloads = [IoSlice::new(&[]); BATCH];
+            let mut gathered = 0;
+            for (other, (other_link, other_peer, range)) in to_peers.iter().enumerate().skip(first)
+            {
+                if !sent[other] && Arc::ptr_eq(other_link, link) && other_peer == peer {
+                    payloads[gathered] = IoSlice::new(&batch.slots[range.clone()]);
+                    gathered += 1;
+                    sent[other] = true;
+                }
+            }
+            if let Some(err) = link.send_batch_to_peer(&payloads[..gathered], *peer).await
+                && self.shared.may_log()
+            {
+                log::debug!("turn: cannot relay to {peer}: {err}");
+            }
         }
-        true
+        batch.to_peers = to_peers;
+        batch.to_peers.clear();
+        Ok(())
     }
 
     /// Applies what a success response said to the fast data path's routes.
@@ -430,7 +539,7 @@ impl GuardConn {
         let fast = &self.shared.fast;
         match update {
             RouteUpdate::Allocated { relayed, expires } => match &self.udp {
-                Some(listener) => {
+                Some((listener, _)) => {
                     if let Some(link) = fast.claim(key, relayed) {
                         link.attach(key.0, Arc::clone(listener), AllocationView::new(expires));
                     }
@@ -506,6 +615,25 @@ impl Conn for GuardConn {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        if let Some((socket, batch)) = &self.udp {
+            let mut batch = batch.lock().await;
+            loop {
+                if let Some(purge) = self.shared.poll_purge()
+                    && purge.len() <= buf.len()
+                {
+                    buf[..purge.len()].copy_from_slice(&purge);
+                    return Ok((purge.len(), PURGE_SOURCE));
+                }
+                if let Some(next) = batch.next_for_server(buf) {
+                    return Ok(next);
+                }
+                if let Err(err) = self.handle_batch(socket, &mut batch).await {
+                    self.up.store(false, Ordering::Relaxed);
+                    return Err(err.into());
+                }
+            }
+        }
+        // TCP/TLS: one frame at a time from the stream multiplexer.
         loop {
             if let Some(purge) = self.shared.poll_purge()
                 && purge.len() <= buf.len()
@@ -521,12 +649,7 @@ impl Conn for GuardConn {
                 }
             };
             match decide(&self.shared, self.local, &buf[..n], source) {
-                Decision::Forward => {
-                    if self.relay_fast(&buf[..n], source).await {
-                        continue;
-                    }
-                    return Ok((n, source));
-                }
+                Decision::Forward => return Ok((n, source)),
                 Decision::Drop => continue,
                 Decision::Answer(response) => {
                     if let Err(err) = self.inner.send_to(&response, source).await

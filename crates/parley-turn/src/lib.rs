@@ -13,6 +13,7 @@
 //!   configured relay address;
 //! - `fastpath`: ChannelData over UDP relayed beside the server, from a view of its
 //!   allocations and channels that never outlives them;
+//! - `udp_batch`: the fast path's system calls in batches (`recvmmsg`, UDP GSO);
 //! - [`probe`]: a small TURN client for `parley doctor` and the tests;
 //! - [`fuzzing`]: entry points for the fuzz targets in `fuzz/`.
 //!
@@ -34,6 +35,7 @@ pub mod quota;
 mod relay_socket;
 mod server;
 mod stream;
+mod udp_batch;
 
 use std::net::SocketAddr;
 

@@ -41,6 +41,8 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use webrtc_util::Conn;
 
+use crate::udp_batch::{self, Gso, Received};
+
 /// Where a datagram arrived: the destination address the client used, and the interface
 /// (needed only to send from an IPv6 link-local address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +202,8 @@ pub(crate) struct PktinfoConn {
     is_v6: bool,
     /// `None` for a socket bound to one address: the kernel's choice is then always right.
     sources: Option<Mutex<ReplySources>>,
+    /// Whether the fast path's batches to a client may leave in one GSO send.
+    gso: Gso,
 }
 
 impl PktinfoConn {
@@ -216,7 +220,9 @@ impl PktinfoConn {
         } else {
             None
         };
+        let gso = Gso::probe(&socket);
         Ok(PktinfoConn {
+            gso,
             socket: UdpSocket::from_std(socket)?,
             local,
             is_v6,
@@ -383,6 +389,51 @@ impl Conn for PktinfoConn {
 }
 
 impl PktinfoConn {
+    /// Reads the datagrams waiting (at least one), as [`udp_batch::recv_batch`] lays them out
+    /// in `slots`, with their sources as the server sees them (IPv4-mapped made IPv4; `None`:
+    /// skip it) and each client's destination remembered for the replies.
+    pub(crate) async fn recv_batch(
+        &self,
+        slots: &mut [u8],
+        slot_len: usize,
+        out: &mut [Received],
+    ) -> std::io::Result<usize> {
+        let fd = self.socket.as_raw_fd();
+        let pktinfo = self.sources.is_some();
+        let count = self
+            .socket
+            .async_io(Interest::READABLE, || {
+                udp_batch::recv_batch(fd, slots, slot_len, 0..slot_len, out, pktinfo)
+            })
+            .await?;
+        let now = Instant::now();
+        let mut sources = self.lock_sources();
+        for received in &mut out[..count] {
+            received.from = received.from.map(normalise);
+            if let (Some(from), Some(local), Some(sources)) =
+                (received.from, received.local, sources.as_mut())
+            {
+                sources.handle_received(from, local, now);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Sends datagrams to one client, in order, from the address the client last sent to,
+    /// in as few system calls as the kernel allows (the fast path's way back to clients).
+    pub(crate) async fn send_datagrams(
+        &self,
+        datagrams: &[IoSlice<'_>],
+        target: SocketAddr,
+    ) -> udp_batch::Sent {
+        let control = self
+            .lock_sources()
+            .and_then(|sources| sources.source_for(target, Instant::now()))
+            .and_then(|local| reply_control(local, self.is_v6));
+        let socket_target = socket_target(target, self.is_v6);
+        udp_batch::send_datagrams(&self.socket, &self.gso, datagrams, socket_target, control).await
+    }
+
     /// Sends one datagram to a client from the address the client last sent to. Also the
     /// fast data path's way to clients (a plain method: no boxed future per datagram).
     pub(crate) async fn send_datagram(

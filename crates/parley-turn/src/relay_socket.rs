@@ -5,12 +5,15 @@
 //! on the server's path ([`RelayConn`], its `Conn`) and on the fast path (`fastpath`) alike,
 //! so no permission the server might hold (however it was made) reaches a denied address.
 
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use webrtc_util::Conn;
 
@@ -21,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::pktinfo::PktinfoConn;
 #[cfg(test)]
 use crate::policy::PeerPolicy;
+use crate::udp_batch::{self, BATCH, Gso, Received};
 
 /// How many ports of the range one allocation tries before giving up (508 to the client).
 const MAX_PORT_ATTEMPTS: u32 = 64;
@@ -213,6 +217,7 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
             });
             let relayed = SocketAddr::new(family.advertised, port);
             let link = Arc::new(RelayLink {
+                gso: Gso::probe(&socket),
                 is_v4: family.bind.is_ipv4(),
                 socket,
                 relayed,
@@ -222,7 +227,7 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
                 route: Mutex::new(None),
             });
             self.shared.fast.handle_relay_socket(relayed, &link);
-            return Ok((Arc::new(RelayConn { link }), relayed));
+            return Ok((Arc::new(RelayConn::new(link)), relayed));
         }
         if self.shared.may_log() {
             log::warn!(
@@ -240,6 +245,8 @@ impl turn::relay::RelayAddressGenerator for PortRangeGenerator {
 /// same checks here.
 pub(crate) struct RelayLink {
     socket: UdpSocket,
+    /// Whether a batch to one peer may leave in one GSO send.
+    gso: Gso,
     /// The socket's family: a peer of the other family cannot be reached from it.
     is_v4: bool,
     /// The relayed address this socket advertises.
@@ -278,11 +285,12 @@ impl RelayLink {
         ok
     }
 
-    /// The peer policy at the socket (defence in depth behind the gate).
-    fn peer_allowed(&self, peer: SocketAddr) -> bool {
+    /// The peer policy at the socket (defence in depth behind the gate), for `datagrams`
+    /// datagrams to or from `peer`.
+    fn peer_allowed(&self, peer: SocketAddr, datagrams: usize) -> bool {
         let allowed = self.shared.policy.allows(peer.ip());
         if !allowed {
-            Metrics::add(&self.shared.metrics.refused_peers, 1);
+            Metrics::add(&self.shared.metrics.refused_peers, datagrams as u64);
             if self.shared.may_log() {
                 log::warn!(
                     "turn: dropped a datagram to or from denied peer {peer} at the relay socket"
@@ -302,7 +310,7 @@ impl RelayLink {
     /// bandwidth cap.
     pub async fn send_to_peer(&self, buf: &[u8], target: SocketAddr) -> std::io::Result<usize> {
         if target.is_ipv4() != self.is_v4
-            || !self.peer_allowed(target)
+            || !self.peer_allowed(target, 1)
             || !self.allowed(buf.len(), true)
         {
             return Ok(buf.len());
@@ -313,9 +321,40 @@ impl RelayLink {
         Ok(n)
     }
 
+    /// Sends a batch of datagrams (at most [`BATCH`]) to one peer, in order, under the same
+    /// rules as [`send_to_peer`](Self::send_to_peer) (each datagram against the bandwidth
+    /// cap), in as few system calls as the kernel allows. Returns the last send error.
+    pub async fn send_batch_to_peer(
+        &self,
+        datagrams: &[IoSlice<'_>],
+        target: SocketAddr,
+    ) -> Option<std::io::Error> {
+        if target.is_ipv4() != self.is_v4 || !self.peer_allowed(target, datagrams.len()) {
+            return None;
+        }
+        let mut within_cap = [IoSlice::new(&[]); BATCH];
+        let datagrams = if self.buckets.is_some() {
+            let mut kept = 0;
+            for datagram in datagrams.iter().take(BATCH) {
+                if self.allowed(datagram.len(), true) {
+                    within_cap[kept] = *datagram;
+                    kept += 1;
+                }
+            }
+            &within_cap[..kept]
+        } else {
+            datagrams
+        };
+        let sent =
+            udp_batch::send_datagrams(&self.socket, &self.gso, datagrams, target, None).await;
+        Metrics::add(&self.shared.metrics.packets_to_peers, sent.datagrams as u64);
+        Metrics::add(&self.shared.metrics.bytes_to_peers, sent.bytes as u64);
+        sent.error
+    }
+
     /// Whether a datagram of `bytes` received from `from` may go on to the client.
     fn accept_from_peer(&self, bytes: usize, from: SocketAddr) -> bool {
-        if !self.peer_allowed(from) || !self.allowed(bytes, false) {
+        if !self.peer_allowed(from, 1) || !self.allowed(bytes, false) {
             return false;
         }
         Metrics::add(&self.shared.metrics.packets_from_peers, 1);
@@ -356,20 +395,24 @@ impl RelayLink {
         self.lock_route().as_ref()?.view.peer_of(number, now)
     }
 
-    /// Where a datagram from `peer` goes on the fast path at `now`: the client, its
-    /// listener and the channel number.
-    fn client_of(
+    /// Where datagrams from peers go on the fast path at `now`: the client and its listener,
+    /// and in `channels` the channel number of each of `peers` (`None`: not on the fast path).
+    fn channels_of(
         &self,
-        peer: SocketAddr,
+        peers: impl Iterator<Item = Option<SocketAddr>>,
         now: Instant,
-    ) -> Option<(SocketAddr, Arc<PktinfoConn>, u16)> {
+        channels: &mut [Option<u16>],
+    ) -> Option<(SocketAddr, Arc<PktinfoConn>)> {
+        channels.fill(None);
         if self.is_closed() {
             return None;
         }
         let route = self.lock_route();
         let route = route.as_ref()?;
-        let number = route.view.channel_of(peer, now)?;
-        Some((route.client, Arc::clone(&route.listener), number))
+        for (peer, channel) in peers.zip(channels.iter_mut()) {
+            *channel = peer.and_then(|peer| route.view.channel_of(peer, now));
+        }
+        Some((route.client, Arc::clone(&route.listener)))
     }
 
     fn close(&self) {
@@ -383,9 +426,126 @@ impl RelayLink {
 /// truncated on both paths alike.
 const PEER_DATAGRAM_MAX: usize = 1500;
 
+/// A relay socket's slot for one datagram: the ChannelData header, the datagram, padding.
+const PEER_SLOT: usize = 4 + PEER_DATAGRAM_MAX + 4;
+
+/// The datagrams of a relay socket's last `recvmmsg`, and which of them still wait for the
+/// server (a peer without a channel: `turn` relays it as a Data indication).
+struct PeerBatch {
+    slots: Box<[u8]>,
+    received: [Received; BATCH],
+    for_server: [bool; BATCH],
+    count: usize,
+    next: usize,
+}
+
+impl PeerBatch {
+    fn new() -> Self {
+        PeerBatch {
+            slots: vec![0; BATCH * PEER_SLOT].into_boxed_slice(),
+            received: [Received::default(); BATCH],
+            for_server: [false; BATCH],
+            count: 0,
+            next: 0,
+        }
+    }
+
+    /// The next datagram of the batch that goes to the server, copied into `buf`.
+    fn next_for_server(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        while self.next < self.count {
+            let i = self.next;
+            self.next += 1;
+            if let (true, Some(from)) = (self.for_server[i], self.received[i].from) {
+                let n = self.received[i].len.min(buf.len());
+                let start = i * PEER_SLOT + 4;
+                buf[..n].copy_from_slice(&self.slots[start..start + n]);
+                return Some((n, from));
+            }
+        }
+        None
+    }
+}
+
 /// One allocation's relay socket as the server's `Conn`.
 struct RelayConn {
     link: Arc<RelayLink>,
+    /// Only `turn`'s one reader task of this socket takes it, so it never waits.
+    batch: tokio::sync::Mutex<PeerBatch>,
+}
+
+impl RelayConn {
+    fn new(link: Arc<RelayLink>) -> Self {
+        RelayConn {
+            link,
+            batch: tokio::sync::Mutex::new(PeerBatch::new()),
+        }
+    }
+
+    /// Reads a batch from peers, relays what has a channel straight to the client (one
+    /// send for the batch where GSO allows), and marks the rest for the server.
+    async fn relay_batch(&self, batch: &mut PeerBatch) -> std::io::Result<()> {
+        let fd = self.link.socket.as_raw_fd();
+        let count = self
+            .link
+            .socket
+            .async_io(Interest::READABLE, || {
+                udp_batch::recv_batch(
+                    fd,
+                    &mut batch.slots,
+                    PEER_SLOT,
+                    4..4 + PEER_DATAGRAM_MAX,
+                    &mut batch.received,
+                    false,
+                )
+            })
+            .await?;
+        batch.count = count;
+        batch.next = 0;
+        let mut accepted = [false; BATCH];
+        for (i, received) in batch.received[..count].iter().enumerate() {
+            accepted[i] = received
+                .from
+                .is_some_and(|from| self.link.accept_from_peer(received.len, from));
+        }
+        let mut channels = [None; BATCH];
+        let route = self.link.channels_of(
+            batch.received[..count]
+                .iter()
+                .zip(accepted)
+                .map(|(received, accepted)| received.from.filter(|_| accepted)),
+            Instant::now(),
+            &mut channels[..count],
+        );
+        let mut frame_lengths = [0usize; BATCH];
+        for i in 0..count {
+            batch.for_server[i] = accepted[i] && channels[i].is_none();
+            if let Some(number) = channels[i] {
+                let slot = &mut batch.slots[i * PEER_SLOT..(i + 1) * PEER_SLOT];
+                frame_lengths[i] = write_channel_data(slot, number, batch.received[i].len);
+            }
+        }
+        let Some((client, listener)) = route else {
+            return Ok(());
+        };
+        let mut frames = [IoSlice::new(&[]); BATCH];
+        let mut framed = 0;
+        for (i, length) in frame_lengths[..count].iter().enumerate() {
+            if channels[i].is_some() {
+                frames[framed] = IoSlice::new(&batch.slots[i * PEER_SLOT..i * PEER_SLOT + length]);
+                framed += 1;
+            }
+        }
+        if framed > 0
+            && let Some(err) = listener
+                .send_datagrams(&frames[..framed], client)
+                .await
+                .error
+            && self.link.shared.may_log()
+        {
+            log::debug!("turn: cannot relay to {client}: {err}");
+        }
+        Ok(())
+    }
 }
 
 impl Drop for RelayConn {
@@ -399,7 +559,7 @@ impl Conn for RelayConn {
     async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
         // `turn` never connects relay sockets; if it ever does, only to allowed peers (and
         // `send` then goes where the policy allowed).
-        if !self.link.peer_allowed(addr) {
+        if !self.link.peer_allowed(addr, 1) {
             return Err(webrtc_util::Error::Other(format!(
                 "peer {addr} is not allowed"
             )));
@@ -412,30 +572,14 @@ impl Conn for RelayConn {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        // Received behind room for the ChannelData header, so that the fast path sends the
-        // frame without copying; padding after it.
-        let mut frame = [0u8; 4 + PEER_DATAGRAM_MAX + 4];
+        // Each datagram is received behind room for the ChannelData header, so that the fast
+        // path sends the frame without copying; padding after it.
+        let mut batch = self.batch.lock().await;
         loop {
-            let (n, from) = self
-                .link
-                .socket
-                .recv_from(&mut frame[4..4 + PEER_DATAGRAM_MAX])
-                .await?;
-            if !self.link.accept_from_peer(n, from) {
-                continue;
+            if let Some(next) = batch.next_for_server(buf) {
+                return Ok(next);
             }
-            if let Some((client, listener, number)) = self.link.client_of(from, Instant::now()) {
-                let length = write_channel_data(&mut frame, number, n);
-                if let Err(err) = listener.send_datagram(&frame[..length], client).await
-                    && self.link.shared.may_log()
-                {
-                    log::debug!("turn: cannot relay to {client}: {err}");
-                }
-                continue;
-            }
-            let n = n.min(buf.len());
-            buf[..n].copy_from_slice(&frame[4..4 + n]);
-            return Ok((n, from));
+            self.relay_batch(&mut batch).await?;
         }
     }
 
@@ -637,6 +781,103 @@ mod tests {
         assert!(
             got4.is_err(),
             "an IPv4 peer got a datagram from an IPv6 relay"
+        );
+    }
+
+    /// The link inside a relay socket the generator made.
+    fn link_of(conn: &Arc<dyn Conn + Send + Sync>) -> Arc<RelayLink> {
+        let conn = conn
+            .as_any()
+            .downcast_ref::<RelayConn>()
+            .expect("a RelayConn");
+        Arc::clone(&conn.link)
+    }
+
+    #[tokio::test]
+    async fn a_batch_to_a_denied_peer_sends_nothing() {
+        let generator = generator(PeerPolicy::default());
+        let (peer, peer_address) = {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let address = socket.local_addr().unwrap();
+            (socket, address)
+        };
+        let (conn, _) = generator.allocate_conn(true, 0).await.unwrap();
+        let payloads = vec![[7u8; 100]; 10];
+        let slices: Vec<IoSlice<'_>> = payloads.iter().map(|p| IoSlice::new(p)).collect();
+        let error = link_of(&conn)
+            .send_batch_to_peer(&slices, peer_address)
+            .await;
+        assert!(error.is_none());
+        let mut buf = [0u8; 256];
+        let got = tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf)).await;
+        assert!(got.is_err(), "a denied peer received {got:?}");
+        let metrics = &generator.shared.metrics;
+        assert_eq!(metrics.refused_peers.load(Ordering::Relaxed), 10);
+        assert_eq!(metrics.packets_to_peers.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_burst_from_a_bound_peer_reaches_the_client_framed_and_in_order() {
+        const BURST: usize = 70; // more than two batches
+        let generator = generator(PeerPolicy::from_ranges(&["127.0.0.0/8"]).unwrap());
+        let (conn, relayed) = generator.allocate_conn(true, 0).await.unwrap();
+        let listener = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = Arc::new(PktinfoConn::new(listener).unwrap());
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let now = Instant::now();
+        let mut view = AllocationView::new(now + Duration::from_secs(600));
+        view.handle_channel_bound(
+            0x4001,
+            peer.local_addr().unwrap(),
+            now + Duration::from_secs(600),
+        );
+        link_of(&conn).attach(client.local_addr().unwrap(), listener, view);
+
+        let payload = |i: usize| vec![i as u8; if i % 9 == 8 { 33 } else { 120 }];
+        for i in 0..BURST {
+            peer.send_to(&payload(i), relayed).await.unwrap();
+            if i == 40 {
+                stranger.send_to(b"no channel", relayed).await.unwrap();
+            }
+        }
+        // The server's reader (it keeps reading, which drives the fast path): what the fast
+        // path does not relay comes out here.
+        let (for_server, mut server_got) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move {
+                let mut buf = [0u8; 1500];
+                while let Ok((n, from)) = conn.recv_from(&mut buf).await {
+                    let _ = for_server.send((buf[..n].to_vec(), from));
+                }
+            }
+        });
+        for i in 0..BURST {
+            let mut frame = [0u8; 1600];
+            let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut frame))
+                .await
+                .unwrap_or_else(|_| panic!("frame {i} of {BURST} did not reach the client"))
+                .unwrap();
+            let data = payload(i);
+            let mut expected = vec![0x40, 0x01, 0, data.len() as u8];
+            expected.extend_from_slice(&data);
+            expected.resize(expected.len().next_multiple_of(4), 0);
+            assert_eq!(&frame[..n], expected.as_slice(), "frame {i}");
+        }
+        let (data, from) = server_got.try_recv().expect("the stranger's datagram");
+        assert_eq!(
+            (data.as_slice(), from),
+            (b"no channel".as_slice(), stranger.local_addr().unwrap())
+        );
+        assert!(server_got.try_recv().is_err(), "only the stranger's");
+        reader.abort();
+        let metrics = &generator.shared.metrics;
+        assert_eq!(
+            metrics.packets_from_peers.load(Ordering::Relaxed),
+            BURST as u64 + 1
         );
     }
 

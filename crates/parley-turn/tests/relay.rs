@@ -590,3 +590,89 @@ async fn channel_data_on_an_unbound_channel_is_not_relayed() {
     );
     relay.relay.shutdown().await;
 }
+
+/// The payload of a burst's `i`th datagram: numbered, and of mixed sizes so that batches are
+/// cut into several runs of equal-sized datagrams (some ending with a shorter one).
+fn burst_payload(i: usize) -> Vec<u8> {
+    let size = match i {
+        i if i % 25 == 24 => 300,
+        i if i % 10 == 9 => 60,
+        _ => 120,
+    };
+    let mut payload = vec![(i % 251) as u8; size];
+    payload[..2].copy_from_slice(&(i as u16).to_be_bytes());
+    payload
+}
+
+#[tokio::test]
+async fn a_burst_of_channel_data_arrives_whole_and_in_order_both_ways() {
+    const BURST: usize = 150;
+    let relay = start(options(true)).await;
+    let (peer, peer_address, mut client, relayed) = channel_to_quiet_peer(&relay, 0x4000).await;
+    for i in 0..BURST {
+        client
+            .send_channel_data(0x4000, &burst_payload(i))
+            .await
+            .unwrap();
+    }
+    for i in 0..BURST {
+        let (data, from) = received(&peer, TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("datagram {i} of {BURST} did not reach the peer"));
+        assert_eq!((data, from), (burst_payload(i), relayed), "datagram {i}");
+    }
+    for i in 0..BURST {
+        peer.send_to(&burst_payload(i), relayed).await.unwrap();
+    }
+    for i in 0..BURST {
+        let (from, data) = client
+            .recv_from_peer(TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("datagram {i} of {BURST} did not reach the client: {e}"));
+        assert_eq!(
+            (from, data),
+            (peer_address, burst_payload(i)),
+            "datagram {i}"
+        );
+    }
+    assert_eq!(
+        relay.metric("parley_turn_relayed_packets_to_peers_total"),
+        BURST as u64
+    );
+    assert_eq!(
+        relay.metric("parley_turn_relayed_packets_from_peers_total"),
+        BURST as u64
+    );
+    relay.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_clients_bursts_interleaved_each_reach_their_own_peer_in_order() {
+    // One listener batch then holds both clients' ChannelData: each must go to its own
+    // relay socket and peer, in its own order.
+    const BURST: usize = 60;
+    let relay = start(options(true)).await;
+    let (peer_a, _, mut client_a, relayed_a) = channel_to_quiet_peer(&relay, 0x4000).await;
+    let (peer_b, _, mut client_b, relayed_b) = channel_to_quiet_peer(&relay, 0x4000).await;
+    for i in 0..BURST {
+        client_a
+            .send_channel_data(0x4000, &burst_payload(i))
+            .await
+            .unwrap();
+        client_b
+            .send_channel_data(0x4000, &burst_payload(BURST + i))
+            .await
+            .unwrap();
+    }
+    for i in 0..BURST {
+        let a = received(&peer_a, TIMEOUT).await.expect("reached peer a");
+        assert_eq!(a, (burst_payload(i), relayed_a), "datagram {i} to a");
+        let b = received(&peer_b, TIMEOUT).await.expect("reached peer b");
+        assert_eq!(
+            b,
+            (burst_payload(BURST + i), relayed_b),
+            "datagram {i} to b"
+        );
+    }
+    relay.relay.shutdown().await;
+}
