@@ -123,8 +123,14 @@ where
     let (socket, ws) = Box::pin(open_session(&engine, conn, protocol, sid, req_data)).await?;
     let (tx, rx) = ws.split();
 
+    // PATCHED (Parley, see vendor/README.md): a session opened on a WebSocket (not upgraded
+    // from polling, whose heartbeat task already runs) with protocol v4 runs its heartbeat in
+    // the writer task instead of a third task of its own.
+    let heartbeat = (sid.is_none() && protocol == ProtocolVersion::V4)
+        .then_some((engine.config.ping_interval, engine.config.ping_timeout));
+
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx, heartbeat));
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(&engine, rx, &socket)
@@ -208,9 +214,13 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+        // PATCHED (Parley, see vendor/README.md): with v4 the writer task runs the heartbeat
+        // (`on_init`, `forward_to_socket`).
+        if protocol != ProtocolVersion::V4 {
+            socket
+                .clone()
+                .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+        }
         (socket, ws)
     };
     Ok((socket, ws))
@@ -272,9 +282,15 @@ where
 /// Forwards all packets waiting to be sent to the websocket
 ///
 /// The websocket stream is flushed only when the internal channel is drained
+///
+/// PATCHED (Parley, see vendor/README.md): with `heartbeat` (`ping_interval`, `ping_timeout`)
+/// it also runs the v4 heartbeat, as `Socket::heartbeat_job_v4` does in its own task: a ping
+/// at once and then every interval, the session closed with `HeartbeatTimeout` when no pong
+/// comes within the timeout; paused while upgrading.
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
+    heartbeat: Option<(std::time::Duration, std::time::Duration)>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -327,6 +343,24 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             };
         }
 
+    // PATCHED (Parley): the heartbeat's state, see the doc comment. `pong_rx` is `None` when
+    // there is no heartbeat here, or once it has closed the session.
+    let (ping_interval, ping_timeout) = heartbeat.unwrap_or_default();
+    let mut pong_rx = match heartbeat {
+        Some(_) => Some(
+            socket
+                .heartbeat_rx
+                .try_lock()
+                .expect("Pong rx should be locked only once"),
+        ),
+        None => None,
+    };
+    let mut next_ping = tokio::time::Instant::now();
+    let mut awaiting_pong = false;
+    let mut first_ping = true;
+    let heartbeat_timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(heartbeat_timer);
+
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
         tokio::select! {
@@ -360,6 +394,59 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                         map_fn!(item);
                     }
                 }
+            },
+            // PATCHED (Parley): the folded heartbeat (see the doc comment).
+            _ = &mut heartbeat_timer, if pong_rx.is_some() => {
+                if awaiting_pong {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(id = ?socket.id, "heartbeat error: heartbeat timeout");
+                    pong_rx = None;
+                    socket.close(DisconnectReason::HeartbeatTimeout);
+                } else if socket.is_upgrading() {
+                    next_ping += ping_interval;
+                    heartbeat_timer.as_mut().reset(next_ping);
+                } else {
+                    if first_ping {
+                        // Some clients send the pong packet in first. If that happens, we should consume it.
+                        first_ping = false;
+                        if let Some(rx) = pong_rx.as_mut() {
+                            rx.try_recv().ok();
+                        }
+                    }
+                    #[cfg(feature = "tracing")]
+                    tracing::trace!(sid = ?socket.id, "emitting ping");
+                    let sent = socket
+                        .internal_tx
+                        .try_send(Box::new(smallvec![Packet::Ping]));
+                    if sent.is_err() {
+                        pong_rx = None;
+                        socket.close(DisconnectReason::HeartbeatTimeout);
+                    } else {
+                        awaiting_pong = true;
+                        next_ping += ping_interval;
+                        heartbeat_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + ping_timeout);
+                    }
+                }
+                continue;
+            },
+            pong = async {
+                match pong_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if awaiting_pong && pong_rx.is_some() => {
+                if pong.is_some() {
+                    #[cfg(feature = "tracing")]
+                    tracing::trace!(sid = ?socket.id, "pong received");
+                    awaiting_pong = false;
+                    heartbeat_timer.as_mut().reset(next_ping);
+                } else {
+                    pong_rx = None;
+                    socket.close(DisconnectReason::HeartbeatTimeout);
+                }
+                continue;
             },
         }
 
