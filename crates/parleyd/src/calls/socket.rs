@@ -280,12 +280,55 @@ async fn authenticate(
     }));
     // Handlers go in before the CONNECT packet is sent: socketioxide drops events that arrive
     // before a handler exists, and clients flush buffered emits the moment they connect.
-    for event in CLIENT_EVENTS {
-        socket.on(event, on_event);
-    }
-    socket.on_fallback(on_unknown_event);
+    // One fallback handler for every event, dispatching by name (`ClientEvent`): ten
+    // `socket.on` registrations were a `HashMap` per socket, 0.7 KiB per idle connection
+    // (heaptrack, issue 14).
+    socket.on_fallback(on_client_event);
     socket.on_disconnect(on_disconnect);
     Ok(())
+}
+
+/// A client event as the one fallback handler sees it: one of [`CLIENT_EVENTS`], read and
+/// queued as its own handler did, or any other name. socketioxide picks a handler by the name
+/// its parser reads; [`payload::event_name`] reads the same name (escapes left as written), so
+/// the dispatch is the one ten `socket.on` registrations made.
+enum ClientEvent {
+    Known(Queued),
+    Unknown(Event),
+}
+
+impl FromMessageParts<LocalAdapter> for ClientEvent {
+    type Error = socketioxide::ParserError;
+
+    fn from_message_parts(
+        socket: &Arc<Socket<LocalAdapter>>,
+        value: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<ClientEvent, Self::Error> {
+        let known = value
+            .as_str()
+            .and_then(|data| payload::event_name(data))
+            .is_some_and(|name| CLIENT_EVENTS.contains(&name));
+        if known {
+            let Ok(queued) = Queued::from_message_parts(socket, value, ack_id);
+            Ok(ClientEvent::Known(queued))
+        } else {
+            Event::from_message_parts(socket, value, ack_id).map(ClientEvent::Unknown)
+        }
+    }
+}
+
+async fn on_client_event(
+    socket: SocketRef,
+    has_ack: HasAck,
+    ack: AckSender,
+    state: State<AppState>,
+    event: ClientEvent,
+) {
+    match event {
+        ClientEvent::Known(queued) => on_event(socket, has_ack, ack, state, queued).await,
+        ClientEvent::Unknown(name) => on_unknown_event(socket, name, ack, has_ack).await,
+    }
 }
 
 /// Hands the socket to the driver, once: from the connect handler, or from the first event if
