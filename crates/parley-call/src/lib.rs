@@ -12,7 +12,8 @@ mod switchboard;
 mod types;
 
 pub use output::{
-    Code, Ended, Error, Event, Output, PresenceChange, Reply, Signal, SignalKind, SignalPayload,
+    Code, Ended, Error, Event, Output, PresenceChange, Reply, SdpText, Signal, SignalKind,
+    SignalPayload,
 };
 pub use rate::TokenBucket;
 pub use switchboard::{Config, Origin, Restored, Side, Switchboard, Timer};

@@ -123,7 +123,7 @@ pub struct Signal {
 #[serde(untagged)]
 pub enum SignalPayload {
     Sdp {
-        sdp: String,
+        sdp: SdpText,
     },
     /// An `RTCIceCandidateInit` object, or JSON `null` for end of candidates.
     Candidate {
@@ -133,6 +133,80 @@ pub enum SignalPayload {
         audio: bool,
         video: bool,
     },
+}
+
+/// An SDP kept as the JSON string it arrived as (quotes and escapes included), so relaying it
+/// copies the bytes instead of unescaping 4 KB into a `String` and escaping it again for the
+/// relayed event: that was 13 % of the instructions of a call setup (docs/benchmarks.md, issue
+/// 14). The relayed text is byte for byte what serialising the unescaped SDP would write, because
+/// [`SdpText::from_json`] takes only strings whose escapes serde_json writes the same way.
+#[derive(Clone, Debug)]
+pub struct SdpText {
+    json: Box<serde_json::value::RawValue>,
+    /// The SDP's length in bytes once unescaped (the spec's 64 KiB limit is on this).
+    len: usize,
+}
+
+impl SdpText {
+    /// The SDP `text`, as the JSON string serde_json writes for it.
+    pub fn from_text(text: &str) -> SdpText {
+        let json =
+            serde_json::value::to_raw_value(text).expect("a string always serialises to JSON");
+        SdpText {
+            json,
+            len: text.len(),
+        }
+    }
+
+    /// `json` as it came, if it is a JSON string whose only escapes are the ones serde_json
+    /// writes itself (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`). `None` for anything else
+    /// (not a string, `\u` or `\/` escapes): the caller then unescapes and uses
+    /// [`SdpText::from_text`], which writes the text the way it always did.
+    pub fn from_json(json: &serde_json::value::RawValue) -> Option<SdpText> {
+        // Valid JSON (a `RawValue` is): a string has no raw quote or control character inside,
+        // so only its escapes need a look. `find` is a memchr, not a loop over every byte.
+        let inner = json.get().strip_prefix('"')?.strip_suffix('"')?;
+        let mut escapes = 0;
+        let mut rest = inner;
+        while let Some(at) = rest.find('\\') {
+            match rest.as_bytes().get(at + 1) {
+                Some(b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't') => escapes += 1,
+                _ => return None,
+            }
+            // Both bytes are ASCII, so `at + 2` is a character boundary.
+            rest = &rest[at + 2..];
+        }
+        Some(SdpText {
+            json: json.to_owned(),
+            len: inner.len() - escapes,
+        })
+    }
+
+    /// The SDP's length in bytes (unescaped).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The JSON string, quotes included.
+    pub fn as_json(&self) -> &str {
+        self.json.get()
+    }
+}
+
+impl PartialEq for SdpText {
+    fn eq(&self, other: &SdpText) -> bool {
+        self.as_json() == other.as_json()
+    }
+}
+
+impl Serialize for SdpText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -289,7 +363,7 @@ impl Error {
 
 #[cfg(test)]
 mod tests {
-    use super::Code;
+    use super::{CallId, Code, SdpText, Signal, SignalKind, SignalPayload};
 
     #[test]
     fn every_code_serialises_as_its_wire_name() {
@@ -309,5 +383,57 @@ mod tests {
         assert_eq!(Code::CallNotFound.http_status(), 404);
         assert_eq!(Code::DeviceRequired.http_status(), 409);
         assert_eq!(Code::Internal.http_status(), 500);
+    }
+
+    fn raw(json: &str) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(json.to_owned()).expect("valid JSON")
+    }
+
+    /// What the relayed event carries must be what serialising the unescaped SDP writes, for
+    /// every SDP the fast path takes (issue 14: the bytes are copied, not re-escaped).
+    #[test]
+    fn an_sdp_taken_as_json_is_relayed_as_serde_json_writes_it() {
+        for text in [
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\n",
+            "quote \" backslash \\ tab \t bell-free \u{8}\u{c} é ☎",
+            "",
+        ] {
+            let written = serde_json::to_string(text).unwrap();
+            let taken = SdpText::from_json(&raw(&written)).expect("serde_json's own escapes");
+            assert_eq!(taken.as_json(), written);
+            assert_eq!(taken.len(), text.len());
+            assert_eq!(taken, SdpText::from_text(text));
+            assert_eq!(serde_json::to_string(&taken).unwrap(), written);
+        }
+    }
+
+    #[test]
+    fn an_sdp_with_escapes_serde_json_would_write_otherwise_is_not_taken_as_json() {
+        for json in [
+            r#""a\/b""#,
+            r#""\u0041""#,
+            r#""\ud83d\ude00""#,
+            "17",
+            "null",
+            r#"{"a":1}"#,
+        ] {
+            assert_eq!(SdpText::from_json(&raw(json)), None, "{json}");
+        }
+    }
+
+    #[test]
+    fn a_signal_with_an_sdp_serialises_its_text_unchanged() {
+        let signal = Signal {
+            kind: SignalKind::Offer,
+            call_id: CallId("c1".into()),
+            from: 7,
+            payload: SignalPayload::Sdp {
+                sdp: SdpText::from_json(&raw(r#""v=0\r\n""#)).unwrap(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&signal).unwrap(),
+            r#"{"callId":"c1","from":7,"sdp":"v=0\r\n"}"#
+        );
     }
 }

@@ -218,7 +218,9 @@ impl Harness {
             conn,
             &call_id(),
             SignalKind::Offer,
-            SignalPayload::Sdp { sdp: "v=0".into() },
+            SignalPayload::Sdp {
+                sdp: parley_call::SdpText::from_text("v=0"),
+            },
             self.now,
         );
         self.drain()

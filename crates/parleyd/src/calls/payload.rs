@@ -2,7 +2,7 @@
 //! checked field by field, so every refusal names its field (`callId: expected a string`) the
 //! same way on both transports.
 
-use parley_call::{CallId, Media, SignalPayload};
+use parley_call::{CallId, Media, SdpText, SignalPayload};
 pub use parley_store::quality::StatsReport;
 use serde_json::{Map, Value};
 
@@ -169,8 +169,68 @@ pub fn sdp(map: &Map<String, Value>) -> Result<SignalPayload, ApiError> {
         return Err(too_large("sdp", "64 KiB"));
     }
     Ok(SignalPayload::Sdp {
-        sdp: sdp.to_owned(),
+        sdp: SdpText::from_text(sdp),
     })
+}
+
+/// `signal:offer` / `signal:answer` read straight from the event's data
+/// (`["signal:offer", { "callId": ..., "sdp": ... }, ...]`), the SDP kept as the JSON text it came
+/// in (issue 14: unescaping it into a `serde_json::Value` and escaping it again for the relayed
+/// event was 13 % of a call setup's instructions). Only the plain case is taken: an object with
+/// exactly `callId` and `sdp`, a usable call id, an SDP within the limit whose escapes serde_json
+/// writes the same way. `None` for anything else, which then goes through `object`, `call_id` and
+/// [`sdp`] as before, so every refusal and every relayed byte stays what it was.
+pub fn sdp_event(data: &str) -> Option<(CallId, SignalPayload)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Fields<'a> {
+        #[serde(rename = "callId")]
+        call_id: String,
+        #[serde(borrow)]
+        sdp: &'a serde_json::value::RawValue,
+    }
+
+    /// The event's first argument; the name before it and any later arguments are skipped,
+    /// as socketioxide's `TryData` does.
+    struct FirstArgument<'a>(Fields<'a>);
+
+    impl<'de> serde::Deserialize<'de> for FirstArgument<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Arguments;
+            impl<'de> serde::de::Visitor<'de> for Arguments {
+                type Value = FirstArgument<'de>;
+
+                fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    formatter.write_str("an event with an argument")
+                }
+
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Self::Value, A::Error> {
+                    use serde::de::{Error, IgnoredAny};
+                    seq.next_element::<IgnoredAny>()?
+                        .ok_or_else(|| A::Error::custom("no event name"))?;
+                    let fields = seq
+                        .next_element::<Fields<'de>>()?
+                        .ok_or_else(|| A::Error::custom("no argument"))?;
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(FirstArgument(fields))
+                }
+            }
+            deserializer.deserialize_seq(Arguments)
+        }
+    }
+
+    let FirstArgument(fields) = serde_json::from_str(data).ok()?;
+    if fields.call_id.is_empty() || fields.call_id.len() > MAX_CALL_ID_BYTES {
+        return None;
+    }
+    let sdp = SdpText::from_json(fields.sdp)?;
+    if sdp.len() > MAX_SDP_BYTES {
+        return None;
+    }
+    Some((CallId(fields.call_id), SignalPayload::Sdp { sdp }))
 }
 
 pub fn candidate(map: &Map<String, Value>) -> Result<SignalPayload, ApiError> {
@@ -411,6 +471,114 @@ mod tests {
     fn message(result: Result<impl std::fmt::Debug, ApiError>) -> String {
         let error = result.expect_err("should be refused");
         format!("{} {}", error.code.as_str(), error.message)
+    }
+
+    /// What the generic path makes of an event's data: its first argument as a `Value`, then
+    /// `object`, `call_id` and `sdp`.
+    fn sdp_event_the_long_way(data: &str) -> Result<(CallId, SignalPayload), ApiError> {
+        let arguments: Vec<Value> =
+            serde_json::from_str(data).map_err(|e| invalid("payload", e))?;
+        let first = arguments
+            .get(1)
+            .ok_or_else(|| invalid("payload", "first element not found"))?;
+        let map = object(first)?;
+        Ok((call_id(map)?, sdp(map)?))
+    }
+
+    #[test]
+    fn a_plain_offer_keeps_its_sdp_as_sent() {
+        let data = r#"["signal:offer",{"callId":"c1","sdp":"v=0\r\ns=-\r\n"}]"#;
+        let (id, payload) = sdp_event(data).expect("the plain case");
+        assert_eq!(id, CallId("c1".into()));
+        let SignalPayload::Sdp { sdp: text } = &payload else {
+            panic!("{payload:?}");
+        };
+        assert_eq!(text.as_json(), r#""v=0\r\ns=-\r\n""#);
+        assert_eq!(text.len(), "v=0\r\ns=-\r\n".len());
+        assert_eq!(sdp_event_the_long_way(data).expect("valid"), (id, payload));
+    }
+
+    /// The shortcut takes only what the generic path accepts, with the same result, and leaves
+    /// everything else (refusals included) to it.
+    #[test]
+    fn an_sdp_event_the_shortcut_takes_is_what_the_generic_path_makes_of_it() {
+        let long_sdp = format!(r#""{}""#, "a".repeat(MAX_SDP_BYTES));
+        let too_long_sdp = format!(r#""{}""#, "a".repeat(MAX_SDP_BYTES + 1));
+        let escaped_at_limit = format!(r#""{}""#, r"\n".repeat(MAX_SDP_BYTES));
+        let cases: Vec<(String, bool)> = vec![
+            (
+                r#"["signal:answer",{"sdp":"v=0","callId":"c"}]"#.into(),
+                true,
+            ),
+            (
+                r#" [ "signal:offer" , { "callId" : "c" , "sdp" : "x" } , 1, {"y":2} ] "#.into(),
+                true,
+            ),
+            (
+                format!(r#"["signal:offer",{{"callId":"c","sdp":{long_sdp}}}]"#),
+                true,
+            ),
+            (
+                format!(r#"["signal:offer",{{"callId":"c","sdp":{escaped_at_limit}}}]"#),
+                true,
+            ),
+            (r#"["signal:offer",{"callId":"c","sdp":""}]"#.into(), true),
+            // Left to the generic path.
+            (
+                format!(r#"["signal:offer",{{"callId":"c","sdp":{too_long_sdp}}}]"#),
+                false,
+            ),
+            (
+                r#"["signal:offer",{"callId":"c","sdp":"a\/b"}]"#.into(),
+                false,
+            ),
+            (
+                r#"["signal:offer",{"callId":"c","sdp":"\u0041"}]"#.into(),
+                false,
+            ),
+            (
+                r#"["signal:offer",{"callId":"c","sdp":"\ud800"}]"#.into(),
+                false,
+            ),
+            (r#"["signal:offer",{"callId":"c","sdp":7}]"#.into(), false),
+            (
+                r#"["signal:offer",{"callId":"c","sdp":null}]"#.into(),
+                false,
+            ),
+            (r#"["signal:offer",{"callId":"c"}]"#.into(), false),
+            (r#"["signal:offer",{"callId":"","sdp":"x"}]"#.into(), false),
+            (r#"["signal:offer",{"callId":7,"sdp":"x"}]"#.into(), false),
+            (
+                r#"["signal:offer",{"callId":"c","sdp":"x","extra":1e400}]"#.into(),
+                false,
+            ),
+            (
+                r#"["signal:offer",{"callId":"c","sdp":"x","sdp":"y"}]"#.into(),
+                false,
+            ),
+            (
+                r#"["signal:offer",[{"callId":"c","sdp":"x"}]]"#.into(),
+                false,
+            ),
+            (r#"["signal:offer"]"#.into(), false),
+            (r#"["signal:offer","c"]"#.into(), false),
+        ];
+        for (data, taken) in cases {
+            match sdp_event(&data) {
+                Some(shortcut) => {
+                    assert!(taken, "{data} should be left to the generic path");
+                    let long_way = sdp_event_the_long_way(&data).expect("accepted the long way");
+                    assert_eq!(shortcut, long_way, "{data}");
+                    let (SignalPayload::Sdp { sdp: a }, SignalPayload::Sdp { sdp: b }) =
+                        (&shortcut.1, &long_way.1)
+                    else {
+                        panic!("{data}");
+                    };
+                    assert_eq!(a.len(), b.len(), "{data}");
+                }
+                None => assert!(!taken, "{data} should take the shortcut"),
+            }
+        }
     }
 
     #[test]

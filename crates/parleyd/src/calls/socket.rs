@@ -547,16 +547,17 @@ impl FromMessageParts<LocalAdapter> for Queued {
         if let Some(auth) = &auth {
             ensure_registered(SocketRef::from(socket.clone()), auth);
         }
-        let outcome = match (
-            &auth,
-            TryData::<Value>::from_message_parts(socket, value, ack_id),
-        ) {
+        let outcome = match (&auth, sdp_shortcut(&event, value)) {
             (None, _) => Err(ApiError::unauthorized()),
-            (Some(_), Ok(TryData(Err(e)))) => {
-                Err(ApiError::new(Code::InvalidPayload, format!("payload: {e}")))
-            }
-            (Some(auth), Ok(TryData(Ok(data)))) => queue(auth, &event, &data),
-            (Some(_), Err(never)) => match never {},
+            (Some(auth), Some(request)) => queue(auth, request),
+            (Some(auth), None) => match TryData::<Value>::from_message_parts(socket, value, ack_id)
+            {
+                Ok(TryData(Err(e))) => {
+                    Err(ApiError::new(Code::InvalidPayload, format!("payload: {e}")))
+                }
+                Ok(TryData(Ok(data))) => parse(&event, &data).and_then(|r| queue(auth, r)),
+                Err(never) => match never {},
+            },
         };
         Ok(Queued {
             event,
@@ -566,9 +567,28 @@ impl FromMessageParts<LocalAdapter> for Queued {
     }
 }
 
-/// Checks in the spec's order (payload shape, then the rate limit), then queues the command.
-fn queue(auth: &SocketAuth, event: &str, data: &Value) -> Result<Pending, ApiError> {
-    let request = parse(event, data)?;
+/// An offer or answer in the plain case, read without building a `serde_json::Value` and with
+/// its SDP kept as sent (`payload::sdp_event`, issue 14); `None` sends the event the generic
+/// way (`TryData` and `parse`), which also makes every refusal.
+fn sdp_shortcut(event: &str, value: &socketioxide::handler::Value) -> Option<Request> {
+    let kind = match event {
+        "signal:offer" => SignalKind::Offer,
+        "signal:answer" => SignalKind::Answer,
+        _ => return None,
+    };
+    match value {
+        // Binary attachments are the generic path's to resolve.
+        socketioxide::handler::Value::Str(data, None) => {
+            let (call_id, sdp) = payload::sdp_event(data.as_str())?;
+            Some(Request::Signal(call_id, kind, sdp))
+        }
+        _ => None,
+    }
+}
+
+/// Checks in the spec's order (payload shape, already done by `parse` or `sdp_shortcut`, then
+/// the rate limit), then queues the command.
+fn queue(auth: &SocketAuth, request: Request) -> Result<Pending, ApiError> {
     let allowed = auth
         .bucket
         .lock()
