@@ -70,10 +70,19 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     raise_open_files_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // One worker thread, not one per core: a call setup is a chain of small hand-offs (socket
+    // reads, the driver task, the database's own thread), and with a worker per core tokio kept
+    // waking the other worker to steal work that one thread finishes anyway: on the 2-core
+    // reference machine 94 context switches per call setup against 55 with one worker, and
+    // less CPU per call setup (docs/benchmarks.md, issue 14). The relay has its own thread, the
+    // database its own, password hashes the blocking pool. tokio's own TOKIO_WORKER_THREADS
+    // still sets the count for a machine that needs more.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("parley: cannot start the async runtime: {e}");
