@@ -71,7 +71,7 @@ use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
-    Mutex,
+    Mutex, Notify,
     mpsc::{self, Receiver, error::TrySendError},
     watch,
 };
@@ -232,14 +232,14 @@ where
     /// message is retained; subsequent volatile sends overwrite the previous one.
     volatile_tx: watch::Sender<Option<PacketBuf>>,
 
-    /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
-    /// which is running in a separate task
-    // PATCHED (Parley, see vendor/README.md): crate-visible, for the heartbeat folded into the
-    // WebSocket writer task (`transport::ws::forward_to_socket`).
-    pub(crate) heartbeat_rx: Mutex<Receiver<()>>,
-    /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
-    /// which is running in a separate task
-    pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    /// Notified by the connection when a Pong [`Packet`] (v4 protocol) or a Ping (v3 protocol)
+    /// arrives, for the heartbeat job (its own task, or the WebSocket writer task).
+    ///
+    /// PATCHED (Parley, see vendor/README.md): a [`Notify`] in the socket instead of a
+    /// `mpsc::channel(1)` (`heartbeat_tx` / `heartbeat_rx`), whose shared state was a heap
+    /// allocation of about 0.5 KiB per socket. `notify_one` keeps one permit when nobody
+    /// waits, as `try_send` into a channel of one slot kept one message.
+    pub(crate) heartbeat: Notify,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -269,7 +269,6 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
@@ -283,8 +282,8 @@ where
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            // PATCHED (Parley): see `heartbeat`.
+            heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -362,18 +361,14 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
         let mut interval_tick = tokio::time::interval(interval);
         interval_tick.tick().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
-        heartbeat_rx.try_recv().ok();
+        // PATCHED (Parley): takes the `heartbeat` permit if there is one.
+        self.heartbeat.notified().now_or_never();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
@@ -392,10 +387,10 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "waiting for pong");
 
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
+            // PATCHED (Parley): see `heartbeat`.
+            tokio::time::timeout(timeout, self.heartbeat.notified())
                 .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+                .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "pong received");
@@ -406,19 +401,14 @@ where
 
     #[cfg(feature = "v3")]
     async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
 
         loop {
-            tokio::time::timeout(interval + timeout, heartbeat_rx.recv())
+            // PATCHED (Parley): see `heartbeat`.
+            tokio::time::timeout(interval + timeout, self.heartbeat.notified())
                 .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+                .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
@@ -574,8 +564,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
             .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_rx", &self.heartbeat_rx)
-            .field("heartbeat_tx", &self.heartbeat_tx)
+            .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
             .finish()
@@ -623,7 +612,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
@@ -637,8 +625,8 @@ where
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            // PATCHED (Parley): see `heartbeat`.
+            heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
             close_fn,
 

@@ -192,8 +192,8 @@ where
                 break;
             }
             Ok(Packet::Pong | Packet::Ping) => {
-                // A full channel means that the client is already known to be alive.
-                socket.heartbeat_tx.try_send(()).ok();
+                // A permit already stored means that the client is already known to be alive.
+                socket.heartbeat.notify_one(); // PATCHED (Parley): see `Socket::heartbeat`.
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {

@@ -245,8 +245,8 @@ where
                     break;
                 }
                 Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
+                    // A permit already stored means that the client is already known to be alive.
+                    socket.heartbeat.notify_one(); // PATCHED (Parley): see `Socket::heartbeat`.
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
@@ -343,18 +343,10 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             };
         }
 
-    // PATCHED (Parley): the heartbeat's state, see the doc comment. `pong_rx` is `None` when
+    // PATCHED (Parley): the heartbeat's state, see the doc comment. `beating` is false when
     // there is no heartbeat here, or once it has closed the session.
     let (ping_interval, ping_timeout) = heartbeat.unwrap_or_default();
-    let mut pong_rx = match heartbeat {
-        Some(_) => Some(
-            socket
-                .heartbeat_rx
-                .try_lock()
-                .expect("Pong rx should be locked only once"),
-        ),
-        None => None,
-    };
+    let mut beating = heartbeat.is_some();
     let mut next_ping = tokio::time::Instant::now();
     let mut awaiting_pong = false;
     let mut first_ping = true;
@@ -396,11 +388,11 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 }
             },
             // PATCHED (Parley): the folded heartbeat (see the doc comment).
-            _ = &mut heartbeat_timer, if pong_rx.is_some() => {
+            _ = &mut heartbeat_timer, if beating => {
                 if awaiting_pong {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(id = ?socket.id, "heartbeat error: heartbeat timeout");
-                    pong_rx = None;
+                    beating = false;
                     socket.close(DisconnectReason::HeartbeatTimeout);
                 } else if socket.is_upgrading() {
                     next_ping += ping_interval;
@@ -409,9 +401,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                     if first_ping {
                         // Some clients send the pong packet in first. If that happens, we should consume it.
                         first_ping = false;
-                        if let Some(rx) = pong_rx.as_mut() {
-                            rx.try_recv().ok();
-                        }
+                        futures_util::FutureExt::now_or_never(socket.heartbeat.notified());
                     }
                     #[cfg(feature = "tracing")]
                     tracing::trace!(sid = ?socket.id, "emitting ping");
@@ -419,7 +409,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                         .internal_tx
                         .try_send(Box::new(smallvec![Packet::Ping]));
                     if sent.is_err() {
-                        pong_rx = None;
+                        beating = false;
                         socket.close(DisconnectReason::HeartbeatTimeout);
                     } else {
                         awaiting_pong = true;
@@ -431,21 +421,11 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 }
                 continue;
             },
-            pong = async {
-                match pong_rx.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            }, if awaiting_pong && pong_rx.is_some() => {
-                if pong.is_some() {
-                    #[cfg(feature = "tracing")]
-                    tracing::trace!(sid = ?socket.id, "pong received");
-                    awaiting_pong = false;
-                    heartbeat_timer.as_mut().reset(next_ping);
-                } else {
-                    pong_rx = None;
-                    socket.close(DisconnectReason::HeartbeatTimeout);
-                }
+            _ = socket.heartbeat.notified(), if awaiting_pong && beating => {
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?socket.id, "pong received");
+                awaiting_pong = false;
+                heartbeat_timer.as_mut().reset(next_ping);
                 continue;
             },
         }
