@@ -156,9 +156,11 @@ pub fn socket_layer(state: AppState) -> (RealtimeLayer, SocketIo) {
         .ws_max_message_size(MAX_MESSAGE_BYTES)
         .ws_max_frame_size(MAX_MESSAGE_BYTES)
         // Each frame is written as it is fed, so a burst (presence while many sign in) never
-        // grows a connection's write buffer past one frame: the buffer keeps its peak capacity
-        // for the connection's life (vendor/README.md; 51 -> 44 KiB per idle connection at
-        // 3,000, 71 -> 64 KiB at 5,000: docs/benchmarks.md).
+        // grows a connection's write buffer past one frame (vendor/README.md; 51 -> 44 KiB per
+        // idle connection at 3,000, 71 -> 64 KiB at 5,000: docs/benchmarks.md); and the
+        // vendored tungstenite frees that frame's buffer once it is written, where it used to
+        // keep the largest frame's capacity for the connection's life (17.0 -> 13.2 KiB per
+        // idle connection at 10,000).
         .ws_write_buffer_size(0)
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_payload(MAX_MESSAGE_BYTES as u64)
