@@ -429,10 +429,15 @@ const PEER_DATAGRAM_MAX: usize = 1500;
 /// A relay socket's slot for one datagram: the ChannelData header, the datagram, padding.
 const PEER_SLOT: usize = 4 + PEER_DATAGRAM_MAX + 4;
 
+/// Slots a relay socket's batch starts with. A full batch doubles them, up to [`BATCH`]: an
+/// allocation carrying a call (tens of packets per second) keeps 6 KiB, not 48.
+const PEER_SLOTS_AT_FIRST: usize = 4;
+
 /// The datagrams of a relay socket's last `recvmmsg`, and which of them still wait for the
 /// server (a peer without a channel: `turn` relays it as a Data indication).
 struct PeerBatch {
-    slots: Box<[u8]>,
+    /// Room for as many datagrams as recent batches needed.
+    slots: Vec<u8>,
     received: [Received; BATCH],
     for_server: [bool; BATCH],
     count: usize,
@@ -442,7 +447,7 @@ struct PeerBatch {
 impl PeerBatch {
     fn new() -> Self {
         PeerBatch {
-            slots: vec![0; BATCH * PEER_SLOT].into_boxed_slice(),
+            slots: vec![0; PEER_SLOTS_AT_FIRST * PEER_SLOT],
             received: [Received::default(); BATCH],
             for_server: [false; BATCH],
             count: 0,
@@ -501,6 +506,10 @@ impl RelayConn {
             .await?;
         batch.count = count;
         batch.next = 0;
+        if count == batch.slots.len() / PEER_SLOT && count < BATCH {
+            // Full: more may be waiting next time. New slots are only written after this batch.
+            batch.slots.resize((count * 2).min(BATCH) * PEER_SLOT, 0);
+        }
         let mut accepted = [false; BATCH];
         for (i, received) in batch.received[..count].iter().enumerate() {
             accepted[i] = received
