@@ -158,6 +158,13 @@ pub(crate) fn reply_control(local: LocalDestination, socket_is_v6: bool) -> Opti
     }
 }
 
+/// A reply sent from the address a client used failed because that address went away since
+/// (EADDRNOTAVAIL, EINVAL): the kernel's choice of source is the best left.
+pub(crate) fn source_went_away(err: &std::io::Error) -> bool {
+    err.raw_os_error()
+        .is_some_and(|e| e == libc::EADDRNOTAVAIL || e == libc::EINVAL)
+}
+
 /// An address as the server should see it: IPv4-mapped IPv6 becomes IPv4.
 pub(crate) fn normalise(address: SocketAddr) -> SocketAddr {
     match address {
@@ -451,10 +458,7 @@ impl PktinfoConn {
                 Ok(n) => return Ok(n),
                 // The address went away since the client used it (EADDRNOTAVAIL, EINVAL):
                 // the kernel's choice is the best left.
-                Err(err)
-                    if err
-                        .raw_os_error()
-                        .is_some_and(|e| e == libc::EADDRNOTAVAIL || e == libc::EINVAL) => {}
+                Err(err) if source_went_away(&err) => {}
                 Err(err) => return Err(err),
             }
         }

@@ -369,10 +369,7 @@ async fn send_one(
             .await
         {
             Ok(n) => return Ok(n),
-            Err(err)
-                if err
-                    .raw_os_error()
-                    .is_some_and(|e| e == libc::EADDRNOTAVAIL || e == libc::EINVAL) => {}
+            Err(err) if crate::pktinfo::source_went_away(&err) => {}
             Err(err) => return Err(err),
         }
     }
