@@ -392,6 +392,9 @@ export async function signIn(page, username, password) {
   await page.getByRole("button", { name: "Sign out" }).waitFor();
   // An empty list has no size, so wait for it to exist rather than to be visible.
   await page.getByRole("list", { name: "People" }).waitFor({ state: "attached" });
+  // Signed in means this device is registered with the server too (its `session` arrived):
+  // until then a call placed from here, or over HTTP for this user, is DEVICE_REQUIRED.
+  await page.getByText("Connecting to server…").waitFor({ state: "hidden" });
 }
 
 /** The list item for a person in the directory. */

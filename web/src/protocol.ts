@@ -8,7 +8,9 @@ import type { Ack, Call, CallEnded, Id, Presence, Session } from "./types";
 const ACK_TIMEOUT_MS = 10_000;
 
 export interface ServerEvents {
-  /** Connected (again): the server's `session` follows. */
+  /** Connected (again) and registered: the server's `session` arrived, so this device can
+   *  place and receive calls. The Socket.IO `connect` alone comes before the server has
+   *  registered the device, and a call placed then is refused with `DEVICE_REQUIRED`. */
   connected(): void;
   /** Lost the server (network, restart); socket.io reconnects by itself. */
   disconnected(): void;
@@ -41,12 +43,14 @@ export class Connection {
       if (error.data?.code === "UNAUTHORIZED" || error.message === "UNAUTHORIZED") events.unauthorized();
       else events.disconnected();
     });
-    sock.on("connect", () => events.connected());
     sock.on("disconnect", (reason) => {
       events.disconnected();
       if (reason === "io server disconnect") events.closedByServer();
     });
-    sock.on("session", (data: Session) => events.session(data));
+    sock.on("session", (data: Session) => {
+      events.connected();
+      events.session(data);
+    });
     sock.on("presence:update", (data: { changes?: { userId: Id; status: Presence }[] }) => events.presence(data?.changes ?? []));
     sock.on("call:incoming", (data: { call: Call }) => events.incoming(data.call));
     sock.on("call:accepted", (data: { call: Call }) => events.accepted(data.call));
