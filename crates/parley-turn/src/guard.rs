@@ -35,7 +35,7 @@ use crate::pktinfo::PktinfoConn;
 use crate::policy::PeerPolicy;
 use crate::quota::{AllocationKey, Quotas};
 use crate::relay_socket::RelayLink;
-use crate::udp_batch::{BATCH, Received};
+use crate::udp_batch::{BATCH, Batch};
 
 /// Source address of the requests the guard injects to purge the server's old nonces; the
 /// server's answers to it are swallowed. TEST-NET-1, never a real client.
@@ -382,15 +382,10 @@ pub(crate) struct GuardConn {
 /// `INBOUND_MTU`); longer datagrams are truncated, as the server's own read truncates them.
 const LISTENER_SLOT: usize = 1500;
 
-/// The datagrams of a UDP listener's last `recvmmsg`: which of them still wait for the
-/// server, and the fast path's sends being gathered.
+/// A UDP listener's last `recvmmsg` and the fast path's sends being gathered.
 struct ListenerBatch {
-    slots: Box<[u8]>,
-    received: [Received; BATCH],
-    for_server: [bool; BATCH],
-    count: usize,
-    next: usize,
-    /// ChannelData for peers: the relay socket, the peer, the payload's range in `slots`.
+    datagrams: Batch,
+    /// ChannelData for peers: the relay socket, the peer, the payload's range in the slots.
     /// Kept between batches for its capacity.
     to_peers: Vec<(Arc<RelayLink>, SocketAddr, std::ops::Range<usize>)>,
 }
@@ -398,28 +393,9 @@ struct ListenerBatch {
 impl ListenerBatch {
     fn new() -> Self {
         ListenerBatch {
-            slots: vec![0; BATCH * LISTENER_SLOT].into_boxed_slice(),
-            received: [Received::default(); BATCH],
-            for_server: [false; BATCH],
-            count: 0,
-            next: 0,
+            datagrams: Batch::new(LISTENER_SLOT, 0, BATCH),
             to_peers: Vec::with_capacity(BATCH),
         }
-    }
-
-    /// The next datagram of the batch that goes to the server, copied into `buf`.
-    fn next_for_server(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-        while self.next < self.count {
-            let i = self.next;
-            self.next += 1;
-            if let (true, Some(from)) = (self.for_server[i], self.received[i].from) {
-                let n = self.received[i].len.min(buf.len());
-                let start = i * LISTENER_SLOT;
-                buf[..n].copy_from_slice(&self.slots[start..start + n]);
-                return Some((n, from));
-            }
-        }
-        None
     }
 }
 
@@ -473,19 +449,18 @@ impl GuardConn {
         socket: &PktinfoConn,
         batch: &mut ListenerBatch,
     ) -> std::io::Result<()> {
+        let datagrams = &mut batch.datagrams;
         let count = socket
-            .recv_batch(&mut batch.slots, LISTENER_SLOT, &mut batch.received)
+            .recv_batch(&mut datagrams.slots, LISTENER_SLOT, &mut datagrams.received)
             .await?;
-        batch.count = count;
-        batch.next = 0;
+        datagrams.read(count);
         let now = Instant::now();
         for i in 0..count {
-            batch.for_server[i] = false;
-            let Some(source) = batch.received[i].from else {
+            let Some(source) = datagrams.received[i].from else {
                 continue; // no source address: it cannot be answered
             };
-            let start = i * LISTENER_SLOT;
-            let datagram = &batch.slots[start..start + batch.received[i].len];
+            let start = datagrams.start(i);
+            let datagram = &datagrams.slots[start..start + datagrams.received[i].len];
             match decide(&self.shared, self.local, datagram, source) {
                 Decision::Forward => match self.fast_route(datagram, source, now) {
                     Some((link, peer, payload)) => batch.to_peers.push((
@@ -493,7 +468,7 @@ impl GuardConn {
                         peer,
                         start + payload.start..start + payload.end,
                     )),
-                    None => batch.for_server[i] = true,
+                    None => datagrams.for_server[i] = true,
                 },
                 Decision::Drop => {}
                 Decision::Answer(response) => {
@@ -518,7 +493,7 @@ impl GuardConn {
             for (other, (other_link, other_peer, range)) in to_peers.iter().enumerate().skip(first)
             {
                 if !sent[other] && Arc::ptr_eq(other_link, link) && other_peer == peer {
-                    payloads[gathered] = IoSlice::new(&batch.slots[range.clone()]);
+                    payloads[gathered] = IoSlice::new(&batch.datagrams.slots[range.clone()]);
                     gathered += 1;
                     sent[other] = true;
                 }
@@ -624,7 +599,7 @@ impl Conn for GuardConn {
                     buf[..purge.len()].copy_from_slice(&purge);
                     return Ok((purge.len(), PURGE_SOURCE));
                 }
-                if let Some(next) = batch.next_for_server(buf) {
+                if let Some(next) = batch.datagrams.next_for_server(buf) {
                     return Ok(next);
                 }
                 if let Err(err) = self.handle_batch(socket, &mut batch).await {

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::pktinfo::PktinfoConn;
 #[cfg(test)]
 use crate::policy::PeerPolicy;
-use crate::udp_batch::{self, BATCH, Gso, Received};
+use crate::udp_batch::{self, BATCH, Batch, Gso};
 
 /// How many ports of the range one allocation tries before giving up (508 to the client).
 const MAX_PORT_ATTEMPTS: u32 = 64;
@@ -433,62 +433,24 @@ const PEER_SLOT: usize = 4 + PEER_DATAGRAM_MAX + 4;
 /// allocation carrying a call (tens of packets per second) keeps 6 KiB, not 48.
 const PEER_SLOTS_AT_FIRST: usize = 4;
 
-/// The datagrams of a relay socket's last `recvmmsg`, and which of them still wait for the
-/// server (a peer without a channel: `turn` relays it as a Data indication).
-struct PeerBatch {
-    /// Room for as many datagrams as recent batches needed.
-    slots: Vec<u8>,
-    received: [Received; BATCH],
-    for_server: [bool; BATCH],
-    count: usize,
-    next: usize,
-}
-
-impl PeerBatch {
-    fn new() -> Self {
-        PeerBatch {
-            slots: vec![0; PEER_SLOTS_AT_FIRST * PEER_SLOT],
-            received: [Received::default(); BATCH],
-            for_server: [false; BATCH],
-            count: 0,
-            next: 0,
-        }
-    }
-
-    /// The next datagram of the batch that goes to the server, copied into `buf`.
-    fn next_for_server(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-        while self.next < self.count {
-            let i = self.next;
-            self.next += 1;
-            if let (true, Some(from)) = (self.for_server[i], self.received[i].from) {
-                let n = self.received[i].len.min(buf.len());
-                let start = i * PEER_SLOT + 4;
-                buf[..n].copy_from_slice(&self.slots[start..start + n]);
-                return Some((n, from));
-            }
-        }
-        None
-    }
-}
-
 /// One allocation's relay socket as the server's `Conn`.
 struct RelayConn {
     link: Arc<RelayLink>,
     /// Only `turn`'s one reader task of this socket takes it, so it never waits.
-    batch: tokio::sync::Mutex<PeerBatch>,
+    batch: tokio::sync::Mutex<Batch>,
 }
 
 impl RelayConn {
     fn new(link: Arc<RelayLink>) -> Self {
         RelayConn {
             link,
-            batch: tokio::sync::Mutex::new(PeerBatch::new()),
+            batch: tokio::sync::Mutex::new(Batch::new(PEER_SLOT, 4, PEER_SLOTS_AT_FIRST)),
         }
     }
 
     /// Reads a batch from peers, relays what has a channel straight to the client (one
     /// send for the batch where GSO allows), and marks the rest for the server.
-    async fn relay_batch(&self, batch: &mut PeerBatch) -> std::io::Result<()> {
+    async fn relay_batch(&self, batch: &mut Batch) -> std::io::Result<()> {
         let fd = self.link.socket.as_raw_fd();
         let count = self
             .link
@@ -504,9 +466,8 @@ impl RelayConn {
                 )
             })
             .await?;
-        batch.count = count;
-        batch.next = 0;
-        if count == batch.slots.len() / PEER_SLOT && count < BATCH {
+        batch.read(count);
+        if count == batch.capacity() && count < BATCH {
             // Full: more may be waiting next time. New slots are only written after this batch.
             batch.slots.resize((count * 2).min(BATCH) * PEER_SLOT, 0);
         }

@@ -115,6 +115,69 @@ pub(crate) struct Received {
     pub local: Option<LocalDestination>,
 }
 
+/// The datagrams of a socket's last [`recv_batch`], datagram `i` at `start(i)` in `slots`
+/// (one slot of `slot_len` bytes each, the datagram `offset` bytes into it), and which of them
+/// still wait for the `turn` server, which reads them one at a time in arrival order after
+/// the fast path took its share. A UDP listener's batch and a relay socket's are this one
+/// type with their own slot shape.
+pub(crate) struct Batch {
+    pub slots: Vec<u8>,
+    pub received: [Received; BATCH],
+    pub for_server: [bool; BATCH],
+    slot_len: usize,
+    offset: usize,
+    count: usize,
+    next: usize,
+}
+
+impl Batch {
+    /// A batch with room for `slots` datagrams at first (a caller may grow `slots`).
+    pub fn new(slot_len: usize, offset: usize, slots: usize) -> Self {
+        Batch {
+            slots: vec![0; slots * slot_len],
+            received: [Received::default(); BATCH],
+            for_server: [false; BATCH],
+            slot_len,
+            offset,
+            count: 0,
+            next: 0,
+        }
+    }
+
+    /// `count` datagrams were just read into the slots; none is marked for the server yet.
+    pub fn read(&mut self, count: usize) {
+        self.count = count;
+        self.next = 0;
+        self.for_server[..count].fill(false);
+    }
+
+    /// Where datagram `i` starts in `slots`.
+    pub fn start(&self, i: usize) -> usize {
+        i * self.slot_len + self.offset
+    }
+
+    /// Slots `slots` has room for.
+    pub fn capacity(&self) -> usize {
+        self.slots.len() / self.slot_len
+    }
+
+    /// The next datagram of the batch that goes to the server, copied into `buf` (truncated
+    /// to it, as a single `recv_from` truncates), with its source.
+    pub fn next_for_server(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        while self.next < self.count {
+            let i = self.next;
+            self.next += 1;
+            if let (true, Some(from)) = (self.for_server[i], self.received[i].from) {
+                let n = self.received[i].len.min(buf.len());
+                let start = self.start(i);
+                buf[..n].copy_from_slice(&self.slots[start..start + n]);
+                return Some((n, from));
+            }
+        }
+        None
+    }
+}
+
 /// Room for one `in6_pktinfo` (or `in_pktinfo`) control message per datagram.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
@@ -379,6 +442,66 @@ async fn send_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch of three datagrams "a", "bb", "ccc" from three sources, in slots of 8 bytes
+    /// with each datagram 2 bytes in.
+    fn three_read() -> Batch {
+        let mut batch = Batch::new(8, 2, 4);
+        for (i, datagram) in [&b"a"[..], b"bb", b"ccc"].into_iter().enumerate() {
+            let start = batch.start(i);
+            batch.slots[start..start + datagram.len()].copy_from_slice(datagram);
+            batch.received[i] = Received {
+                len: datagram.len(),
+                from: Some(SocketAddr::from(([192, 0, 2, 1], 5000 + i as u16))),
+                local: None,
+            };
+        }
+        batch.for_server = [true; BATCH]; // left over from an earlier batch
+        batch.read(3);
+        batch
+    }
+
+    #[test]
+    fn the_server_reads_only_what_the_fast_path_left_in_arrival_order() {
+        let mut batch = three_read();
+        assert_eq!(
+            batch.next_for_server(&mut [0; 16]),
+            None,
+            "a new batch starts unmarked"
+        );
+        let mut batch = three_read();
+        batch.for_server[0] = true;
+        batch.for_server[2] = true;
+        let mut buf = [0; 16];
+        assert_eq!(
+            batch.next_for_server(&mut buf),
+            Some((1, SocketAddr::from(([192, 0, 2, 1], 5000))))
+        );
+        assert_eq!(&buf[..1], b"a");
+        assert_eq!(
+            batch.next_for_server(&mut buf),
+            Some((3, SocketAddr::from(([192, 0, 2, 1], 5002))))
+        );
+        assert_eq!(&buf[..3], b"ccc");
+        assert_eq!(batch.next_for_server(&mut buf), None);
+    }
+
+    #[test]
+    fn a_datagram_longer_than_the_servers_buffer_is_truncated_as_recv_from_would() {
+        let mut batch = three_read();
+        batch.for_server[2] = true;
+        let mut buf = [0; 2];
+        assert_eq!(batch.next_for_server(&mut buf).map(|(n, _)| n), Some(2));
+        assert_eq!(&buf, b"cc");
+    }
+
+    #[test]
+    fn a_datagram_without_a_source_never_reaches_the_server() {
+        let mut batch = three_read();
+        batch.received[1].from = None;
+        batch.for_server[1] = true;
+        assert_eq!(batch.next_for_server(&mut [0; 16]), None);
+    }
 
     fn run(lengths: &[usize]) -> usize {
         gso_run(lengths.iter().copied())
