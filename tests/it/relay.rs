@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parley_turn::probe::{ProbeTransport, TurnClient};
 
-use crate::daemon::{free_port, parley_binary, parse_response, request_head};
+use crate::daemon::{doctor, free_port, parley_binary, parse_response, request_head};
 use crate::turnutils::{Peer, assert_no_loss, uclient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -518,18 +518,8 @@ async fn readiness_and_metrics_report_the_relay() {
 #[tokio::test]
 async fn doctor_checks_every_listener_of_a_running_daemon() {
     let daemon = start_daemon("allowed_peer_ranges = [\"127.0.0.0/8\"]\n", false).await;
-    let output = Command::new(parley_binary())
-        .arg("--config")
-        .arg(&daemon.config)
-        .arg("doctor")
-        .output()
-        .expect("run parley doctor");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "doctor failed:\n{text}");
+    let (passed, text) = doctor(&daemon.config);
+    assert!(passed, "doctor failed:\n{text}");
     for transport in ["udp", "tcp"] {
         let line = text
             .lines()
@@ -544,21 +534,8 @@ async fn doctor_checks_every_listener_of_a_running_daemon() {
 
     // The default policy refuses the loopback relay address: doctor says what to change.
     let daemon = start_daemon("", false).await;
-    let output = Command::new(parley_binary())
-        .arg("--config")
-        .arg(&daemon.config)
-        .arg("doctor")
-        .output()
-        .expect("run parley doctor");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        !output.status.success(),
-        "doctor passed a relay that cannot relay:\n{text}"
-    );
+    let (passed, text) = doctor(&daemon.config);
+    assert!(!passed, "doctor passed a relay that cannot relay:\n{text}");
     assert!(
         text.contains("FAIL") && text.contains("turn.relay_address"),
         "{text}"
