@@ -73,7 +73,6 @@ use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
     Mutex, Notify,
     mpsc::{self, Receiver, error::TrySendError},
-    watch,
 };
 
 pub use engineioxide_core::Sid;
@@ -165,22 +164,58 @@ impl Permit<'_> {
 /// 32 pointers (about 0.3 KiB), for one allocation per queued packet buffer.
 pub(crate) type QueuedPackets = Box<PacketBuf>;
 
+/// PATCHED (Parley, see vendor/README.md): the volatile packets waiting to be sent, in place of
+/// a `watch::channel(None)` (`volatile_tx` / `volatile_rx`), whose shared state was a heap
+/// allocation of about 0.5 KiB made for every socket, although volatile packets are rare.
+/// The same rules: only the latest packets are kept (a send replaces what was not sent yet),
+/// and the connection that holds [`Socket::internal_rx`] takes them when it is woken.
+#[derive(Debug, Default)]
+pub(crate) struct VolatileSlot {
+    /// Boxed: a `PacketBuf` inline would add its 170 bytes to every socket.
+    latest: std::sync::Mutex<Option<QueuedPackets>>,
+    /// `notify_one` keeps one permit when nobody waits, as the watch channel kept its version.
+    sent: Notify,
+}
+
+impl VolatileSlot {
+    /// Replaces the packets not sent yet, if any, and wakes the connection.
+    fn put(&self, packets: PacketBuf) {
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(packets));
+        self.sent.notify_one();
+    }
+
+    /// The latest packets, once some are there. Cancel-safe: packets are only taken in the
+    /// same poll that returns them, and a wake-up of a dropped call is passed on by [`Notify`].
+    pub(crate) async fn next(&self) -> QueuedPackets {
+        loop {
+            self.sent.notified().await;
+            let taken = self
+                .latest
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(packets) = taken {
+                return packets;
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct InternalRx {
     pub buffered_rx: Receiver<QueuedPackets>,
     pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
+    // PATCHED (Parley): the volatile receiver is `Socket::volatile`, see `VolatileSlot`.
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<QueuedPackets>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
+    fn new(buffered_rx: Receiver<QueuedPackets>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
-            volatile_rx,
         }
     }
 }
@@ -227,10 +262,10 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<QueuedPackets>,
 
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
+    /// Volatile [PacketBuf]s that bypass the internal buffer: only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
+    /// PATCHED (Parley): a [`VolatileSlot`] instead of a `watch` channel.
+    pub(crate) volatile: VolatileSlot,
 
     /// Notified by the connection when a Pong [`Packet`] (v4 protocol) or a Ping (v3 protocol)
     /// arrives, for the heartbeat job (its own task, or the WebSocket writer task).
@@ -269,7 +304,6 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
             id: Sid::new(),
@@ -277,10 +311,11 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            // PATCHED (Parley): see `VolatileSlot`.
+            volatile: VolatileSlot::default(),
 
             // PATCHED (Parley): see `heartbeat`.
             heartbeat: Notify::new(),
@@ -552,7 +587,10 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        // PATCHED (Parley): see `VolatileSlot`. The watch channel's send failed only without a
+        // receiver, and its receiver lived in this socket: it never failed.
+        self.volatile.put(packets);
+        true
     }
 }
 
@@ -612,7 +650,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
             id: sid,
@@ -620,10 +657,11 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            // PATCHED (Parley): see `VolatileSlot`.
+            volatile: VolatileSlot::default(),
 
             // PATCHED (Parley): see `heartbeat`.
             heartbeat: Notify::new(),

@@ -304,11 +304,8 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    // PATCHED (Parley): the volatile packets come from `socket.volatile` (`VolatileSlot`).
+    let InternalRx { buffered_rx, .. } = &mut *internal_rx;
 
     // map a packet to a websocket message
     // It is declared as a macro rather than a closure to avoid ownership issues
@@ -376,15 +373,13 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                // PATCHED (Parley): boxed and drained in place, as the buffered packets above.
-                let val = volatile_rx.borrow_and_update().clone().map(Box::new);
-                if let Some(mut packets) = val {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets.drain(..) {
-                        map_fn!(item);
-                    }
+            // PATCHED (Parley): taken from the socket's `VolatileSlot` instead of a watch
+            // channel; boxed and drained in place, as the buffered packets above.
+            mut packets = socket.volatile.next() => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
+                for item in packets.drain(..) {
+                    map_fn!(item);
                 }
             },
             // PATCHED (Parley): the folded heartbeat (see the doc comment).
