@@ -31,7 +31,7 @@
 //!     fn on_connect(self: Arc<Self>, socket: Arc<Socket<SocketState>>) {
 //!         // Get the request made to initialize the connection
 //!         // and check that the authorization header is correct
-//!         let connected = socket.req_parts.headers.get("Authorization")
+//!         let connected = socket.req_parts().headers.get("Authorization")
 //!             .map(|a| a == "mysuperpassword!").unwrap_or_default();
 //!         // Close the socket if the authentication is invalid
 //!         if !connected {
@@ -285,7 +285,12 @@ where
     pub data: D,
 
     /// Http Request data used to create a socket
-    pub req_parts: Parts,
+    ///
+    /// PATCHED (Parley, see vendor/README.md): behind [`Socket::req_parts`] and
+    /// [`Socket::release_req_parts`] instead of a public `Parts` field, so that a server that
+    /// has read what it needs (in a connect middleware) can drop it: kept for the socket's
+    /// life, the request's headers, URI and extensions were about 0.85 KiB per idle socket.
+    req_parts: std::sync::Mutex<Option<Arc<Parts>>>,
 
     /// If the client supports binary packets (via polling XHR2)
     pub(crate) supports_binary: bool,
@@ -324,7 +329,8 @@ where
             close_fn,
 
             data: D::default(),
-            req_parts,
+            // PATCHED (Parley): see `req_parts`.
+            req_parts: std::sync::Mutex::new(Some(Arc::new(req_parts))),
 
             supports_binary,
         }
@@ -586,6 +592,33 @@ where
         self.send_volatile(packets)
     }
 
+    /// The HTTP request parts of the request that created this socket, or empty parts (a GET
+    /// of `/` without headers or extensions) once [`Socket::release_req_parts`] was called.
+    ///
+    /// PATCHED (Parley, see vendor/README.md): was the public field `req_parts`.
+    pub fn req_parts(&self) -> Arc<Parts> {
+        let kept = self
+            .req_parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        kept.unwrap_or_else(|| Arc::new(http::Request::<()>::default().into_parts().0))
+    }
+
+    /// Drops the HTTP request parts kept for this socket (headers, URI and extensions, with
+    /// whatever a middleware put there), for a server that has read what it needs from them.
+    /// Afterwards [`Socket::req_parts`] returns empty parts.
+    ///
+    /// PATCHED (Parley, see vendor/README.md): new.
+    pub fn release_req_parts(&self) {
+        let released = self
+            .req_parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(released);
+    }
+
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
         // PATCHED (Parley): see `VolatileSlot`. The watch channel's send failed only without a
         // receiver, and its receiver lived in this socket: it never failed.
@@ -669,7 +702,10 @@ where
             close_fn,
 
             data: D::default(),
-            req_parts: http::Request::<()>::default().into_parts().0,
+            // PATCHED (Parley): see `req_parts`.
+            req_parts: std::sync::Mutex::new(Some(Arc::new(
+                http::Request::<()>::default().into_parts().0,
+            ))),
 
             supports_binary: true,
         };

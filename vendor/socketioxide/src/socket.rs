@@ -674,8 +674,23 @@ impl<A: Adapter> Socket<A> {
     /// # Get the request info made by the client to connect.
     ///
     /// It might be used to retrieve the [`http::Extensions`]
-    pub fn req_parts(&self) -> &http::request::Parts {
-        &self.esocket.req_parts
+    ///
+    /// PATCHED (Parley, see vendor/README.md): an `Arc` (was `&Parts`), and empty parts once
+    /// [`Socket::release_req_parts`] was called.
+    pub fn req_parts(&self) -> Arc<http::request::Parts> {
+        self.esocket.req_parts()
+    }
+
+    /// # Drop the request info kept for this socket.
+    ///
+    /// For a server that has read what it needs from [`Socket::req_parts`] (in a connect
+    /// middleware, say): the request's headers, URI and extensions are otherwise kept for the
+    /// socket's life. Afterwards `req_parts` returns empty parts, and the
+    /// [`HttpExtension`](crate::extract::HttpExtension) extractors find nothing.
+    ///
+    /// PATCHED (Parley, see vendor/README.md): new.
+    pub fn release_req_parts(&self) {
+        self.esocket.release_req_parts();
     }
 
     /// # Get the [`TransportType`](crate::TransportType) used by the client to connect with this [`Socket`].
