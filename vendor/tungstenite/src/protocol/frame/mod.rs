@@ -189,6 +189,10 @@ impl FrameCodec {
                     // Reserve full message length only once, even for multiple
                     // loops or if WouldBlock errors cause multiple fn calls.
                     self.in_buffer.reserve(len);
+                } else if self.in_buffer.capacity() == 0 {
+                    // PATCHED (Parley, issue 14): the buffer was released while idle (see
+                    // `read_in`); a whole read's worth, not just a header's, as `new` gave it.
+                    self.in_buffer.reserve(self.in_buf_max_read);
                 } else {
                     self.in_buffer.reserve(FrameHeader::MAX_SIZE);
                 }
@@ -237,6 +241,15 @@ impl FrameCodec {
         self.in_buffer.resize(self.in_buffer.capacity().min(len + self.in_buf_max_read), 0);
         let size = stream.read(&mut self.in_buffer[len..]);
         self.in_buffer.truncate(len + size.as_ref().copied().unwrap_or(0));
+        // PATCHED (Parley, issue 14): nothing to read and nothing kept (no partial frame): the
+        // buffer is released until data comes, so an idle connection, which spends its life
+        // waiting here, keeps no read buffer. The next read allocates it again.
+        if len == 0
+            && self.header.is_none()
+            && matches!(&size, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        {
+            self.in_buffer = BytesMut::new();
+        }
         size
     }
 
