@@ -781,8 +781,8 @@ async fn record_stats(
 /// The Socket.IO layer plus the cap on unauthenticated connections per client address
 /// (`http.max_unauthenticated_per_address`): a new Engine.IO connection (a `/socket.io/`
 /// request without `sid`) takes a place for its address, kept in the request's extensions,
-/// which engineioxide keeps for the connection's life; authenticating gives it back, and so
-/// does the connection going away. One over the cap is answered 429 `RATE_LIMITED`.
+/// which engineioxide keeps until `authenticate` releases them; authenticating gives the place
+/// back, and so does the connection going away. One over the cap is answered 429 `RATE_LIMITED`.
 #[derive(Clone)]
 pub struct RealtimeLayer {
     sockets: SocketIoLayer,
