@@ -82,8 +82,17 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // One connection (issue 14). Each sqlx connection has its own thread and its own page
+        // cache, and a commit on one empties the others' caches: with four, the pool's
+        // round-robin handed every query a connection whose cache the last write had emptied
+        // (40 pread64 per call setup; 0.2 with one). The daemon's writes are one writer task
+        // anyway and its reads are single-row lookups; the cost is that a read can wait behind
+        // a commit's fsync. No ping before each use (`test_before_acquire`): a file's
+        // connection does not go stale like a network one, and the ping was one more round
+        // trip to the connection's thread per query (sqlx still pings on release).
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| classify_open_error(path, e))?;
