@@ -18,7 +18,7 @@ pub mod quality;
 mod sessions;
 mod users;
 
-pub use sessions::{NewSession, Session};
+pub use sessions::{NewSession, Session, SessionUnusable, UserKey};
 pub use users::User;
 
 /// A handle to the database; cheap to clone.

@@ -7,6 +7,18 @@ use sha2::{Digest, Sha256};
 
 use crate::{Result, Store, User, unix_millis_now};
 
+/// How [`Store::callee_for_session`] is told which user: by id or by username (any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKey<'a> {
+    Id(i64),
+    Name(&'a str),
+}
+
+/// The login session no longer authenticates anyone: revoked, expired, deleted, or of a
+/// disabled or removed user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionUnusable;
+
 /// A live session, as the server sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -143,6 +155,73 @@ impl Store {
             unusable.extend(chunk.iter().copied().filter(|id| !usable.contains(id)));
         }
         Ok(unusable)
+    }
+
+    /// The user `callee` names (`None`: no such user, or removed), asked together with whether
+    /// the login session `session_id` still authenticates anyone (as [`Store::unusable_sessions`]
+    /// decides it): `Err(SessionUnusable)` when it does not, whatever the callee. One query where
+    /// `call:initiate` made two, each a round trip to a database thread (issue 14).
+    pub async fn callee_for_session(
+        &self,
+        session_id: i64,
+        callee: UserKey<'_>,
+    ) -> Result<std::result::Result<Option<User>, SessionUnusable>> {
+        // `FROM (SELECT 1) LEFT JOIN`: one row whether or not the callee exists, so the session
+        // verdict always comes back. `c.username = ?` compares with the column's NOCASE
+        // collation, as `user_by_username` does.
+        const BY_ID: &str =
+            "SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
+                    WHERE s.id = ? AND s.revoked_at IS NULL AND s.expires_at > ?
+                      AND u.disabled = 0 AND u.removed = 0),
+                c.id, c.username, c.display_name, c.disabled, c.created_at
+             FROM (SELECT 1) LEFT JOIN users c ON c.id = ? AND c.removed = 0";
+        const BY_NAME: &str =
+            "SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
+                    WHERE s.id = ? AND s.revoked_at IS NULL AND s.expires_at > ?
+                      AND u.disabled = 0 AND u.removed = 0),
+                c.id, c.username, c.display_name, c.disabled, c.created_at
+             FROM (SELECT 1) LEFT JOIN users c ON c.username = ? AND c.removed = 0";
+        type Row = (
+            bool,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<bool>,
+            Option<i64>,
+        );
+        let query = match callee {
+            UserKey::Id(_) => sqlx::query_as::<_, Row>(BY_ID),
+            UserKey::Name(_) => sqlx::query_as::<_, Row>(BY_NAME),
+        }
+        .bind(session_id)
+        .bind(unix_millis_now());
+        let query = match callee {
+            UserKey::Id(id) => query.bind(id),
+            UserKey::Name(name) => query.bind(name),
+        };
+        let (usable, id, username, display_name, disabled, created_at) =
+            query.fetch_one(self.pool()).await?;
+        if !usable {
+            return Ok(Err(SessionUnusable));
+        }
+        Ok(Ok(
+            match (id, username, display_name, disabled, created_at) {
+                (
+                    Some(id),
+                    Some(username),
+                    Some(display_name),
+                    Some(disabled),
+                    Some(created_at),
+                ) => Some(User {
+                    id,
+                    username,
+                    display_name,
+                    disabled,
+                    created_at,
+                }),
+                _ => None,
+            },
+        ))
     }
 
     /// Deletes sessions that expired or were revoked more than a day ago.

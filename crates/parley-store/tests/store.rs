@@ -208,3 +208,65 @@ async fn a_second_handle_sees_writes_of_the_first() {
     cli.create_user("frank", None, "password-1").await.unwrap();
     assert!(daemon.user_by_username("frank").await.unwrap().is_some());
 }
+
+/// `call:initiate`'s one query: the callee by id or by name (any case), `None` for no such
+/// user, and the caller's session refused whatever the callee once it no longer stands
+/// (issue 14: it used to be two queries).
+#[tokio::test]
+async fn the_callee_lookup_also_answers_whether_the_callers_session_stands() {
+    use parley_store::{SessionUnusable, UserKey};
+    let (_dir, store) = fresh().await;
+    let caller = store.create_user("gina", None, "password-1").await.unwrap();
+    let callee = store
+        .create_user("Hank", Some("Hank H"), "password-1")
+        .await
+        .unwrap();
+    let session = store.create_session(caller.id, 3600).await.unwrap().session;
+
+    let by_id = store
+        .callee_for_session(session.id, UserKey::Id(callee.id))
+        .await
+        .unwrap();
+    assert_eq!(by_id, Ok(Some(callee.clone())));
+    let by_name = store
+        .callee_for_session(session.id, UserKey::Name("hANK"))
+        .await
+        .unwrap();
+    assert_eq!(by_name, Ok(Some(callee.clone())));
+    for nobody in [UserKey::Name("ivan"), UserKey::Id(callee.id + 100)] {
+        let found = store.callee_for_session(session.id, nobody).await.unwrap();
+        assert_eq!(found, Ok(None), "{nobody:?}");
+    }
+    // A disabled callee is still found (the daemon answers USER_NOT_FOUND for it); a removed
+    // one is not.
+    store.set_disabled("Hank", true).await.unwrap();
+    let disabled = store
+        .callee_for_session(session.id, UserKey::Id(callee.id))
+        .await
+        .unwrap();
+    assert!(disabled.unwrap().unwrap().disabled);
+    store.remove_user("Hank").await.unwrap();
+    let removed = store
+        .callee_for_session(session.id, UserKey::Id(callee.id))
+        .await
+        .unwrap();
+    assert_eq!(removed, Ok(None));
+
+    let other = store.create_user("ivan", None, "password-1").await.unwrap();
+    store.revoke_session(session.id).await.unwrap();
+    for key in [
+        UserKey::Id(other.id),
+        UserKey::Name("ivan"),
+        UserKey::Name("nobody"),
+    ] {
+        let found = store.callee_for_session(session.id, key).await.unwrap();
+        assert_eq!(found, Err(SessionUnusable), "{key:?}");
+    }
+    let fresh_session = store.create_session(caller.id, 3600).await.unwrap().session;
+    store.set_disabled("gina", true).await.unwrap();
+    let found = store
+        .callee_for_session(fresh_session.id, UserKey::Id(other.id))
+        .await
+        .unwrap();
+    assert_eq!(found, Err(SessionUnusable), "the caller was disabled");
+}

@@ -313,9 +313,22 @@ pub(crate) async fn resolve_callee(
         payload::Recipient::Id(id) => store.user_by_id(*id).await?,
         payload::Recipient::Name(name) => store.user_by_username(name).await?,
     };
+    callee_found(found)
+}
+
+/// The callee a lookup found, or `USER_NOT_FOUND` (none, or disabled).
+pub(crate) fn callee_found(found: Option<parley_store::User>) -> Result<UserInfo, ApiError> {
     match found {
         Some(user) if !user.disabled => Ok(user_info(&user)),
         _ => Err(ApiError::new(Code::UserNotFound, "to: no such user")),
+    }
+}
+
+/// How the store is asked for a recipient.
+pub(crate) fn user_key(to: &payload::Recipient) -> parley_store::UserKey<'_> {
+    match to {
+        payload::Recipient::Id(id) => parley_store::UserKey::Id(*id),
+        payload::Recipient::Name(name) => parley_store::UserKey::Name(name),
     }
 }
 
@@ -372,12 +385,23 @@ pub(crate) async fn run_initiate(
     request: payload::Initiate,
 ) -> Result<Reply, ApiError> {
     let callee = resolve_callee(store, &request.to).await?;
+    ring(handle, caller, origin, callee, request.media).await
+}
+
+/// Asks the switchboard to start a call to a callee already looked up.
+pub(crate) async fn ring(
+    handle: &Handle,
+    caller: UserInfo,
+    origin: Origin,
+    callee: UserInfo,
+    media: Media,
+) -> Result<Reply, ApiError> {
     let answer = handle
         .request(|reply| Command::Initiate {
             origin,
             caller,
             callee,
-            media: request.media,
+            media,
             reply,
         })
         .await?;

@@ -18,7 +18,9 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Socket;
 
 use super::limits::{DeviceSlot, PendingSlot, StatsRefusal};
-use super::{Action, Command, call_error, payload, refine_not_found, run_initiate, user_info};
+use super::{
+    Action, Command, call_error, callee_found, payload, refine_not_found, ring, user_info, user_key,
+};
 use crate::http::error::{ApiError, Code};
 use crate::state::AppState;
 
@@ -655,14 +657,24 @@ fn queue(auth: &SocketAuth, request: Request) -> Result<Pending, ApiError> {
 async fn finish(state: &AppState, auth: &SocketAuth, pending: Pending) -> Result<Ack, ApiError> {
     let reply = match pending {
         Pending::Initiate(initiate) => {
-            session_usable(state, auth.session_id).await?;
             let origin = Origin::Socket(auth.conn);
-            let reply = run_initiate(
+            // The session check and the callee lookup in one query (issue 14); a session that
+            // no longer stands is refused whoever the callee, as when they were two queries.
+            let found = state
+                .store
+                .callee_for_session(auth.session_id, user_key(&initiate.to))
+                .await?;
+            let Ok(found) = found else {
+                state.calls.disconnect_session(auth.session_id).await;
+                return Err(ApiError::unauthorized());
+            };
+            let callee = callee_found(found)?;
+            let reply = ring(
                 &state.calls,
-                &state.store,
                 auth.user.clone(),
                 origin,
-                initiate,
+                callee,
+                initiate.media,
             )
             .await?;
             if let Reply::Call(call) = &reply {
