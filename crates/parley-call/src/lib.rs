@@ -6,6 +6,7 @@
 //! deadline. Because time only enters through arguments, tests run a 30 s ring timeout in
 //! microseconds.
 
+mod devices;
 mod output;
 mod rate;
 mod switchboard;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::devices::Devices;
 use crate::output::{
     Ended, Error, Event, Output, PresenceChange, Reply, Signal, SignalKind, SignalPayload,
 };
@@ -187,7 +188,7 @@ pub struct Switchboard {
     config: Config,
     conns: HashMap<ConnId, Connection>,
     /// Connected devices per user: deviceId -> connection.
-    devices: HashMap<UserId, BTreeMap<String, ConnId>>,
+    devices: HashMap<UserId, Devices>,
     calls: BTreeMap<CallId, LiveCall>,
     /// Each user's live (ringing or active) call; both parties are entered.
     live_by_user: HashMap<UserId, CallId>,
@@ -306,8 +307,7 @@ impl Switchboard {
         let previous = self
             .devices
             .get(&user.id)
-            .and_then(|devices| devices.get(&device_id))
-            .copied();
+            .and_then(|devices| devices.get(&device_id));
         self.conns.insert(
             conn,
             Connection {
@@ -408,9 +408,7 @@ impl Switchboard {
             return;
         };
         if let Some(devices) = self.devices.get_mut(&connection.user) {
-            if devices.get(&connection.device) == Some(&conn) {
-                devices.remove(&connection.device);
-            }
+            devices.remove_if_bound(&connection.device, conn);
             if devices.is_empty() {
                 self.devices.remove(&connection.user);
             }
@@ -528,7 +526,7 @@ impl Switchboard {
         let callee_conns: BTreeSet<ConnId> = self
             .devices
             .get(&record.callee.id)
-            .map(|devices| devices.values().copied().collect())
+            .map(|devices| devices.conns().collect())
             .unwrap_or_default();
         let refusal = if callee_conns.is_empty() {
             Some((Status::Missed, Reason::Offline, Error::RecipientOffline))
@@ -964,7 +962,7 @@ impl Switchboard {
         call.record.answered_at_ms = recorded.answered_at_ms;
         for user in parties {
             if let Some(devices) = self.devices.get(&user) {
-                call.ringing.extend(devices.values().copied());
+                call.ringing.extend(devices.conns());
             }
         }
         let status = if recorded.answered_at_ms.is_some() {
@@ -1028,7 +1026,6 @@ impl Switchboard {
                 .devices
                 .get(&user)
                 .and_then(|devices| devices.get(device))
-                .copied()
                 .ok_or(Error::DeviceRequired(
                     "`deviceId` is not a connected device of yours; connect a socket with it first",
                 )),
@@ -1037,8 +1034,8 @@ impl Switchboard {
             } => {
                 let devices = self.devices.get(&user);
                 match devices.map(|d| d.len()).unwrap_or(0) {
-                    1 => Ok(*devices
-                        .and_then(|d| d.values().next())
+                    1 => Ok(devices
+                        .and_then(|d| d.conns().next())
                         .expect("the map has exactly one entry")),
                     0 => Err(Error::DeviceRequired(
                         "you have no connected device; connect a socket before calling",
