@@ -3,7 +3,8 @@
 //! A user has one device, sometimes a few (`calls.max_devices_per_user` bounds them), so the
 //! map is a vector kept in deviceId order, searched linearly. A `BTreeMap` allocated a 368-byte
 //! node for the first entry; with thousands of idle users signed in that node was a measurable
-//! part of the memory per connection (issue 14), where a vector of one entry is 32 bytes. The
+//! part of the memory per connection (issue 14), where a vector of one entry is 32 bytes
+//! (reserved exactly: a first push would make room for four). The
 //! order is the `BTreeMap`'s, so which device rings first does not change.
 
 use crate::types::ConnId;
@@ -23,6 +24,8 @@ impl Devices {
         match self.position(&device) {
             Ok(i) => Some(std::mem::replace(&mut self.by_id[i].1, conn)),
             Err(i) => {
+                // Room for this one entry only: a Vec grows to 4 entries at its first push.
+                self.by_id.reserve_exact(1);
                 self.by_id.insert(i, (device, conn));
                 None
             }
@@ -71,6 +74,7 @@ mod tests {
         assert_eq!(devices.insert("phone".into(), ConnId(2)), Some(ConnId(1)));
         assert_eq!(devices.get("phone"), Some(ConnId(2)));
         assert_eq!(devices.len(), 1);
+        assert_eq!(devices.by_id.capacity(), 1, "one device, room for one");
     }
 
     #[test]
