@@ -1,11 +1,11 @@
 //! One user's connected devices: deviceId → connection.
 //!
 //! A user has one device, sometimes a few (`calls.max_devices_per_user` bounds them), so the
-//! map is a vector kept in deviceId order, searched linearly. A `BTreeMap` allocated a 368-byte
-//! node for the first entry; with thousands of idle users signed in that node was a measurable
-//! part of the memory per connection (issue 14), where a vector of one entry is 32 bytes
-//! (reserved exactly: a first push would make room for four). The
-//! order is the `BTreeMap`'s, so which device rings first does not change.
+//! map is a vector kept in deviceId order, searched by bisection. A `BTreeMap` allocated a
+//! 368-byte node for the first entry; with thousands of idle users signed in that node was a
+//! measurable part of the memory per connection (issue 14), where a vector of one entry is 32
+//! bytes (reserved exactly: a first push would make room for four). The order is the
+//! `BTreeMap`'s, so which device rings first does not change.
 
 use crate::types::ConnId;
 
