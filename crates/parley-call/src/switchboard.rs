@@ -304,10 +304,12 @@ impl Switchboard {
             self.reply(request, Ok(Reply::Connected { active_call }));
             return;
         }
+        // The socket this device had before, if any: it is replaced below.
         let previous = self
             .devices
-            .get(&user.id)
-            .and_then(|devices| devices.get(&device_id));
+            .entry(user.id)
+            .or_default()
+            .insert(device_id.clone(), conn);
         self.conns.insert(
             conn,
             Connection {
@@ -316,10 +318,6 @@ impl Switchboard {
                 session_id,
             },
         );
-        self.devices
-            .entry(user.id)
-            .or_default()
-            .insert(device_id.clone(), conn);
 
         let mut emits: Vec<(ConnId, Event)> = Vec::new();
         if let Some(old) = previous {
