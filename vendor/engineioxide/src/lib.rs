@@ -23,5 +23,7 @@ pub mod sid {
 
 mod body;
 mod engine;
+// PATCHED (Parley, see vendor/README.md): the socket's packet queue.
+mod queue;
 mod errors;
 mod transport;

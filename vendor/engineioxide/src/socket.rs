@@ -72,7 +72,8 @@ use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
     Mutex, Notify,
-    mpsc::{self, Receiver, error::TrySendError},
+    // PATCHED (Parley): the packets wait in a `PacketQueue`, not an mpsc channel.
+    mpsc::error::TrySendError,
 };
 
 pub use engineioxide_core::Sid;
@@ -114,8 +115,8 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
-    // PATCHED (Parley): boxed, see `QueuedPackets`.
-    inner: mpsc::Permit<'a, QueuedPackets>,
+    // PATCHED (Parley): a place in the socket's `PacketQueue`.
+    inner: crate::queue::Permit<'a>,
 }
 impl Permit<'_> {
     /// Consume the permit and emit a message to the client.
@@ -158,10 +159,11 @@ impl Permit<'_> {
     }
 }
 
-/// PATCHED (Parley, see vendor/README.md): what the socket's internal channel carries, boxed.
-/// A tokio mpsc channel allocates its slots in blocks of 32 from the start, and a `PacketBuf`
-/// is about 170 bytes, so every socket kept a 5.4 KiB block even when idle; boxed, a block is
-/// 32 pointers (about 0.3 KiB), for one allocation per queued packet buffer.
+/// PATCHED (Parley, see vendor/README.md): what the socket's queue carries, boxed. A
+/// `PacketBuf` is about 170 bytes: with the tokio mpsc channel this replaced, whose slots come
+/// in blocks of 32 from the start, every socket kept a 5.4 KiB block even when idle; in the
+/// socket's [`PacketQueue`](crate::queue::PacketQueue), the slots a queue keeps are pointers.
+/// The cost is one allocation per queued packet buffer.
 pub(crate) type QueuedPackets = Box<PacketBuf>;
 
 /// PATCHED (Parley, see vendor/README.md): the volatile packets waiting to be sent, in place of
@@ -204,20 +206,11 @@ impl VolatileSlot {
     }
 }
 
-#[derive(Debug)]
+/// PATCHED (Parley): whoever holds this (behind [`Socket::internal_rx`]) is the one receiver
+/// of [`Socket::queue`]; the volatile receiver is `Socket::volatile`, see `VolatileSlot`.
+#[derive(Debug, Default)]
 pub(crate) struct InternalRx {
-    pub buffered_rx: Receiver<QueuedPackets>,
     pub peeked_packet: Option<PacketBuf>,
-    // PATCHED (Parley): the volatile receiver is `Socket::volatile`, see `VolatileSlot`.
-}
-
-impl InternalRx {
-    fn new(buffered_rx: Receiver<QueuedPackets>) -> Self {
-        Self {
-            buffered_rx,
-            peeked_packet: None,
-        }
-    }
 }
 
 /// A [`Socket`] represents a client connection to the server.
@@ -259,8 +252,11 @@ where
     /// The channel is made of a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
     pub(crate) internal_rx: Mutex<InternalRx>,
 
-    /// Channel to send [PacketBuf] to the internal connection
-    pub(crate) internal_tx: mpsc::Sender<QueuedPackets>,
+    /// The [PacketBuf]s waiting for the connection.
+    /// PATCHED (Parley): a [`PacketQueue`](crate::queue::PacketQueue) in the socket instead of
+    /// an mpsc channel (`internal_tx` and the receiver in `InternalRx`), whose shared state and
+    /// first block were about 0.8 KiB of heap per socket.
+    pub(crate) queue: crate::queue::PacketQueue,
 
     /// Volatile [PacketBuf]s that bypass the internal buffer: only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
@@ -308,16 +304,15 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         supports_binary: bool,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-
         Self {
             id: Sid::new(),
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
-            internal_tx,
+            // PATCHED (Parley): see `queue`.
+            internal_rx: Mutex::new(InternalRx::default()),
+            queue: crate::queue::PacketQueue::new(config.max_buffer_size),
 
             // PATCHED (Parley): see `VolatileSlot`.
             volatile: VolatileSlot::default(),
@@ -341,8 +336,8 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
-            // PATCHED (Parley): boxed, see `QueuedPackets`.
+        self.queue
+            // PATCHED (Parley): boxed, see `QueuedPackets`; a `PacketQueue`, see `queue`.
             .try_send(Box::new(smallvec![packet]))
             .map_err(|p| match p {
                 TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
@@ -420,8 +415,8 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.internal_tx
-                // PATCHED (Parley): boxed, see `QueuedPackets`.
+            self.queue
+                // PATCHED (Parley): boxed, see `QueuedPackets`; a `PacketQueue`, see `queue`.
                 .try_send(Box::new(smallvec![Packet::Ping]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
@@ -453,8 +448,8 @@ where
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
-                // PATCHED (Parley): boxed, see `QueuedPackets`.
+            self.queue
+                // PATCHED (Parley): boxed, see `QueuedPackets`; a `PacketQueue`, see `queue`.
                 .try_send(Box::new(smallvec![Packet::Pong]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
@@ -489,7 +484,8 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
+        // PATCHED (Parley): a `PacketQueue`, see `queue`.
+        let permit = self.queue.try_reserve()?;
         Ok(Permit { inner: permit })
     }
 
@@ -520,12 +516,14 @@ where
     /// Returns true if the socket is closed
     /// It means that no more packets can be sent to the client
     pub fn is_closed(&self) -> bool {
-        self.internal_tx.is_closed()
+        // PATCHED (Parley): a `PacketQueue`, see `queue`.
+        self.queue.is_closed()
     }
 
     /// Wait for the socket to be fully closed
     pub async fn closed(&self) {
-        self.internal_tx.closed().await
+        // PATCHED (Parley): a `PacketQueue`, see `queue`.
+        self.queue.closed().await
     }
 
     /// Emits a binary message to the client.
@@ -634,7 +632,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("protocol", &self.protocol)
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
-            .field("internal_tx", &self.internal_tx)
+            .field("queue", &self.queue)
             .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
@@ -682,16 +680,15 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
-        let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-
         let sock = Self {
             id: sid,
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
-            internal_tx,
+            // PATCHED (Parley): see `queue`.
+            internal_rx: Mutex::new(InternalRx::default()),
+            queue: crate::queue::PacketQueue::new(buffer_size),
 
             // PATCHED (Parley): see `VolatileSlot`.
             volatile: VolatileSlot::default(),
@@ -711,11 +708,12 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
-            let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
-            while let Some(packets) = internal_rx.buffered_rx.recv().await {
+            // PATCHED (Parley): the receiver is whoever holds `internal_rx`, see `queue`.
+            let _internal_rx = sock_clone.internal_rx.try_lock().unwrap();
+            while let Some(packets) = sock_clone.queue.recv().await {
                 // PATCHED (Parley): boxed, see `QueuedPackets`.
                 for packet in *packets {
                     tx.send(packet).await.unwrap();

@@ -118,10 +118,10 @@ where
     let max_payload = engine.config.max_payload;
     let payload = {
         // PATCHED (Parley): the volatile packets come from `socket.volatile` (`VolatileSlot`).
-        let InternalRx {
-            buffered_rx,
-            peeked_packet,
-        } = &mut *rx;
+        // PATCHED (Parley): the buffered packets come from `socket.queue`, whose one receiver
+        // is whoever holds `internal_rx` (this request, now).
+        let InternalRx { peeked_packet } = &mut *rx;
+        let buffered_rx = &socket.queue;
 
         // Prepend the packet peeked during the previous
         // polling request so it is encoded first, ahead of the newly received packets.
@@ -229,30 +229,32 @@ mod rx_stream {
     use engineioxide_core::PacketBuf;
     use futures_core::Stream;
     use pin_project_lite::pin_project;
-    use tokio::sync::mpsc;
     use tokio_util::sync::ReusableBoxFuture;
 
-    use crate::socket::{QueuedPackets, VolatileSlot};
+    use crate::{
+        queue::PacketQueue,
+        socket::{QueuedPackets, VolatileSlot},
+    };
 
-    /// [`ReceiverStream`] is a stream that wraps a [`mpsc::Receiver`] by reference.
-    /// Allowing to use it as a stream even if it is behind a mutex.
+    /// [`ReceiverStream`] is a stream over the socket's packet queue, by reference.
     ///
-    /// PATCHED (Parley, see vendor/README.md): the channel carries boxed items
-    /// (`socket::QueuedPackets`); the stream yields them unboxed.
-    pub struct ReceiverStream<'a, T> {
-        inner: &'a mut mpsc::Receiver<Box<T>>,
+    /// PATCHED (Parley, see vendor/README.md): over a `queue::PacketQueue` (in place of an
+    /// mpsc receiver), which carries boxed items (`socket::QueuedPackets`); the stream yields
+    /// them unboxed.
+    pub struct ReceiverStream<'a> {
+        inner: &'a PacketQueue,
     }
 
-    impl<'a, T> ReceiverStream<'a, T> {
-        pub fn new(inner: &'a mut mpsc::Receiver<Box<T>>) -> Self {
+    impl<'a> ReceiverStream<'a> {
+        pub fn new(inner: &'a PacketQueue) -> Self {
             Self { inner }
         }
     }
 
-    impl<'a, T> Stream for ReceiverStream<'a, T> {
-        type Item = T;
+    impl<'a> Stream for ReceiverStream<'a> {
+        type Item = PacketBuf;
 
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             self.inner
                 .poll_recv(cx)
                 .map(|item| item.map(|boxed| *boxed))
@@ -293,12 +295,12 @@ mod rx_stream {
             #[pin]
             watch: VolatileStream<'a>,
             #[pin]
-            rx: ReceiverStream<'a, PacketBuf>,
+            rx: ReceiverStream<'a>,
         }
     }
 
     impl<'a> EncoderStream<'a> {
-        pub fn new(rx: &'a mut mpsc::Receiver<QueuedPackets>, volatile: &'a VolatileSlot) -> Self {
+        pub fn new(rx: &'a PacketQueue, volatile: &'a VolatileSlot) -> Self {
             Self {
                 rx: ReceiverStream::new(rx),
                 watch: VolatileStream::new(volatile),

@@ -334,8 +334,10 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    // PATCHED (Parley): the volatile packets come from `socket.volatile` (`VolatileSlot`).
-    let InternalRx { buffered_rx, .. } = &mut *internal_rx;
+    // PATCHED (Parley): the volatile packets come from `socket.volatile` (`VolatileSlot`), the
+    // others from `socket.queue`, whose one receiver is whoever holds `internal_rx`.
+    let InternalRx { .. } = &mut *internal_rx;
+    let buffered_rx = &socket.queue;
 
     // map a packet to a websocket message
     // It is declared as a macro rather than a closure to avoid ownership issues
@@ -431,7 +433,8 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                     #[cfg(feature = "tracing")]
                     tracing::trace!(sid = ?socket.id, "emitting ping");
                     let sent = socket
-                        .internal_tx
+                        // PATCHED (Parley): a `PacketQueue`, see `Socket::queue`.
+                        .queue
                         .try_send(Box::new(smallvec![Packet::Ping]));
                     if sent.is_err() {
                         beating = false;
@@ -524,8 +527,8 @@ where
 
     // We send a last Noop request to close a potential waiting polling request.
     socket
-        .internal_tx
-        // PATCHED (Parley): the channel carries boxed buffers (QueuedPackets).
+        // PATCHED (Parley): the queue carries boxed buffers (QueuedPackets), in the socket.
+        .queue
         .send(Box::new(smallvec![Packet::Noop]))
         .await
         .map_err(|_| Error::Upgrade)?;
@@ -631,7 +634,7 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx, None));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
 
@@ -652,7 +655,7 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx, None));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
