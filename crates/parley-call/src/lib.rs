@@ -17,7 +17,9 @@ pub use output::{
     SignalPayload,
 };
 pub use rate::TokenBucket;
-pub use switchboard::{Config, Origin, Restored, Side, Switchboard, Timer};
+pub use switchboard::{
+    Config, Origin, PRESENCE_CHANGES_PER_EVENT, Restored, Side, Switchboard, Timer,
+};
 pub use types::{
     CallId, CallRecord, CallState, CallView, ConnId, Media, Now, PresenceStatus, Reason, RequestId,
     Status, UserId, UserInfo, rfc3339,

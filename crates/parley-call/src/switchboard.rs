@@ -17,6 +17,15 @@ use crate::types::{
     Status, UserId, UserInfo,
 };
 
+/// The most changes one `presence:update` carries; a window with more sends several events, in
+/// order (the spec lets the server split or coalesce presence as it likes). Every event is one
+/// WebSocket frame per connected socket, so while thousands sign in at once (a restart) fewer,
+/// larger events are what keeps the fan-out affordable: with 64 a burst of 10,000 sign-ins at
+/// 5,000 a second cost the daemon 10 s of CPU and lost connections to their connect timeout,
+/// with 1,024 it cost 3 s and lost none (docs/benchmarks.md). The bound keeps one frame near
+/// 36 KiB, which is what a socket whose client reads slowly holds of it.
+pub const PRESENCE_CHANGES_PER_EVENT: usize = 1024;
+
 /// Timings, taken from the `[calls]` config section by the shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -1114,10 +1123,13 @@ impl Switchboard {
                 }
             }
         }
-        if !changes.is_empty() {
+        // Several events when there are many changes: see `PRESENCE_CHANGES_PER_EVENT`.
+        while !changes.is_empty() {
+            let rest = changes.split_off(changes.len().min(PRESENCE_CHANGES_PER_EVENT));
             self.outputs.push_back(Output::Broadcast {
                 event: Event::Presence { changes },
             });
+            changes = rest;
         }
     }
 }

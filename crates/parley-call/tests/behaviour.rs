@@ -513,6 +513,27 @@ fn presence_reports_leaving_a_call() {
 }
 
 #[test]
+fn a_sign_in_burst_is_told_in_events_of_at_most_the_limit_each_user_once_in_order() {
+    let mut h = Harness::new();
+    let limit = parley_call::PRESENCE_CHANGES_PER_EVENT;
+    let users: Vec<i64> = (1000..1000 + (2 * limit + 100) as i64).collect();
+    for (n, user) in users.iter().enumerate() {
+        h.connect_as(ConnId(1_000_000 + n as u64), *user, &format!("device-{n}"));
+    }
+    let until = h.now.after(Duration::from_millis(250));
+    let events = presence(&h.run_until(until));
+    let sizes: Vec<usize> = events.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [limit, limit, 100]);
+    let told = events.concat();
+    assert!(
+        told.iter()
+            .all(|(_, status)| *status == PresenceStatus::Online)
+    );
+    let told: Vec<i64> = told.iter().map(|(user, _)| *user).collect();
+    assert_eq!(told, users);
+}
+
+#[test]
 fn revoking_a_session_closes_its_sockets_and_cancels_its_ringing_call() {
     let mut h = connected(&[A1, B1]);
     h.initiate(A1, BOB);

@@ -443,25 +443,11 @@ impl Driver {
                 }
             }
             Output::Broadcast { event } => {
-                // A burst of thousands of presence changes becomes events of at most 64, so
-                // no socket has to buffer one huge frame (the spec lets the server split or
-                // coalesce presence as it likes).
-                let events: Vec<parley_call::Event> = match &event {
-                    parley_call::Event::Presence { changes } if changes.len() > 64 => changes
-                        .chunks(64)
-                        .map(|chunk| parley_call::Event::Presence {
-                            changes: chunk.to_vec(),
-                        })
-                        .collect(),
-                    _ => vec![event],
-                };
                 // Any registered socket can address the room; none means nobody to tell.
                 let Some(socket) = self.sockets.values().next() else {
                     return;
                 };
-                for event in &events {
-                    broadcast_now(socket.within(PRESENCE_ROOM).emit(event.name(), event));
-                }
+                broadcast_now(socket.within(PRESENCE_ROOM).emit(event.name(), &event));
             }
             Output::Persist(record) => self.start_write(record),
             Output::Reply { request, result } => {
