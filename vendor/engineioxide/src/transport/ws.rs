@@ -339,38 +339,17 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     let InternalRx { .. } = &mut *internal_rx;
     let buffered_rx = &socket.queue;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
+    // PATCHED (Parley, see vendor/README.md): the packets to write, decided by the `select!`
+    // below and written after it in one place. Upstream wrote them inside each branch (a
+    // `map_fn!` macro expanded three times, each with an await per packet kind): every one of
+    // those suspension points kept its own packet and iterator in this task's future, which
+    // lives as long as the connection (1,344 bytes, of which the writes were most).
+    enum Next {
+        /// From the queue: the rest of the queue is drained and written with them.
+        Buffered(crate::socket::QueuedPackets),
+        /// Volatile: written alone.
+        Volatile(crate::socket::QueuedPackets),
+    }
 
     // PATCHED (Parley): the heartbeat's state, see the doc comment. `beating` is false when
     // there is no heartbeat here, or once it has closed the session.
@@ -384,35 +363,22 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
-        tokio::select! {
+        // PATCHED (Parley): the branches that write say what to write (`Next`).
+        let next = tokio::select! {
             biased;
             items = buffered_rx.recv() => {
                 match items {
-                    Some(mut packets) => {
-                        // PATCHED (Parley): the channel carries boxed buffers (QueuedPackets);
-                        // draining them in place keeps a by-value iterator over a whole
-                        // `PacketBuf` out of this task's future.
-                        for item in packets.drain(..) {
-                            map_fn!(item);
-                        }
-                        while let Ok(mut packets) = buffered_rx.try_recv() {
-                            for item in packets.drain(..) {
-                                map_fn!(item);
-                            }
-                        }
-                    }
+                    Some(packets) => Next::Buffered(packets),
                     None => break
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
             // PATCHED (Parley): taken from the socket's `VolatileSlot` instead of a watch
-            // channel; boxed and drained in place, as the buffered packets above.
-            mut packets = socket.volatile.next() => {
+            // channel; boxed, as the buffered packets.
+            packets = socket.volatile.next() => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                for item in packets.drain(..) {
-                    map_fn!(item);
-                }
+                Next::Volatile(packets)
             },
             // PATCHED (Parley): the folded heartbeat (see the doc comment).
             _ = &mut heartbeat_timer, if beating => {
@@ -456,6 +422,50 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 heartbeat_timer.as_mut().reset(next_ping);
                 continue;
             },
+        };
+
+        // PATCHED (Parley): the one place that writes, see `Next`. The buffers are drained in
+        // place, which keeps a by-value iterator over a whole `PacketBuf` out of the future.
+        let (mut packets, drain_queue) = match next {
+            Next::Buffered(packets) => (packets, true),
+            Next::Volatile(packets) => (packets, false),
+        };
+        loop {
+            for item in packets.drain(..) {
+                let message = match item {
+                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                        if socket.protocol == ProtocolVersion::V3 {
+                            // v3 protocol requires packet type as the first byte.
+                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                            let mut buff = Vec::with_capacity(bin.len() + 1);
+                            buff.push(0x04);
+                            buff.extend(bin);
+                            Message::Binary(buff.into())
+                        } else {
+                            Message::Binary(bin)
+                        }
+                    }
+                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
+                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
+                    // it should be discarded here
+                    Packet::Noop => continue,
+                    item => {
+                        let packet: String = item.try_into().unwrap();
+                        Message::Text(packet.into())
+                    }
+                };
+                if let Err(_e) = tx.feed(message).await {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+                }
+            }
+            if !drain_queue {
+                break;
+            }
+            match buffered_rx.try_recv() {
+                Ok(more) => packets = more,
+                Err(_) => break,
+            }
         }
 
         #[cfg(feature = "tracing")]
