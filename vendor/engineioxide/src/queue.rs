@@ -51,6 +51,13 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Whether a send (or a reservation) would exceed `capacity`, reserved places counted.
+    fn full(&self, capacity: usize) -> bool {
+        self.items.len() + self.reserved >= capacity
+    }
+}
+
 impl PacketQueue {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
@@ -75,7 +82,7 @@ impl PacketQueue {
             if state.closed {
                 return Err(TrySendError::Closed(packets));
             }
-            if state.items.len() + state.reserved >= self.capacity {
+            if state.full(self.capacity) {
                 return Err(TrySendError::Full(packets));
             }
             state.items.push_back(packets);
@@ -106,7 +113,7 @@ impl PacketQueue {
         if state.closed {
             return Err(TrySendError::Closed(()));
         }
-        if state.items.len() + state.reserved >= self.capacity {
+        if state.full(self.capacity) {
             return Err(TrySendError::Full(()));
         }
         state.reserved += 1;
@@ -137,7 +144,7 @@ impl PacketQueue {
     }
 
     fn take(&self, state: &mut State) -> Result<QueuedPackets, TryRecvError> {
-        let was_full = state.items.len() + state.reserved >= self.capacity;
+        let was_full = state.full(self.capacity);
         let Some(packets) = state.items.pop_front() else {
             return Err(if state.closed {
                 TryRecvError::Disconnected
@@ -218,7 +225,7 @@ impl Drop for Permit<'_> {
     fn drop(&mut self) {
         let was_full = {
             let mut state = self.queue.state();
-            let was_full = state.items.len() + state.reserved >= self.queue.capacity;
+            let was_full = state.full(self.queue.capacity);
             state.reserved -= 1;
             was_full
         };

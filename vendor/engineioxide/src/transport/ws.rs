@@ -27,7 +27,7 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -326,7 +326,8 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
     let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
+    // PATCHED (Parley): the guard is only held (see below), never read.
+    let Some(_internal_rx) = lock
         .with_cancellation_token(&socket.cancellation_token)
         .await
     else {
@@ -336,7 +337,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     };
     // PATCHED (Parley): the volatile packets come from `socket.volatile` (`VolatileSlot`), the
     // others from `socket.queue`, whose one receiver is whoever holds `internal_rx`.
-    let InternalRx { .. } = &mut *internal_rx;
     let buffered_rx = &socket.queue;
 
     // PATCHED (Parley, see vendor/README.md): the packets to write, decided by the `select!`
