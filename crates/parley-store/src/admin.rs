@@ -164,7 +164,7 @@ impl Store {
         .bind(query.user)
         .bind(query.before)
         .bind(i64::from(page))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let mut calls = Vec::with_capacity(rows.len());
         let mut last_seq = None;
@@ -195,7 +195,7 @@ impl Store {
             "WHERE c.id = ?1 OR c.id LIKE ?1 || '%' ORDER BY (c.id = ?1) DESC, c.seq DESC LIMIT 2"
         ))
         .bind(id_or_prefix)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let mut calls = Vec::new();
         for row in &rows {
@@ -225,7 +225,7 @@ impl Store {
             select = select.bind(call.id.clone());
         }
         let mut reports: HashMap<(String, i64), PartyReport> = HashMap::new();
-        for row in select.fetch_all(self.pool()).await? {
+        for row in select.fetch_all(&mut *self.conn().await?).await? {
             let (call_id, user_id, report) = report_from(&row)?;
             reports.insert((call_id, user_id), report);
         }
@@ -273,7 +273,7 @@ impl Store {
         for bound in bounds {
             query = query.bind(*bound);
         }
-        let row = query.fetch_one(self.pool()).await?;
+        let row = query.fetch_one(&mut *self.conn().await?).await?;
         let mut counts = FigureCounts {
             count: row.try_get::<i64, _>(0)?.max(0) as u64,
             sum: row.try_get(1)?,
@@ -299,7 +299,7 @@ impl Store {
              GROUP BY q.path, q.relay_protocol",
         )
         .bind(now.saturating_sub(settled_ms))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let mut paths = Vec::with_capacity(rows.len());
         for row in rows {

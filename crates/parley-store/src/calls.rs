@@ -165,7 +165,7 @@ impl Store {
                 .bind(call.caller_device)
                 .bind(call.callee_device);
         }
-        query.execute(self.pool()).await?;
+        query.execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
@@ -173,7 +173,7 @@ impl Store {
     pub async fn call_by_id(&self, id: &str) -> Result<Option<CallRow>> {
         let row = sqlx::query(concat!(call_select!(), "WHERE c.id = ?"))
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         row.map(call_from).transpose()
     }
@@ -187,7 +187,7 @@ impl Store {
             call_select!(),
             "WHERE c.state != 'ended' ORDER BY c.seq"
         ))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.into_iter().map(call_from).collect()
     }
@@ -226,7 +226,7 @@ impl Store {
         .bind(filter)
         // One extra row tells whether another page exists without a second query.
         .bind(limit + 1)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let mut calls = rows
             .into_iter()
@@ -249,7 +249,7 @@ impl Store {
                AND callee_seen = 0 AND callee_hidden = 0",
         )
         .bind(user)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(count)
     }
@@ -262,7 +262,7 @@ impl Store {
                AND callee_seen = 0",
         )
         .bind(user)
-        .execute(self.pool())
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -272,7 +272,7 @@ impl Store {
         let row: Option<(i64, i64, String)> =
             sqlx::query_as("SELECT caller_id, callee_id, state FROM calls WHERE id = ?")
                 .bind(id)
-                .fetch_optional(self.pool())
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         let Some((caller, callee, state)) = row else {
             return Ok(HideOutcome::NotFound);
@@ -291,7 +291,7 @@ impl Store {
         )
         .bind(user)
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(HideOutcome::Hidden)
     }
@@ -342,7 +342,7 @@ mod tests {
                 query = query.bind(None::<i64>);
             }
             let opcodes: Vec<String> = query
-                .fetch_all(store.pool())
+                .fetch_all(&mut *store.conn().await.unwrap())
                 .await
                 .unwrap()
                 .iter()

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
 
 pub mod admin;
 pub mod calls;
@@ -24,7 +24,9 @@ pub use users::User;
 /// A handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    /// The one connection, `None` once [`Store::close`] has closed it. The async mutex queues
+    /// its users in turn, as the pool of one did.
+    connection: std::sync::Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
     path: PathBuf,
     /// When the last write probe ran and what it found (`writable`).
     probe: std::sync::Arc<tokio::sync::Mutex<Option<ProbeResult>>>,
@@ -82,21 +84,22 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        // One connection (issue 14). Each sqlx connection has its own thread and its own page
-        // cache, and a commit on one empties the others' caches: with four, the pool's
-        // round-robin handed every query a connection whose cache the last write had emptied
-        // (40 pread64 per call setup; 0.2 with one). The daemon's writes are one writer task
-        // anyway and its reads are single-row lookups; the cost is that a read can wait behind
-        // a commit's fsync. No ping before each use (`test_before_acquire`): a file's
-        // connection does not go stale like a network one, and the ping was one more round
-        // trip to the connection's thread per query (sqlx still pings on release).
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_with(options)
+        // One connection (issue 14), held by the store itself rather than a pool. Each sqlx
+        // connection has its own thread and its own page cache, and a commit on one empties the
+        // others' caches: with four, the pool's round-robin handed every query a connection whose
+        // cache the last write had emptied (40 pread64 per call setup; 0.2 with one). The
+        // daemon's writes are one writer task anyway and its reads are single-row lookups; the
+        // cost is that a read can wait behind a commit's fsync. Not a pool of one: sqlx's pool
+        // pings every connection it gets back, one more round trip to the connection's thread
+        // after every query (ten hand-overs per call setup where five do the work; there is no
+        // option to turn it off). The ping was there to finish what a dropped query left behind,
+        // which the connection's thread does anyway before the next command: a dropped
+        // transaction queues its rollback as it drops.
+        let mut connection = options
+            .connect()
             .await
             .map_err(|e| classify_open_error(path, e))?;
-        MIGRATOR.run(&pool).await.map_err(|e| match e {
+        MIGRATOR.run(&mut connection).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(inner) => classify_open_error(path, inner),
             other => StoreError::Migration {
                 path: path.to_owned(),
@@ -104,7 +107,7 @@ impl Store {
             },
         })?;
         Ok(Store {
-            pool,
+            connection: std::sync::Arc::new(tokio::sync::Mutex::new(Some(connection))),
             path: path.to_owned(),
             probe: Default::default(),
         })
@@ -115,22 +118,29 @@ impl Store {
         &self.path
     }
 
-    /// The connection pool, for queries in this crate's modules.
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The connection, for queries in this crate's modules, held until the guard drops:
+    /// `query.fetch_one(&mut *self.conn().await?)` holds it for that one statement. After
+    /// [`Store::close`], `sqlx::Error::PoolClosed`, as the pool answered.
+    pub(crate) async fn conn(
+        &self,
+    ) -> Result<tokio::sync::MappedMutexGuard<'_, SqliteConnection>, sqlx::Error> {
+        tokio::sync::MutexGuard::try_map(self.connection.lock().await, Option::as_mut)
+            .map_err(|_| sqlx::Error::PoolClosed)
     }
 
     /// `PRAGMA integrity_check`: `"ok"` for a healthy file.
     pub async fn integrity_check(&self) -> Result<String> {
         let (result,): (String,) = sqlx::query_as("PRAGMA integrity_check")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn().await?)
             .await?;
         Ok(result)
     }
 
     /// Answers whether the database still takes queries.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.conn().await?)
+            .await?;
         Ok(())
     }
 
@@ -139,7 +149,7 @@ impl Store {
     /// nothing else uses; sqlx keeps its own table) with its own value: one small committed and
     /// fsynced transaction that changes nothing. Callers rate-limit it.
     pub async fn probe_write(&self) -> Result<()> {
-        let mut connection = self.pool.acquire().await?;
+        let mut connection = self.conn().await?;
         let (version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&mut *connection)
             .await?;
@@ -167,15 +177,20 @@ impl Store {
         result
     }
 
-    /// Checkpoints the WAL into the main file and closes every connection; call at shutdown.
+    /// Checkpoints the WAL into the main file and closes the connection; call at shutdown.
     pub async fn close(&self) {
+        let Some(mut connection) = self.connection.lock().await.take() else {
+            return;
+        };
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
+            .execute(&mut connection)
             .await
         {
             log::warn!("database checkpoint at shutdown failed: {e}");
         }
-        self.pool.close().await;
+        if let Err(e) = connection.close().await {
+            log::warn!("closing the database failed: {e}");
+        }
     }
 }
 

@@ -227,7 +227,7 @@ impl Store {
         .bind(join_list(&report.local_candidate_types))
         .bind(join_list(&report.remote_candidate_types))
         .bind(join_list(&report.relay_protocols))
-        .execute(self.pool())
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -242,7 +242,7 @@ impl Store {
         ))
         .bind(call_id)
         .bind(user_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(match row.as_ref().map(Quality::from_row).transpose()? {
             Some((_, quality)) => quality,
@@ -276,7 +276,7 @@ impl Store {
         for id in call_ids {
             query = query.bind(*id);
         }
-        for row in query.fetch_all(self.pool()).await? {
+        for row in query.fetch_all(&mut *self.conn().await?).await? {
             if let (call_id, Some(quality)) = Quality::from_row(&row)? {
                 found.insert(call_id, quality);
             }

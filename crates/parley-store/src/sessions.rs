@@ -57,7 +57,7 @@ impl Store {
         .bind(token_hash(&token))
         .bind(now)
         .bind(expires_at)
-        .execute(self.pool())
+        .execute(&mut *self.conn().await?)
         .await?
         .last_insert_rowid();
         Ok(NewSession {
@@ -84,7 +84,7 @@ impl Store {
         )
         .bind(token_hash(token))
         .bind(unix_millis_now())
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(
             row.map(|(id, expires_at, user_id, username, display_name)| {
@@ -111,7 +111,7 @@ impl Store {
         sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
             .bind(unix_millis_now())
             .bind(session_id)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -121,7 +121,7 @@ impl Store {
         sqlx::query("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
             .bind(unix_millis_now())
             .bind(user_id)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -147,7 +147,7 @@ impl Store {
             }
             let usable: std::collections::HashSet<i64> = query
                 .bind(now)
-                .fetch_all(self.pool())
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 .into_iter()
                 .map(|(id,)| id)
@@ -200,7 +200,7 @@ impl Store {
             UserKey::Name(name) => query.bind(name),
         };
         let (usable, id, username, display_name, disabled, created_at) =
-            query.fetch_one(self.pool()).await?;
+            query.fetch_one(&mut *self.conn().await?).await?;
         if !usable {
             return Ok(Err(SessionUnusable));
         }
@@ -232,7 +232,7 @@ impl Store {
         )
         .bind(cutoff)
         .bind(cutoff)
-        .execute(self.pool())
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(done.rows_affected())
     }

@@ -286,7 +286,7 @@ impl Store {
         .bind(display_name)
         .bind(hash)
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *self.conn().await?)
         .await;
         let id = match result {
             Ok(done) => done.last_insert_rowid(),
@@ -307,7 +307,7 @@ impl Store {
             "SELECT id, password_hash FROM users WHERE username = ? AND disabled = 0 AND removed = 0",
         )
         .bind(username)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         let Some((id, hash)) = row else {
             // Spend the same time as a real check, so response timing does not reveal which
@@ -329,7 +329,7 @@ impl Store {
             " FROM users WHERE id = ? AND removed = 0"
         ))
         .bind(id)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(row.map(user_from))
     }
@@ -342,7 +342,7 @@ impl Store {
             " FROM users WHERE username = ? AND removed = 0"
         ))
         .bind(username)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(row.map(user_from))
     }
@@ -354,7 +354,7 @@ impl Store {
             user_columns!(),
             " FROM users WHERE removed = 0 ORDER BY username"
         ))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(user_from).collect())
     }
@@ -367,7 +367,7 @@ impl Store {
         sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
             .bind(hash)
             .bind(user.id)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         self.revoke_user_sessions(user.id).await?;
         Ok(user)
@@ -379,7 +379,7 @@ impl Store {
         sqlx::query("UPDATE users SET disabled = ? WHERE id = ?")
             .bind(disabled)
             .bind(user.id)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         if disabled {
             self.revoke_user_sessions(user.id).await?;
@@ -391,7 +391,8 @@ impl Store {
     /// sessions end. Its calls stay in the other parties' history, shown as "Removed user".
     pub async fn remove_user(&self, username: &str) -> Result<User> {
         let user = self.existing(username).await?;
-        let mut tx = self.pool().begin().await?;
+        let mut connection = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
         sqlx::query(
             "UPDATE users SET username = '~removed-' || id, display_name = 'Removed user',
              password_hash = '', disabled = 1, removed = 1 WHERE id = ?",

@@ -270,3 +270,69 @@ async fn the_callee_lookup_also_answers_whether_the_callers_session_stands() {
         .unwrap();
     assert_eq!(found, Err(SessionUnusable), "the caller was disabled");
 }
+
+/// The store's one connection is not a pool's: nothing pings it after each use (issue 14). What
+/// that ping was for must still hold: a query or transaction whose future is dropped midway (an
+/// HTTP client that went away) leaves the connection usable and the write lock free for another
+/// process (`parley user ...`). Dropped after 0, 1, 2, ... polls until one completes.
+#[tokio::test]
+async fn a_query_dropped_midway_leaves_the_database_usable_and_unlocked() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("parley.db");
+    let daemon = Store::open(&path).await.unwrap();
+    let cli = Store::open(&path).await.unwrap();
+    let keeper = cli.create_user("keeper", None, "password-1").await.unwrap();
+    let mut completed = false;
+    for polls in 0..100 {
+        let name = format!("gone{polls}");
+        daemon.create_user(&name, None, "password-1").await.unwrap();
+        {
+            // remove_user is the store's one explicit transaction: an update, a delete, a commit.
+            let mut removal = std::pin::pin!(daemon.remove_user(&name));
+            let mut cx = Context::from_waker(Waker::noop());
+            for _ in 0..polls {
+                if let Poll::Ready(result) = removal.as_mut().poll(&mut cx) {
+                    result.unwrap();
+                    completed = true;
+                    break;
+                }
+                // The connection's thread works meanwhile: each drop point is a little later.
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+        }
+        let write = cli.create_session(keeper.id, 3600);
+        tokio::time::timeout(std::time::Duration::from_secs(2), write)
+            .await
+            .unwrap_or_else(|_| panic!("dropped after {polls} polls: the write lock is still held"))
+            .unwrap();
+        daemon.ping().await.expect("the connection still answers");
+        let gone = daemon.user_by_username(&name).await.unwrap().is_none();
+        assert!(gone || !completed, "a removal that completed was undone");
+        if completed {
+            return;
+        }
+    }
+    panic!("remove_user never completed in 100 polls");
+}
+
+#[tokio::test]
+async fn a_closed_store_refuses_queries_and_leaves_no_write_ahead_log() {
+    let (dir, store) = fresh().await;
+    store.create_user("gina", None, "password-1").await.unwrap();
+    store.close().await;
+    let refused = store.user_by_username("gina").await;
+    assert!(
+        matches!(refused, Err(StoreError::Database(sqlx::Error::PoolClosed))),
+        "{refused:?}"
+    );
+    store.close().await; // a second close is harmless
+    let wal = dir.path().join("parley.db-wal");
+    assert!(
+        !wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0,
+        "the log was checkpointed into the file"
+    );
+    let reopened = Store::open(&dir.path().join("parley.db")).await.unwrap();
+    assert!(reopened.user_by_username("gina").await.unwrap().is_some());
+}
