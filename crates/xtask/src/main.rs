@@ -161,14 +161,14 @@ fn ci(args: &[String]) -> anyhow::Result<()> {
                     "cargo",
                     &["test", "--workspace", "--locked", "--no-fail-fast"],
                 );
-                // The vendored engineioxide is no workspace member, and its patches
-                // (vendor/README.md) change what its unit tests cover: the socket's packet
-                // queue, the WebSocket writer.
-                let vendored = run(
-                    "cargo",
-                    &["test", "-p", "engineioxide", "--lib", "--locked"],
-                );
-                workspace.and(vendored)
+                // The vendored engineioxide and tungstenite are no workspace members, and their
+                // patches (vendor/README.md) change what their unit tests cover: the socket's
+                // packet queue, the WebSocket writer, tungstenite's read and write buffers.
+                let vendored = ["engineioxide", "tungstenite"]
+                    .map(|krate| run("cargo", &["test", "-p", krate, "--lib", "--locked"]));
+                vendored
+                    .into_iter()
+                    .fold(workspace, |all, one| all.and(one))
             }
             // Every fuzz target for a few seconds: a parser that now crashes fails CI.
             "fuzz" => fuzz::run(&[]),

@@ -238,7 +238,17 @@ impl FrameCodec {
     fn read_in(&mut self, stream: &mut impl Read) -> io::Result<usize> {
         let len = self.in_buffer.len();
         debug_assert!(self.in_buffer.capacity() > len);
-        self.in_buffer.resize(self.in_buffer.capacity().min(len + self.in_buf_max_read), 0);
+        // PATCHED (Parley, issue 14): once a frame's header is read, `read_frame` has reserved
+        // the whole payload; read the rest of it at once rather than `in_buf_max_read` at a time
+        // (a 4 KiB SDP took five reads with a 1 KiB `read_buffer_size`). No more memory: the
+        // capacity is already there.
+        let max_read = match &self.header {
+            Some((_, payload)) => {
+                self.in_buf_max_read.max(usize::try_from(*payload).unwrap_or(usize::MAX).saturating_sub(len))
+            }
+            None => self.in_buf_max_read,
+        };
+        self.in_buffer.resize(self.in_buffer.capacity().min(len.saturating_add(max_read)), 0);
         let size = stream.read(&mut self.in_buffer[len..]);
         self.in_buffer.truncate(len + size.as_ref().copied().unwrap_or(0));
         // PATCHED (Parley, issue 14): nothing to read and nothing kept (no partial frame): the
@@ -324,8 +334,6 @@ mod tests {
 
     #[test]
     fn read_frames() {
-        env_logger::init();
-
         let raw = Cursor::new(vec![
             0x82, 0x07, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x82, 0x03, 0x03, 0x02, 0x01,
             0x99,
@@ -341,6 +349,33 @@ mod tests {
 
         let (_, rest) = sock.into_inner();
         assert_eq!(rest, vec![0x99]);
+    }
+
+    /// PATCHED (Parley, issue 14): once a frame's header is read, the rest of its payload is
+    /// read at once, not `read_buffer_size` at a time (this frame took four reads before).
+    #[test]
+    fn a_frame_bigger_than_the_read_size_is_read_whole_once_its_header_is_known() {
+        struct CountingReader {
+            data: Cursor<Vec<u8>>,
+            reads: usize,
+        }
+        impl std::io::Read for CountingReader {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.reads += 1;
+                self.data.read(buf)
+            }
+        }
+        let payload = vec![7u8; 4000];
+        let mut raw = vec![0x82, 126, (4000 >> 8) as u8, (4000 & 0xff) as u8];
+        raw.extend_from_slice(&payload);
+        raw.extend_from_slice(&[0x82, 0x01, 0x09]);
+        let mut stream = CountingReader { data: Cursor::new(raw), reads: 0 };
+        let mut codec = super::FrameCodec::new(1024);
+        let frame = codec.read_frame(&mut stream, None, false, true).unwrap().unwrap();
+        assert_eq!(frame.into_payload(), &payload[..]);
+        assert_eq!(stream.reads, 2, "the header's read, then the rest of the payload");
+        let next = codec.read_frame(&mut stream, None, false, true).unwrap().unwrap();
+        assert_eq!(next.into_payload(), &[0x09][..], "the next frame is intact");
     }
 
     #[test]
