@@ -72,11 +72,26 @@ function toml(value) {
   return String(value);
 }
 
+/** How the daemon's log shows a listener that could not bind (EADDRINUSE's text from Rust's std). */
+const ADDRESS_IN_USE = "(os error 98)";
+
 /**
  * Starts the daemon. `config` is merged over the test defaults, section by
- * section, e.g. `{ calls: { ring_timeout_secs: 3 } }`.
+ * section, e.g. `{ calls: { ring_timeout_secs: 3 } }`. The free ports are only
+ * free when picked: if something binds one before the daemon does, it exits on
+ * EADDRINUSE and starts again on new ports, three times in all.
  */
 export async function startDaemon(config = {}) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startDaemonOnce(config);
+    } catch (error) {
+      if (attempt >= 3 || !String(error.message).includes(ADDRESS_IN_USE)) throw error;
+    }
+  }
+}
+
+async function startDaemonOnce(config) {
   const binary = daemonBinary();
   const dir = await mkdtemp(join(tmpdir(), "parley-e2e-"));
   const httpPort = await freeTcpPort();

@@ -23,6 +23,12 @@ pub fn parley_binary() -> PathBuf {
     binary
 }
 
+/// How long a start-up health probe waits for its reply (a debug daemon answers in milliseconds).
+const HEALTH_PROBE_WAIT: Duration = Duration::from_secs(2);
+
+/// How the daemon's log shows a listener that could not bind (`EADDRINUSE`'s text from std).
+const ADDRESS_IN_USE: &str = "(os error 98)";
+
 /// A loopback port nobody listens on right now (TCP and UDP).
 pub fn free_port() -> u16 {
     loop {
@@ -77,6 +83,8 @@ pub struct Daemon {
     pub http: SocketAddr,
     pub turn: SocketAddr,
     pub child: Option<Child>,
+    /// Whether this daemon has been started before: only a first start may move to new ports.
+    started: bool,
 }
 
 impl Daemon {
@@ -108,14 +116,49 @@ impl Daemon {
             http,
             turn,
             child: None,
+            started: false,
         }
     }
 
     /// Starts the configured daemon and waits for `/healthz`.
+    ///
+    /// `free_port` can only say that a port was free when it looked: another process (a client
+    /// socket's ephemeral port, a parallel test) may bind it before the daemon does. When a
+    /// first start fails on exactly that, the daemon gets new ports and starts again, up to
+    /// three times; a restart keeps its ports (clients and other servers know them).
     pub fn spawn(self, env: &[(&str, &str)]) -> Daemon {
+        let first = !self.started;
         let mut daemon = self.spawn_without_waiting(env);
-        daemon.wait_healthy();
-        daemon
+        let mut attempts = 1;
+        loop {
+            match daemon.wait_healthy() {
+                Ok(()) => return daemon,
+                Err(log) if first && attempts < 3 && log.contains(ADDRESS_IN_USE) => {
+                    eprintln!(
+                        "parley could not bind a port picked for it ({} or {}), taken meanwhile: new ports",
+                        daemon.http, daemon.turn
+                    );
+                    daemon.move_to_new_ports();
+                    daemon = daemon.spawn_without_waiting(env);
+                    attempts += 1;
+                }
+                Err(log) => panic!("parley exited early:\n{log}"),
+            }
+        }
+    }
+
+    /// Picks new ports for HTTP and TURN and writes them into the config in place of the old.
+    fn move_to_new_ports(&mut self) {
+        let (http, turn) = (
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+        );
+        let config = std::fs::read_to_string(&self.config_path).expect("read config");
+        let config = config
+            .replace(&format!("\"{}\"", self.http), &format!("\"{http}\""))
+            .replace(&format!("\"{}\"", self.turn), &format!("\"{turn}\""));
+        std::fs::write(&self.config_path, config).expect("write config");
+        (self.http, self.turn) = (http, turn);
     }
 
     /// Starts the configured daemon and returns at once.
@@ -136,6 +179,7 @@ impl Daemon {
             command.env(key, value);
         }
         self.child = Some(command.spawn().expect("the parley binary starts"));
+        self.started = true;
         self
     }
 
@@ -150,12 +194,20 @@ impl Daemon {
         }
     }
 
-    fn wait_healthy(&mut self) {
+    /// Waits for `/healthz`; `Err` with the log if the daemon exited first.
+    fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            self.assert_running();
-            if let Ok((200, _)) = http(self.http, "GET", "/healthz", None, None) {
-                return;
+            let child = self.child.as_mut().expect("started");
+            if let Some(status) = child.try_wait().ok().flatten() {
+                self.child = None;
+                return Err(format!("({status})\n{}", self.log()));
+            }
+            // A short wait for the reply: whatever else listens on a port the daemon could not
+            // bind (see `spawn`) may take the connection and never answer.
+            let probe = http_within(self.http, "GET", "/healthz", None, None, HEALTH_PROBE_WAIT);
+            if let Ok((200, _)) = probe {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -279,8 +331,20 @@ pub fn http(
     body: Option<&str>,
     token: Option<&str>,
 ) -> std::io::Result<(u16, serde_json::Value)> {
+    http_within(address, method, path, body, token, Duration::from_secs(30))
+}
+
+/// [`http`] that gives up on a reply after `wait`.
+fn http_within(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+    wait: Duration,
+) -> std::io::Result<(u16, serde_json::Value)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(wait))?;
     let body = body.unwrap_or("");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))

@@ -470,3 +470,31 @@ fn user_commands_run_by_root_leave_the_database_owned_by_the_daemons_user() {
     );
     assert_eq!(status, 200);
 }
+
+/// The harness's answer to `free_port`'s race (`tests/it/daemon.rs`): a port taken between the
+/// pick and the daemon's bind moves a first start to new ports instead of failing the test, for
+/// the HTTP listener and for the relay's.
+#[test]
+fn a_first_start_whose_port_was_taken_meanwhile_moves_to_new_ports() {
+    for taken in ["http", "turn"] {
+        let daemon = Daemon::configure("");
+        let (old_http, old_turn) = (daemon.http, daemon.turn);
+        let _squatter: Box<dyn std::any::Any> = match taken {
+            "http" => Box::new(std::net::TcpListener::bind(old_http).expect("take the port")),
+            _ => Box::new(std::net::UdpSocket::bind(old_turn).expect("take the port")),
+        };
+        let daemon = daemon.spawn(&[]);
+        match taken {
+            "http" => assert_ne!(daemon.http, old_http),
+            _ => assert_ne!(daemon.turn, old_turn),
+        }
+        let (status, _) = daemon.request("GET", "/healthz", None, None);
+        assert_eq!(status, 200, "{taken}");
+        let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+        assert!(
+            config.contains(&format!("\"{}\"", daemon.http))
+                && config.contains(&format!("\"{}\"", daemon.turn)),
+            "{config}"
+        );
+    }
+}

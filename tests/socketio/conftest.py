@@ -29,6 +29,10 @@ PASSWORD = "correct-horse-battery"
 _names = itertools.count(1)
 
 
+# How the daemon's log shows a listener that could not bind (`EADDRINUSE`'s text from Rust's std).
+ADDRESS_IN_USE = "(os error 98)"
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -56,7 +60,19 @@ class Daemon:
         self.proc = None
         self.start()
 
-    def start(self):
+    def start(self, attempts=3):
+        """Starts the daemon on a new free port. `free_port` only says the port was free when it
+        looked: if something binds it before the daemon does (an ephemeral client port), the
+        daemon exits on `EADDRINUSE` and this tries another port, `attempts` times in all."""
+        try:
+            self._start()
+        except RuntimeError as e:
+            if attempts <= 1 or ADDRESS_IN_USE not in str(e):
+                raise
+            self.log.close()
+            self.start(attempts - 1)
+
+    def _start(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = self.data_dir / "parley.toml"
