@@ -99,6 +99,10 @@ where
     }
 }
 
+/// PATCHED (Parley, issue 14): the most `read_in` asks for at once for the rest of a frame whose
+/// header it has read (see there).
+const KNOWN_FRAME_MAX_READ: usize = 16 * 1024;
+
 /// A codec for WebSocket frames.
 #[derive(Debug)]
 pub(super) struct FrameCodec {
@@ -239,12 +243,15 @@ impl FrameCodec {
         let len = self.in_buffer.len();
         debug_assert!(self.in_buffer.capacity() > len);
         // PATCHED (Parley, issue 14): once a frame's header is read, `read_frame` has reserved
-        // the whole payload; read the rest of it at once rather than `in_buf_max_read` at a time
-        // (a 4 KiB SDP took five reads with a 1 KiB `read_buffer_size`). No more memory: the
-        // capacity is already there.
+        // the whole payload; read the rest of it (up to `KNOWN_FRAME_MAX_READ`) at once rather
+        // than `in_buf_max_read` at a time (a 4 KiB SDP took five reads with a 1 KiB
+        // `read_buffer_size`). No more memory: the capacity is already there. The bound: each
+        // read zero-fills what it offers, so a peer trickling a big frame byte by byte would
+        // otherwise cost a memset of the whole rest of the frame per byte.
         let max_read = match &self.header {
             Some((_, payload)) => {
-                self.in_buf_max_read.max(usize::try_from(*payload).unwrap_or(usize::MAX).saturating_sub(len))
+                let rest = usize::try_from(*payload).unwrap_or(usize::MAX).saturating_sub(len);
+                self.in_buf_max_read.max(rest.min(KNOWN_FRAME_MAX_READ))
             }
             None => self.in_buf_max_read,
         };
@@ -376,6 +383,16 @@ mod tests {
         assert_eq!(stream.reads, 2, "the header's read, then the rest of the payload");
         let next = codec.read_frame(&mut stream, None, false, true).unwrap().unwrap();
         assert_eq!(next.into_payload(), &[0x09][..], "the next frame is intact");
+
+        // A frame bigger than `KNOWN_FRAME_MAX_READ`: the header's read, then steps of that size.
+        let payload = vec![8u8; 40_000];
+        let mut raw = vec![0x82, 126, (40_000 >> 8) as u8, (40_000 & 0xff) as u8];
+        raw.extend_from_slice(&payload);
+        let mut stream = CountingReader { data: Cursor::new(raw), reads: 0 };
+        let mut codec = super::FrameCodec::new(1024);
+        let frame = codec.read_frame(&mut stream, None, false, true).unwrap().unwrap();
+        assert_eq!(frame.into_payload(), &payload[..]);
+        assert_eq!(stream.reads, 1 + (40_000 - 1020usize).div_ceil(super::KNOWN_FRAME_MAX_READ));
     }
 
     #[test]
