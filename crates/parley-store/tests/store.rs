@@ -8,6 +8,15 @@ async fn fresh() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// Two handles on one file, as the daemon and `parley user ...` (another process) have.
+async fn daemon_and_cli() -> (tempfile::TempDir, Store, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("parley.db");
+    let daemon = Store::open(&path).await.unwrap();
+    let cli = Store::open(&path).await.unwrap();
+    (dir, daemon, cli)
+}
+
 #[tokio::test]
 async fn migrations_create_the_schema_on_an_empty_database() {
     let (_dir, store) = fresh().await;
@@ -201,10 +210,7 @@ async fn password_change_disable_and_remove_end_sessions() {
 #[tokio::test]
 async fn a_second_handle_sees_writes_of_the_first() {
     // `parley user add` runs in another process while the daemon holds the file open.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("parley.db");
-    let daemon = Store::open(&path).await.unwrap();
-    let cli = Store::open(&path).await.unwrap();
+    let (_dir, daemon, cli) = daemon_and_cli().await;
     cli.create_user("frank", None, "password-1").await.unwrap();
     assert!(daemon.user_by_username("frank").await.unwrap().is_some());
 }
@@ -279,10 +285,7 @@ async fn the_callee_lookup_also_answers_whether_the_callers_session_stands() {
 async fn a_query_dropped_midway_leaves_the_database_usable_and_unlocked() {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("parley.db");
-    let daemon = Store::open(&path).await.unwrap();
-    let cli = Store::open(&path).await.unwrap();
+    let (_dir, daemon, cli) = daemon_and_cli().await;
     let keeper = cli.create_user("keeper", None, "password-1").await.unwrap();
     let mut completed = false;
     for polls in 0..100 {
