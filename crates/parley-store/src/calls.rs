@@ -140,8 +140,9 @@ impl Store {
     /// the lot. The daemon's call-log writer batches what queued up while the last commit ran,
     /// which is what keeps `synchronous=FULL` affordable under load. One autocommit statement,
     /// not a transaction around several: when a write fails (disk full), SQLite rolls the
-    /// statement back itself, whereas a failed explicit transaction left a connection in the
-    /// pool holding the write lock until its next use, and every other writer waited on it.
+    /// statement back itself, whereas a failed explicit transaction (when the store still had a
+    /// pool of four) left a pooled connection holding the write lock until its next use, and
+    /// every other writer waited on it.
     pub async fn save_calls(&self, calls: &[CallWrite<'_>]) -> Result<()> {
         if calls.is_empty() {
             return Ok(());
