@@ -133,7 +133,7 @@ impl Daemon {
         loop {
             match daemon.wait_healthy() {
                 Ok(()) => return daemon,
-                Err(log) if first && attempts < 3 && log.contains(ADDRESS_IN_USE) => {
+                Err(exit) if first && attempts < 3 && exit.contains(ADDRESS_IN_USE) => {
                     eprintln!(
                         "parley could not bind a port picked for it ({} or {}), taken meanwhile: new ports",
                         daemon.http, daemon.turn
@@ -142,7 +142,7 @@ impl Daemon {
                     daemon = daemon.spawn_without_waiting(env);
                     attempts += 1;
                 }
-                Err(log) => panic!("parley exited early:\n{log}"),
+                Err(exit) => panic!("parley exited early {exit}"),
             }
         }
     }
@@ -185,23 +185,23 @@ impl Daemon {
 
     /// Panics with the log if the started daemon has exited: waiting for it is in vain.
     pub fn assert_running(&mut self) {
-        if let Some(status) = self
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            panic!("parley exited early ({status}):\n{}", self.log());
+        if let Some(exit) = self.exited() {
+            panic!("parley exited early {exit}");
         }
     }
 
-    /// Waits for `/healthz`; `Err` with the log if the daemon exited first.
+    /// If the started daemon has exited: its exit status and its log.
+    fn exited(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        Some(format!("({status}):\n{}", self.log()))
+    }
+
+    /// Waits for `/healthz`; `Err` with [`Daemon::exited`]'s text if the daemon exited first.
     fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let child = self.child.as_mut().expect("started");
-            if let Some(status) = child.try_wait().ok().flatten() {
-                self.child = None;
-                return Err(format!("({status})\n{}", self.log()));
+            if let Some(exit) = self.exited() {
+                return Err(exit);
             }
             // A short wait for the reply: whatever else listens on a port the daemon could not
             // bind (see `spawn`) may take the connection and never answer.
