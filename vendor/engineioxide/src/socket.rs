@@ -210,7 +210,9 @@ impl VolatileSlot {
 /// of [`Socket::queue`]; the volatile receiver is `Socket::volatile`, see `VolatileSlot`.
 #[derive(Debug, Default)]
 pub(crate) struct InternalRx {
-    pub peeked_packet: Option<PacketBuf>,
+    /// PATCHED (Parley, see vendor/README.md): boxed. Only a polling request whose payload
+    /// reached `max_payload` leaves a packet here; inline, its 176 bytes were in every socket.
+    pub peeked_packet: Option<QueuedPackets>,
 }
 
 /// A [`Socket`] represents a client connection to the server.

@@ -160,16 +160,32 @@ where
         .then_some((engine.config.ping_interval, engine.config.ping_timeout));
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx, heartbeat));
+    // PATCHED (Parley, see vendor/README.md): the writer runs in this task, beside the reader,
+    // instead of a task of its own: a second task cell per connection (896 bytes) for a future
+    // that is polled only when the reader's task could poll it as well. It outlives the reader
+    // as the spawned task did: it drains the queue and closes the sink after the session ends.
+    let writer = forward_to_socket::<H, S>(socket.clone(), tx, heartbeat);
+    tokio::pin!(writer);
+    let mut writing = true;
 
     // pipe between internal socket channel and websocket
-    match forward_to_handler(&engine, rx, &socket)
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    {
-        Some(Err(ref e)) => {
+    // PATCHED (Parley): the reader and what it returned are dropped before the writer's last
+    // await below, so that the future does not keep room for them while the writer drains.
+    let read = {
+        let reader = forward_to_handler(&engine, rx, &socket)
+            .with_cancellation_token(&socket.cancellation_token);
+        tokio::pin!(reader);
+        loop {
+            tokio::select! {
+                read = &mut reader => break read,
+                () = &mut writer, if writing => writing = false,
+            }
+        }
+    };
+    match read {
+        Some(Err(e)) => {
             let reason =
-                Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
+                Option::<DisconnectReason>::from(&e).unwrap_or(DisconnectReason::TransportError);
 
             #[cfg(feature = "tracing")]
             tracing::debug!("error when handling packet: {:?}", e);
@@ -184,6 +200,9 @@ where
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
+    };
+    if writing {
+        writer.await;
     }
     Ok(())
 }
@@ -317,167 +336,173 @@ where
 /// it also runs the v4 heartbeat, as `Socket::heartbeat_job_v4` does in its own task: a ping
 /// at once and then every interval, the session closed with `HeartbeatTimeout` when no pong
 /// comes within the timeout; paused while upgrading.
-async fn forward_to_socket<H: EngineIoHandler, S>(
+fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
     heartbeat: Option<(std::time::Duration, std::time::Duration)>,
-) where
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    // PATCHED (Parley): the guard is only held (see below), never read.
-    let Some(_internal_rx) = lock
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    else {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
-        return;
-    };
-    // PATCHED (Parley): the volatile packets come from `socket.volatile` (`VolatileSlot`), the
-    // others from `socket.queue`, whose one receiver is whoever holds `internal_rx`.
-    let buffered_rx = &socket.queue;
+    // PATCHED (Parley, see vendor/README.md): an `async move` block, not an `async fn`: an
+    // `async fn` moves its arguments into locals and its future keeps room for both (the sink,
+    // the heartbeat's durations and the socket twice, 104 bytes, for the connection's life).
+    async move {
+        // A polling request that was in progress during the upgrade may still hold the lock.
+        let lock = socket.internal_rx.lock();
+        // PATCHED (Parley): the guard is only held (see below), never read.
+        let Some(_internal_rx) = lock
+            .with_cancellation_token(&socket.cancellation_token)
+            .await
+        else {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
+            return;
+        };
+        // PATCHED (Parley): the volatile packets come from `socket.volatile` (`VolatileSlot`), the
+        // others from `socket.queue`, whose one receiver is whoever holds `internal_rx`.
+        let buffered_rx = &socket.queue;
 
-    // PATCHED (Parley, see vendor/README.md): the packets to write, decided by the `select!`
-    // below and written after it in one place. Upstream wrote them inside each branch (a
-    // `map_fn!` macro expanded three times, each with an await per packet kind): every one of
-    // those suspension points kept its own packet and iterator in this task's future, which
-    // lives as long as the connection (1,344 bytes, of which the writes were most).
-    enum Next {
-        /// From the queue: the rest of the queue is drained and written with them.
-        Buffered(crate::socket::QueuedPackets),
-        /// Volatile: written alone.
-        Volatile(crate::socket::QueuedPackets),
-    }
+        // PATCHED (Parley, see vendor/README.md): the packets to write, decided by the `select!`
+        // below and written after it in one place. Upstream wrote them inside each branch (a
+        // `map_fn!` macro expanded three times, each with an await per packet kind): every one of
+        // those suspension points kept its own packet and iterator in this task's future, which
+        // lives as long as the connection (1,344 bytes, of which the writes were most).
+        enum Next {
+            /// From the queue: the rest of the queue is drained and written with them.
+            Buffered(crate::socket::QueuedPackets),
+            /// Volatile: written alone.
+            Volatile(crate::socket::QueuedPackets),
+        }
 
-    // PATCHED (Parley): the heartbeat's state, see the doc comment. `beating` is false when
-    // there is no heartbeat here, or once it has closed the session.
-    let (ping_interval, ping_timeout) = heartbeat.unwrap_or_default();
-    let mut beating = heartbeat.is_some();
-    let mut next_ping = tokio::time::Instant::now();
-    let mut awaiting_pong = false;
-    let mut first_ping = true;
-    let heartbeat_timer = tokio::time::sleep_until(next_ping);
-    tokio::pin!(heartbeat_timer);
+        // PATCHED (Parley): the heartbeat's state, see the doc comment. `beating` is false when
+        // there is no heartbeat here, or once it has closed the session.
+        let (ping_interval, ping_timeout) = heartbeat.unwrap_or_default();
+        let mut beating = heartbeat.is_some();
+        let mut next_ping = tokio::time::Instant::now();
+        let mut awaiting_pong = false;
+        let mut first_ping = true;
+        let heartbeat_timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(heartbeat_timer);
 
-    // Forward buffered packets until the channel is closed or the session is cancelled.
-    loop {
-        // PATCHED (Parley): the branches that write say what to write (`Next`).
-        let next = tokio::select! {
-            biased;
-            items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => Next::Buffered(packets),
-                    None => break
-                }
-            }
-            _ = socket.cancellation_token.cancelled() => break,
-            // PATCHED (Parley): taken from the socket's `VolatileSlot` instead of a watch
-            // channel; boxed, as the buffered packets.
-            packets = socket.volatile.next() => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                Next::Volatile(packets)
-            },
-            // PATCHED (Parley): the folded heartbeat (see the doc comment).
-            _ = &mut heartbeat_timer, if beating => {
-                if awaiting_pong {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(id = ?socket.id, "heartbeat error: heartbeat timeout");
-                    beating = false;
-                    socket.close(DisconnectReason::HeartbeatTimeout);
-                } else if socket.is_upgrading() {
-                    next_ping += ping_interval;
-                    heartbeat_timer.as_mut().reset(next_ping);
-                } else {
-                    if first_ping {
-                        // Some clients send the pong packet in first. If that happens, we should consume it.
-                        first_ping = false;
-                        futures_util::FutureExt::now_or_never(socket.heartbeat.notified());
+        // Forward buffered packets until the channel is closed or the session is cancelled.
+        loop {
+            // PATCHED (Parley): the branches that write say what to write (`Next`).
+            let next = tokio::select! {
+                biased;
+                items = buffered_rx.recv() => {
+                    match items {
+                        Some(packets) => Next::Buffered(packets),
+                        None => break
                     }
+                }
+                _ = socket.cancellation_token.cancelled() => break,
+                // PATCHED (Parley): taken from the socket's `VolatileSlot` instead of a watch
+                // channel; boxed, as the buffered packets.
+                packets = socket.volatile.next() => {
                     #[cfg(feature = "tracing")]
-                    tracing::trace!(sid = ?socket.id, "emitting ping");
-                    let sent = socket
-                        // PATCHED (Parley): a `PacketQueue`, see `Socket::queue`.
-                        .queue
-                        .try_send(Box::new(smallvec![Packet::Ping]));
-                    if sent.is_err() {
+                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
+                    Next::Volatile(packets)
+                },
+                // PATCHED (Parley): the folded heartbeat (see the doc comment).
+                _ = &mut heartbeat_timer, if beating => {
+                    if awaiting_pong {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!(id = ?socket.id, "heartbeat error: heartbeat timeout");
                         beating = false;
                         socket.close(DisconnectReason::HeartbeatTimeout);
-                    } else {
-                        awaiting_pong = true;
+                    } else if socket.is_upgrading() {
                         next_ping += ping_interval;
-                        heartbeat_timer
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + ping_timeout);
-                    }
-                }
-                continue;
-            },
-            _ = socket.heartbeat.notified(), if awaiting_pong && beating => {
-                #[cfg(feature = "tracing")]
-                tracing::trace!(sid = ?socket.id, "pong received");
-                awaiting_pong = false;
-                heartbeat_timer.as_mut().reset(next_ping);
-                continue;
-            },
-        };
-
-        // PATCHED (Parley): the one place that writes, see `Next`. The buffers are drained in
-        // place, which keeps a by-value iterator over a whole `PacketBuf` out of the future.
-        let (mut packets, drain_queue) = match next {
-            Next::Buffered(packets) => (packets, true),
-            Next::Volatile(packets) => (packets, false),
-        };
-        loop {
-            for item in packets.drain(..) {
-                let message = match item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            Message::Binary(buff.into())
+                        heartbeat_timer.as_mut().reset(next_ping);
+                    } else {
+                        if first_ping {
+                            // Some clients send the pong packet in first. If that happens, we should consume it.
+                            first_ping = false;
+                            futures_util::FutureExt::now_or_never(socket.heartbeat.notified());
+                        }
+                        #[cfg(feature = "tracing")]
+                        tracing::trace!(sid = ?socket.id, "emitting ping");
+                        let sent = socket
+                            // PATCHED (Parley): a `PacketQueue`, see `Socket::queue`.
+                            .queue
+                            .try_send(Box::new(smallvec![Packet::Ping]));
+                        if sent.is_err() {
+                            beating = false;
+                            socket.close(DisconnectReason::HeartbeatTimeout);
                         } else {
-                            Message::Binary(bin)
+                            awaiting_pong = true;
+                            next_ping += ping_interval;
+                            heartbeat_timer
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + ping_timeout);
                         }
                     }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => continue,
-                    item => {
-                        let packet: String = item.try_into().unwrap();
-                        Message::Text(packet.into())
-                    }
-                };
-                if let Err(_e) = tx.feed(message).await {
+                    continue;
+                },
+                _ = socket.heartbeat.notified(), if awaiting_pong && beating => {
                     #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+                    tracing::trace!(sid = ?socket.id, "pong received");
+                    awaiting_pong = false;
+                    heartbeat_timer.as_mut().reset(next_ping);
+                    continue;
+                },
+            };
+
+            // PATCHED (Parley): the one place that writes, see `Next`. The buffers are drained in
+            // place, which keeps a by-value iterator over a whole `PacketBuf` out of the future.
+            let (mut packets, drain_queue) = match next {
+                Next::Buffered(packets) => (packets, true),
+                Next::Volatile(packets) => (packets, false),
+            };
+            loop {
+                for item in packets.drain(..) {
+                    let message = match item {
+                        Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                            if socket.protocol == ProtocolVersion::V3 {
+                                // v3 protocol requires packet type as the first byte.
+                                // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                                let mut buff = Vec::with_capacity(bin.len() + 1);
+                                buff.push(0x04);
+                                buff.extend(bin);
+                                Message::Binary(buff.into())
+                            } else {
+                                Message::Binary(bin)
+                            }
+                        }
+                        // A Noop Packet maybe sent by the server to upgrade from a polling connection
+                        // In the case that the packet was not poll in time it will remain in the buffer and therefore
+                        // it should be discarded here
+                        Packet::Noop => continue,
+                        item => {
+                            let packet: String = item.try_into().unwrap();
+                            Message::Text(packet.into())
+                        }
+                    };
+                    if let Err(_e) = tx.feed(message).await {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+                    }
+                }
+                if !drain_queue {
+                    break;
+                }
+                match buffered_rx.try_recv() {
+                    Ok(more) => packets = more,
+                    Err(_) => break,
                 }
             }
-            if !drain_queue {
-                break;
-            }
-            match buffered_rx.try_recv() {
-                Ok(more) => packets = more,
-                Err(_) => break,
-            }
+
+            #[cfg(feature = "tracing")]
+            tracing::trace!(sid = %socket.id, "ws flush");
+            tx.flush().await.ok();
         }
 
         #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws flush");
+        tracing::trace!(sid = %socket.id, "ws closing flush");
+
         tx.flush().await.ok();
+        tx.close().await.ok();
     }
-
-    #[cfg(feature = "tracing")]
-    tracing::trace!(sid = %socket.id, "ws closing flush");
-
-    tx.flush().await.ok();
-    tx.close().await.ok();
 }
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
