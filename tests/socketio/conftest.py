@@ -3,6 +3,7 @@ the realtime protocol and requests for HTTP. Every daemon gets a temp data dir, 
 and free 127.0.0.1 ports; it is stopped (SIGTERM, then SIGKILL) when the test is done."""
 
 import itertools
+import json
 import os
 import pathlib
 import queue
@@ -297,25 +298,43 @@ class PreparedSocket:
         assert opened.startswith("0{"), opened
 
     def send_connect(self):
-        import json
-
         self.ws.send("40" + json.dumps({"token": self.user.token, "deviceId": self.device_id}))
 
     def wait_connected(self, timeout=5):
-        """Reads frames until the namespace CONNECT reply and the `session` event arrived."""
+        """Reads frames until the namespace CONNECT reply and the `session` event arrived.
+        The events that came before `session` are kept in `before_session` (names)."""
         deadline = time.monotonic() + timeout
         connected = session = False
+        self.before_session = []
         while not (connected and session):
+            frame = self._recv(deadline)
+            if frame.startswith("40"):
+                connected = True
+            elif frame.startswith('42["session"'):
+                session = True
+            elif frame.startswith("42"):
+                self.before_session.append(json.loads(frame[2:])[0])
+            elif frame.startswith("44"):
+                raise AssertionError(f"connect refused: {frame}")
+
+    def next_event(self, timeout=5):
+        """The next event received, as (name, data)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self._recv(deadline)
+            if frame.startswith("42"):
+                name, *data = json.loads(frame[2:])
+                return name, data[0] if data else None
+
+    def _recv(self, deadline):
+        """The next frame other than a ping (which is answered)."""
+        while True:
             self.ws.settimeout(max(0.01, deadline - time.monotonic()))
             frame = self.ws.recv()
             if frame == "2":
                 self.ws.send("3")
-            elif frame.startswith("40"):
-                connected = True
-            elif frame.startswith('42["session"'):
-                session = True
-            elif frame.startswith("44"):
-                raise AssertionError(f"connect refused: {frame}")
+            else:
+                return frame
 
     def close(self):
         try:

@@ -192,3 +192,32 @@ def test_reconnecting_within_the_window_sends_no_offline_flap(daemon, clients):
         w.assert_none("presence:update", within=1.0, where=about([alice]))
     finally:
         back.close()
+
+
+def test_a_socket_hears_presence_only_after_its_session(daemon, clients):
+    """`session` is a socket's first event, also while presence flows to the sockets connected
+    before it: sockets connect in waves, each wave's online changes broadcast while the next
+    waves' handshakes are under way. And once its `session` is out, a socket hears the others."""
+    users = [daemon.register("wave") for _ in range(48)]
+    sockets = [PreparedSocket(u, f"dev-{i}") for i, u in enumerate(users)]
+    try:
+        for i, s in enumerate(sockets):
+            s.send_connect()
+            if i % 6 == 5:
+                time.sleep(0.05)
+        for i, s in enumerate(sockets):
+            s.wait_connected(timeout=10)
+            assert s.before_session == [], f"socket {i} heard {s.before_session} before its session"
+        # The first socket hears the last user come online (in whichever update carries it).
+        last = users[-1].id
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                name, data = sockets[0].next_event(timeout=max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                raise AssertionError("the first socket never heard the last user come online") from None
+            if name == "presence:update" and {"userId": last, "status": "online"} in data["changes"]:
+                break
+    finally:
+        for s in sockets:
+            s.close()

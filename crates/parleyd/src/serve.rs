@@ -68,11 +68,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tls.spawn_reloader(shutdown.clone().cancelled_owned());
     let app = http::router(state.clone());
     // hook: socket.io layer and calls driver
-    let (socket_layer, _socket_io) = crate::calls::socket_layer(state.clone());
+    let (socket_layer, socket_io) = crate::calls::socket_layer(state.clone());
     let app = app
         .layer(socket_layer)
         .layer(axum::middleware::map_request(own_request_bytes));
-    let calls_task = calls_driver.spawn();
+    let calls_task = calls_driver.spawn(socket_io);
 
     let timeouts = http::listener::Timeouts {
         header: Duration::from_secs(config.http.header_timeout_secs),

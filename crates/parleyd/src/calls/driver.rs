@@ -19,6 +19,7 @@ use parley_call::{
 use parley_store::Store;
 use parley_store::calls::CallWrite;
 use serde_json::json;
+use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,10 +31,15 @@ const MAX_BATCH: usize = 256;
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the writes in flight (their replies and events follow them).
 const SHUTDOWN_WRITES: Duration = Duration::from_secs(10);
-/// The Socket.IO room of the sockets that have had their `session` event: presence goes to it
-/// as one broadcast, which socketioxide encodes once for every socket (issue 14: encoding it
-/// per socket was most of a call setup's CPU with 1,000 idle connections).
-const PRESENCE_ROOM: &str = "parley:presence";
+/// The Socket.IO room of the sockets that have not had their `session` event yet: presence goes
+/// to every other socket of the namespace as one broadcast, which socketioxide encodes once for
+/// every socket (issue 14: encoding it per socket was most of a call setup's CPU with 1,000 idle
+/// connections). A socket joins it in the handshake middleware (`authenticate`), before the
+/// namespace lists it, and leaves it right after its `session`, so it hears presence only after
+/// its `session`, as the spec orders. The room holds the sockets still connecting, not the
+/// idle ones: a room membership kept for every idle socket (socketioxide's room index keeps a
+/// set of rooms per socket) was about 0.25 KiB per idle connection (heaptrack, issue 14).
+pub(super) const SESSION_PENDING_ROOM: &str = "parley:session-pending";
 
 /// What the driver needs to send `session` once the switchboard has registered a socket.
 struct PendingSession {
@@ -49,6 +55,8 @@ pub struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     /// Registered sockets, for emits.
     sockets: HashMap<ConnId, SocketRef>,
+    /// The namespace's broadcasts (presence), from `spawn`.
+    io: Option<SocketIo>,
     replies: HashMap<RequestId, oneshot::Sender<Result<Reply, CallError>>>,
     sessions: HashMap<RequestId, PendingSession>,
     next_request: u64,
@@ -94,6 +102,7 @@ impl Driver {
             store,
             commands,
             sockets: HashMap::new(),
+            io: None,
             replies: HashMap::new(),
             sessions: HashMap::new(),
             next_request: 0,
@@ -134,7 +143,8 @@ impl Driver {
 
     /// Starts the driver and its call-log writer. It runs until `Handle::shutdown` (or every
     /// handle is dropped).
-    pub fn spawn(mut self) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(mut self, io: SocketIo) -> tokio::task::JoinHandle<()> {
+        self.io = Some(io);
         let (jobs, written) = self.writer.take().expect("spawn is called once");
         let writer = tokio::spawn(write_calls(self.store.clone(), jobs, written));
         tokio::spawn(self.run(writer))
@@ -443,11 +453,11 @@ impl Driver {
                 }
             }
             Output::Broadcast { event } => {
-                // Any registered socket can address the room; none means nobody to tell.
-                let Some(socket) = self.sockets.values().next() else {
+                // No registered socket means nobody to tell.
+                let Some(io) = self.io.as_ref().filter(|_| !self.sockets.is_empty()) else {
                     return;
                 };
-                broadcast_now(socket.within(PRESENCE_ROOM).emit(event.name(), &event));
+                broadcast_now(io.except(SESSION_PENDING_ROOM).emit(event.name(), &event));
             }
             Output::Persist(record) => self.start_write(record),
             Output::Reply { request, result } => {
@@ -467,7 +477,9 @@ impl Driver {
                     }
                     let _ = session.socket.emit("session", &payload);
                     // From now on it hears presence (after its `session`, as the spec orders).
-                    session.socket.join(PRESENCE_ROOM);
+                    // `leave_all`, not `leave`: socketioxide's room index keeps an emptied set
+                    // of rooms for a socket that left its last room one by one.
+                    session.socket.leave_all();
                 }
                 if let Some(reply) = self.replies.remove(&request) {
                     let _ = reply.send(result);

@@ -295,6 +295,9 @@ async fn authenticate(
     // (heaptrack, issue 14).
     socket.on_fallback(on_client_event);
     socket.on_disconnect(on_disconnect);
+    // Not one of presence's listeners until its `session` is sent (`SESSION_PENDING_ROOM`):
+    // joined here, before the namespace lists the socket, so no broadcast falls in between.
+    socket.join(super::driver::SESSION_PENDING_ROOM);
     Ok(())
 }
 
