@@ -2,7 +2,7 @@
 //!
 //! It is heavily inspired by the [`http::Extensions`] type from the `http` crate.
 //!
-//! The main difference is that the inner [`HashMap`] is wrapped with an [`RwLock`]
+//! The main difference is that the inner map (PATCHED: a `Vec`, see `AnyMap`) is wrapped with an [`RwLock`]
 //! to allow concurrent access. Moreover, any value extracted from the map is cloned before being returned.
 //!
 //! This is necessary because [`Extensions`] are shared between all the threads that handle the same socket.
@@ -10,41 +10,18 @@
 //! You can use the [`Extension`](crate::extract::Extension) or
 //! [`MaybeExtension`](crate::extract::MaybeExtension) extractor to extract an extension of the given type.
 
-use std::collections::HashMap;
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::sync::RwLock;
-use std::{
-    any::{Any, TypeId},
-    hash::{BuildHasherDefault, Hasher},
-};
 
 /// TypeMap value
 type AnyVal = Box<dyn Any + Send + Sync>;
 
-/// The [`AnyHashMap`] is a [`HashMap`] that uses `TypeId` as keys and `Any` as values.
-type AnyHashMap = RwLock<HashMap<TypeId, AnyVal, BuildHasherDefault<IdHasher>>>;
-
-// With TypeIds as keys, there's no need to hash them. They are already hashes
-// themselves, coming from the compiler. The IdHasher just holds the u64 of
-// the TypeId, and then returns it, instead of doing any bit fiddling.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("TypeId calls write_u64");
-    }
-
-    #[inline]
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id;
-    }
-}
+/// PATCHED (Parley, see vendor/README.md): the entries in a `Vec` sized to what it holds,
+/// looked up by a linear scan, instead of a `HashMap` keyed by `TypeId`. A socket holds one
+/// or a few extensions; the map's smallest table (four buckets and their control bytes) was
+/// about 150 bytes per socket for one entry, the `Vec` is 32 bytes per entry.
+type AnyMap = RwLock<Vec<(TypeId, AnyVal)>>;
 
 /// A type map of protocol extensions.
 ///
@@ -59,7 +36,7 @@ impl Hasher for IdHasher {
 #[derive(Default)]
 pub struct Extensions {
     /// The underlying map
-    map: AnyHashMap,
+    map: AnyMap,
 }
 
 impl Extensions {
@@ -67,7 +44,7 @@ impl Extensions {
     #[inline]
     pub fn new() -> Extensions {
         Extensions {
-            map: AnyHashMap::default(),
+            map: AnyMap::default(),
         }
     }
 
@@ -88,11 +65,17 @@ impl Extensions {
     /// assert_eq!(ext.insert(9i32), Some(5i32));
     /// ```
     pub fn insert<T: Send + Sync + Clone + 'static>(&self, val: T) -> Option<T> {
-        self.map
-            .write()
-            .unwrap()
-            .insert(TypeId::of::<T>(), Box::new(val))
-            .and_then(|v| v.downcast().ok().map(|boxed| *boxed))
+        let mut map = self.map.write().unwrap();
+        let id = TypeId::of::<T>();
+        let val: AnyVal = Box::new(val);
+        // PATCHED (Parley): see `AnyMap`.
+        if let Some(entry) = map.iter_mut().find(|(key, _)| *key == id) {
+            let old = std::mem::replace(&mut entry.1, val);
+            return old.downcast().ok().map(|boxed| *boxed);
+        }
+        map.reserve_exact(1);
+        map.push((id, val));
+        None
     }
 
     /// Get a cloned value of a type previously inserted in the `Extensions`.
@@ -108,11 +91,14 @@ impl Extensions {
     /// assert_eq!(ext.get::<i32>().unwrap(), 5i32);
     /// ```
     pub fn get<T: Send + Sync + Clone + 'static>(&self) -> Option<T> {
+        let id = TypeId::of::<T>();
+        // PATCHED (Parley): see `AnyMap`.
         self.map
             .read()
             .unwrap()
-            .get(&TypeId::of::<T>())
-            .and_then(|v| v.downcast_ref::<T>())
+            .iter()
+            .find(|(key, _)| *key == id)
+            .and_then(|(_, v)| v.downcast_ref::<T>())
             .cloned()
     }
 
@@ -130,11 +116,12 @@ impl Extensions {
     /// assert!(ext.get::<i32>().is_none());
     /// ```
     pub fn remove<T: Send + Sync + 'static>(&self) -> Option<T> {
-        self.map
-            .write()
-            .unwrap()
-            .remove(&TypeId::of::<T>())
-            .and_then(|v| v.downcast().ok().map(|boxed| *boxed))
+        let id = TypeId::of::<T>();
+        let mut map = self.map.write().unwrap();
+        // PATCHED (Parley): see `AnyMap`.
+        let at = map.iter().position(|(key, _)| *key == id)?;
+        let (_, v) = map.swap_remove(at);
+        v.downcast().ok().map(|boxed| *boxed)
     }
 
     /// Clear the `Extensions` of all inserted extensions.
