@@ -74,18 +74,24 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
             let upgrade = upgrade;
             *upgrade
         };
-        let conn = hyper::upgrade::on(req)
-            .await
-            .map(hyper_util::rt::TokioIo::new);
-
-        let res = match conn {
-            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
+        // PATCHED (Parley): the session's future is made in the match and awaited after it,
+        // so that the upgrade's result (48 bytes) is not kept in this task for the connection's
+        // life (`on_init` awaits nothing itself).
+        let session = match hyper::upgrade::on(req).await {
+            Ok(conn) => on_init(
+                engine.clone(),
+                hyper_util::rt::TokioIo::new(conn),
+                protocol,
+                sid,
+                parts,
+            ),
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
                 return;
             }
         };
+        let res = session.await;
 
         match res {
             Ok(_) => {
@@ -131,80 +137,89 @@ where
 }
 
 /// PATCHED (Parley, see vendor/README.md): what [`on_init`] does once the boxed handshake
-/// (`opening`) has ended, unchanged: the reader here, the writer in its own task. The tracing
-/// span that was `on_init`'s is here, around the connection's life.
-#[cfg_attr(
-    feature = "tracing",
-    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, opening))
-)]
-async fn run_session<H: EngineIoHandler, S>(
+/// (`opening`) has ended: the reader and the writer, both in this future. The tracing span that
+/// was `on_init`'s is here, around the connection's life. A plain function returning an
+/// `async move` block: an `async fn` kept room for its arguments twice, for the connection's
+/// life.
+fn run_session<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     opening: std::pin::Pin<
         Box<
-            impl std::future::Future<Output = Result<(Arc<Socket<H::Data>>, WebSocketStream<S>), Error>>,
+            impl std::future::Future<Output = Result<(Arc<Socket<H::Data>>, WebSocketStream<S>), Error>>
+            + Send
+            + 'static,
         >,
     >,
     protocol: ProtocolVersion,
     sid: Option<Sid>,
-) -> Result<(), Error>
+) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (socket, ws) = opening.await?;
-    let (tx, rx) = ws.split();
+    #[cfg(feature = "tracing")]
+    let span = tracing::trace_span!("init_websocket", ?protocol, ?sid);
+    let session = async move {
+        let (socket, ws) = opening.await?;
+        let (tx, rx) = ws.split();
 
-    // PATCHED (Parley, see vendor/README.md): a session opened on a WebSocket (not upgraded
-    // from polling, whose heartbeat task already runs) with protocol v4 runs its heartbeat in
-    // the writer task instead of a third task of its own.
-    let heartbeat = (sid.is_none() && protocol == ProtocolVersion::V4)
-        .then_some((engine.config.ping_interval, engine.config.ping_timeout));
+        // PATCHED (Parley, see vendor/README.md): a session opened on a WebSocket (not upgraded
+        // from polling, whose heartbeat task already runs) with protocol v4 runs its heartbeat in
+        // the writer task instead of a third task of its own.
+        let heartbeat = (sid.is_none() && protocol == ProtocolVersion::V4)
+            .then_some((engine.config.ping_interval, engine.config.ping_timeout));
 
-    // Pipe between websocket and internal socket channel.
-    // PATCHED (Parley, see vendor/README.md): the writer runs in this task, beside the reader,
-    // instead of a task of its own: a second task cell per connection (896 bytes) for a future
-    // that is polled only when the reader's task could poll it as well. It outlives the reader
-    // as the spawned task did: it drains the queue and closes the sink after the session ends.
-    let writer = forward_to_socket::<H, S>(socket.clone(), tx, heartbeat);
-    tokio::pin!(writer);
-    let mut writing = true;
+        // Pipe between websocket and internal socket channel.
+        // PATCHED (Parley, see vendor/README.md): the writer runs in this task, beside the reader,
+        // instead of a task of its own: a second task cell per connection (896 bytes) for a future
+        // that is polled only when the reader's task could poll it as well. It outlives the reader
+        // as the spawned task did: it drains the queue and closes the sink after the session ends.
+        let writer = forward_to_socket::<H, S>(socket.clone(), tx, heartbeat);
+        tokio::pin!(writer);
+        let mut writing = true;
 
-    // pipe between internal socket channel and websocket
-    // PATCHED (Parley): the reader and what it returned are dropped before the writer's last
-    // await below, so that the future does not keep room for them while the writer drains.
-    let read = {
-        let reader = forward_to_handler(&engine, rx, &socket)
-            .with_cancellation_token(&socket.cancellation_token);
-        tokio::pin!(reader);
-        loop {
-            tokio::select! {
-                read = &mut reader => break read,
-                () = &mut writer, if writing => writing = false,
-            }
+        // pipe between internal socket channel and websocket
+        // PATCHED (Parley): the reader and what it returned are dropped (their block ends) before
+        // the writer's last await below, so that the future keeps no room for them meanwhile.
+        {
+            let read = {
+                let reader = forward_to_handler(&engine, rx, &socket)
+                    .with_cancellation_token(&socket.cancellation_token);
+                tokio::pin!(reader);
+                loop {
+                    tokio::select! {
+                        read = &mut reader => break read,
+                        () = &mut writer, if writing => writing = false,
+                    }
+                }
+            };
+            match read {
+                Some(Err(e)) => {
+                    let reason = Option::<DisconnectReason>::from(&e)
+                        .unwrap_or(DisconnectReason::TransportError);
+
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!("error when handling packet: {:?}", e);
+                    engine.close_session(socket.id, reason);
+                }
+                Some(Ok(())) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = %socket.id, "ws transport was closed");
+                    engine.close_session(socket.id, DisconnectReason::TransportClose);
+                }
+                None => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = %socket.id, "socket is closing");
+                }
+            };
         }
+        if writing {
+            writer.await;
+        }
+        Ok(())
     };
-    match read {
-        Some(Err(e)) => {
-            let reason =
-                Option::<DisconnectReason>::from(&e).unwrap_or(DisconnectReason::TransportError);
-
-            #[cfg(feature = "tracing")]
-            tracing::debug!("error when handling packet: {:?}", e);
-            engine.close_session(socket.id, reason);
-        }
-        Some(Ok(())) => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "ws transport was closed");
-            engine.close_session(socket.id, DisconnectReason::TransportClose);
-        }
-        None => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "socket is closing");
-        }
-    };
-    if writing {
-        writer.await;
-    }
-    Ok(())
+    #[cfg(feature = "tracing")]
+    let session = tracing::Instrument::instrument(session, span);
+    session
 }
 
 /// PATCHED (Parley, see vendor/README.md): the handshake part of [`on_init`], unchanged, as its
@@ -669,7 +684,11 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx, None));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            None,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
 
@@ -690,7 +709,11 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx, None));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            None,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
