@@ -23,6 +23,24 @@ pub fn parley_binary() -> PathBuf {
     binary
 }
 
+/// The relay ports `relay_ports` hands out: below Linux's ephemeral range (32768 and up), where
+/// `free_port` and every client socket take theirs.
+const RELAY_PORTS: std::ops::Range<u16> = 20000..32768;
+
+/// A private slice of `len` relay ports (`turn.relay_ports`, "LOW-HIGH") for one test's daemon,
+/// disjoint from every other slice handed out in this test process: the tests of `it` run as
+/// threads of one process, and slices picked from a port number's remainder could overlap.
+pub fn relay_ports(len: u16) -> (u16, u16) {
+    static NEXT: std::sync::atomic::AtomicU16 =
+        std::sync::atomic::AtomicU16::new(RELAY_PORTS.start);
+    let low = NEXT.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        u32::from(low) + u32::from(len) <= u32::from(RELAY_PORTS.end),
+        "the tests asked for more relay ports than {RELAY_PORTS:?} holds"
+    );
+    (low, low + len - 1)
+}
+
 /// How long a start-up health probe waits for its reply (a debug daemon answers in milliseconds).
 const HEALTH_PROBE_WAIT: Duration = Duration::from_secs(2);
 

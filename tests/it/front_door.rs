@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::daemon::{Daemon, doctor, free_port, parse_response, request_head};
+use crate::daemon::{Daemon, doctor, parse_response, relay_ports, request_head};
 use crate::turnutils::{Peer, assert_no_loss, uclient};
 
 const SECRET: &str = "it-front-door-secret";
@@ -43,16 +43,15 @@ impl HttpsDaemon {
         std::fs::write(&cert, certified.cert.pem()).unwrap();
         std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
         // A private slice of relay ports (uclient's EVEN-PORT pairs need room).
-        let relay_low = 20000 + (free_port() % 400) * 100;
+        let (relay_low, relay_high) = relay_ports(100);
         let daemon = Daemon::configure(&format!(
             "[http]\nheader_timeout_secs = {}\n\
              [tls]\nenabled = true\ncert = \"{}\"\nkey = \"{}\"\n\
-             [turn]\nsecret = \"{SECRET}\"\nrelay_ports = \"{relay_low}-{}\"\n\
+             [turn]\nsecret = \"{SECRET}\"\nrelay_ports = \"{relay_low}-{relay_high}\"\n\
              allowed_peer_ranges = [\"127.0.0.0/8\"]\nmax_allocations_per_user = 50\n{turn_extra}",
             HEADER_TIMEOUT.as_secs(),
             cert.display(),
             key.display(),
-            relay_low + 99,
         ));
         let mut roots = rustls::RootCertStore::empty();
         roots

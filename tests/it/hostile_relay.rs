@@ -19,7 +19,7 @@ use stun::message::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::daemon::{Daemon, free_port};
+use crate::daemon::{Daemon, free_port, relay_ports};
 
 const SECRET: &str = "it-hostile-secret";
 const REALM: &str = "parley";
@@ -60,12 +60,11 @@ fn start_relay_with(extra: &str) -> Relay {
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let relay_low = 10000 + (free_port() % 500) * 20;
+    let (relay_low, relay_high) = relay_ports(20);
     let daemon = Daemon::start(&format!(
-        "[turn]\nsecret = \"{SECRET}\"\nrelay_ports = \"{relay_low}-{}\"\n\
+        "[turn]\nsecret = \"{SECRET}\"\nrelay_ports = \"{relay_low}-{relay_high}\"\n\
          tls_listen = \"{tls}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
          handshake_timeout_secs = {}\nidle_timeout_secs = {}\n{extra}\n",
-        relay_low + 19,
         cert.display(),
         key.display(),
         HANDSHAKE_TIMEOUT.as_secs(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parley_turn::probe::{ProbeTransport, TurnClient};
 
-use crate::daemon::{doctor, free_port, parley_binary, parse_response, request_head};
+use crate::daemon::{doctor, free_port, parley_binary, parse_response, relay_ports, request_head};
 use crate::turnutils::{Peer, assert_no_loss, uclient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -55,7 +55,7 @@ async fn start_daemon(turn_extra: &str, with_tls: bool) -> Daemon {
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let turn: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // A private slice of 100 relay ports (uclient's EVEN-PORT pairs need room).
-    let relay_low = 20000 + (turn.port() % 400) * 100;
+    let (relay_low, relay_high) = relay_ports(100);
     let mut tls_lines = String::from("tls_listen = \"\"\n");
     let mut tls = None;
     if with_tls {
@@ -83,7 +83,6 @@ async fn start_daemon(turn_extra: &str, with_tls: bool) -> Daemon {
             "[http]\nlisten = \"{http}\"\n[storage]\ndata_dir = \"{data}\"\n\
              [turn]\nlisten = \"{turn}\"\nsecret = \"{SECRET}\"\nrelay_ports = \"{relay_low}-{relay_high}\"\n{tls_lines}{turn_extra}\n",
             data = dir.path().join("data").display(),
-            relay_high = relay_low + 99,
         ),
     )
     .unwrap();
