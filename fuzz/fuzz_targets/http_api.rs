@@ -64,7 +64,6 @@ static DAEMON: LazyLock<Daemon> = LazyLock::new(|| {
             .await
             .expect("a session");
         let (calls, driver) = parleyd::calls::driver(&config, store.clone());
-        driver.spawn();
         let state = AppState {
             login_limiter: Arc::new(LoginLimiter::new(&config.auth)),
             config: Arc::new(config),
@@ -74,6 +73,10 @@ static DAEMON: LazyLock<Daemon> = LazyLock::new(|| {
             certificate: None,
             calls,
         };
+        // The driver broadcasts through the Socket.IO layer's `SocketIo`, as in `serve`; the
+        // layer itself is not mounted (this target fuzzes the HTTP API).
+        let (_socket_layer, socket_io) = parleyd::calls::socket_layer(state.clone());
+        driver.spawn(socket_io);
         (parleyd::http::router(state), session.token)
     });
     Daemon {
