@@ -2,8 +2,8 @@
 //!
 //! It is heavily inspired by the [`http::Extensions`] type from the `http` crate.
 //!
-//! The main difference is that the inner map (PATCHED: a `Vec`, see `AnyMap`) is wrapped with an [`RwLock`]
-//! to allow concurrent access. Moreover, any value extracted from the map is cloned before being returned.
+//! The main difference is that the inner map (PATCHED: a `Vec`, see `AnyMap`) is wrapped with an
+//! [`RwLock`] to allow concurrent access. Moreover, any value extracted from the map is cloned before being returned.
 //!
 //! This is necessary because [`Extensions`] are shared between all the threads that handle the same socket.
 //!
