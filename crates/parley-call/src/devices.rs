@@ -7,11 +7,11 @@
 //! bytes (reserved exactly: a first push would make room for four). The order is the
 //! `BTreeMap`'s, so which device rings first does not change.
 
-use crate::types::ConnId;
+use crate::types::{ConnId, DeviceId};
 
 #[derive(Debug, Default)]
 pub(crate) struct Devices {
-    by_id: Vec<(String, ConnId)>,
+    by_id: Vec<(DeviceId, ConnId)>,
 }
 
 impl Devices {
@@ -20,7 +20,7 @@ impl Devices {
     }
 
     /// Binds `device` to `conn`; returns the connection it was bound to before, if any.
-    pub(crate) fn insert(&mut self, device: String, conn: ConnId) -> Option<ConnId> {
+    pub(crate) fn insert(&mut self, device: DeviceId, conn: ConnId) -> Option<ConnId> {
         match self.position(&device) {
             Ok(i) => Some(std::mem::replace(&mut self.by_id[i].1, conn)),
             Err(i) => {
@@ -56,8 +56,7 @@ impl Devices {
     }
 
     fn position(&self, device: &str) -> Result<usize, usize> {
-        self.by_id
-            .binary_search_by(|(id, _)| id.as_str().cmp(device))
+        self.by_id.binary_search_by(|(id, _)| (**id).cmp(device))
     }
 }
 

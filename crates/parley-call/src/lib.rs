@@ -21,6 +21,6 @@ pub use switchboard::{
     Config, Origin, PRESENCE_CHANGES_PER_EVENT, Restored, Side, Switchboard, Timer,
 };
 pub use types::{
-    CallId, CallRecord, CallState, CallView, ConnId, Media, Now, PresenceStatus, Reason, RequestId,
-    Status, UserId, UserInfo, rfc3339,
+    CallId, CallRecord, CallState, CallView, ConnId, DeviceId, Media, Now, PresenceStatus, Reason,
+    RequestId, Status, UserId, UserInfo, rfc3339,
 };

@@ -13,8 +13,8 @@ use crate::output::{
     Ended, Error, Event, Output, PresenceChange, Reply, Signal, SignalKind, SignalPayload,
 };
 use crate::types::{
-    CallId, CallRecord, CallState, CallView, ConnId, Media, Now, PresenceStatus, Reason, RequestId,
-    Status, UserId, UserInfo,
+    CallId, CallRecord, CallState, CallView, ConnId, DeviceId, Media, Now, PresenceStatus, Reason,
+    RequestId, Status, UserId, UserInfo,
 };
 
 /// The most changes one `presence:update` carries; a window with more sends several events, in
@@ -85,14 +85,14 @@ pub enum Origin {
 #[derive(Clone, Debug)]
 struct Connection {
     user: UserId,
-    device: String,
+    device: DeviceId,
     session_id: i64,
 }
 
 /// A call's device on one side. `conn` is `None` while the device is away within its grace.
 #[derive(Clone, Debug)]
 struct Binding {
-    device: String,
+    device: DeviceId,
     conn: Option<ConnId>,
     grace_deadline: Option<Instant>,
 }
@@ -303,7 +303,7 @@ impl Switchboard {
         conn: ConnId,
         session_id: i64,
         user: UserInfo,
-        device_id: String,
+        device_id: DeviceId,
         now: Now,
     ) {
         if self.conns.contains_key(&conn) {
@@ -527,7 +527,7 @@ impl Switchboard {
             created_at_ms: now.unix_ms,
             answered_at_ms: None,
             ended_at_ms: None,
-            caller_device: Some(caller_device.clone()),
+            caller_device: Some(caller_device.to_string()),
             callee_device: None,
         };
         let callee_conns: BTreeSet<ConnId> = self
@@ -645,7 +645,7 @@ impl Switchboard {
         }
         let others = std::mem::take(&mut call.ringing);
         call.ring_deadline = None;
-        call.record.callee_device = Some(device.clone());
+        call.record.callee_device = Some(device.to_string());
         call.callee = Some(Binding {
             device,
             conn: Some(conn),
@@ -884,7 +884,7 @@ impl Switchboard {
                 .zip(record.callee_device.clone());
             let grace = now.instant + self.config.reconnect_grace;
             let away = |device: String| Binding {
-                device,
+                device: device.into(),
                 conn: None,
                 grace_deadline: Some(grace),
             };
@@ -906,7 +906,7 @@ impl Switchboard {
                     };
                     let call = LiveCall {
                         caller: Binding {
-                            device: record.caller_device.clone().unwrap_or_default(),
+                            device: record.caller_device.as_deref().unwrap_or_default().into(),
                             conn: None,
                             grace_deadline: None,
                         },

@@ -149,7 +149,7 @@ impl Harness {
             conn,
             user_id * 100,
             user(user_id),
-            device.to_owned(),
+            device.into(),
             self.now,
         );
         self.drain()

@@ -45,7 +45,7 @@ pub(super) const SESSION_PENDING_ROOM: &str = "parley:session-pending";
 struct PendingSession {
     socket: SocketRef,
     user: parley_call::UserInfo,
-    device_id: String,
+    device_id: parley_call::DeviceId,
     ice: serde_json::Value,
 }
 

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use parley_call::DeviceId;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The maps stay consistent across a panic elsewhere (each change is one statement).
     mutex
@@ -30,7 +32,7 @@ pub(crate) struct Devices {
 #[derive(Debug, Default)]
 struct DevicesInner {
     /// user -> deviceId -> sockets using it (more than one only during a takeover).
-    users: HashMap<i64, HashMap<String, usize>>,
+    users: HashMap<i64, HashMap<DeviceId, usize>>,
     /// session id -> sockets using it.
     sessions: HashMap<i64, usize>,
 }
@@ -48,23 +50,23 @@ impl Devices {
     pub(crate) fn claim(
         self: &Arc<Self>,
         user: i64,
-        device: &str,
+        device: &DeviceId,
         session: i64,
     ) -> Option<DeviceSlot> {
         let mut inner = lock(&self.inner);
         let devices = inner.users.entry(user).or_default();
         if self.max_per_user > 0
-            && !devices.contains_key(device)
+            && !devices.contains_key(&**device)
             && devices.len() >= self.max_per_user
         {
             return None;
         }
-        *devices.entry(device.to_owned()).or_default() += 1;
+        *devices.entry(device.clone()).or_default() += 1;
         *inner.sessions.entry(session).or_default() += 1;
         Some(DeviceSlot {
             devices: self.clone(),
             user,
-            device: device.to_owned(),
+            device: device.clone(),
             session,
             released: AtomicBool::new(false),
         })
@@ -107,7 +109,7 @@ impl Devices {
 pub(crate) struct DeviceSlot {
     devices: Arc<Devices>,
     user: i64,
-    device: String,
+    device: DeviceId,
     session: i64,
     released: AtomicBool,
 }
@@ -270,14 +272,17 @@ mod tests {
     #[test]
     fn devices_are_capped_per_user_and_a_known_device_takes_over() {
         let devices = Devices::new(2);
-        let a = devices.claim(1, "a", 10).expect("first");
-        let b = devices.claim(1, "b", 10).expect("second");
-        assert!(devices.claim(1, "c", 10).is_none(), "third device refused");
+        let a = devices.claim(1, &"a".into(), 10).expect("first");
+        let b = devices.claim(1, &"b".into(), 10).expect("second");
+        assert!(
+            devices.claim(1, &"c".into(), 10).is_none(),
+            "third device refused"
+        );
         let a_again = devices
-            .claim(1, "a", 11)
+            .claim(1, &"a".into(), 11)
             .expect("a takeover is not a new device");
         assert!(
-            devices.claim(2, "x", 20).is_some(),
+            devices.claim(2, &"x".into(), 20).is_some(),
             "another user is not affected"
         );
         drop(a);
@@ -286,7 +291,7 @@ mod tests {
         a_again.release();
         assert_eq!(devices.count(1), 1, "released once, however often called");
         let c = devices
-            .claim(1, "c", 12)
+            .claim(1, &"c".into(), 12)
             .expect("a freed place is taken again");
         drop(b);
         assert_eq!(
@@ -297,7 +302,7 @@ mod tests {
         drop(c);
         assert!(devices.sessions().is_empty());
         assert!(
-            Devices::new(0).claim(1, "any", 1).is_some(),
+            Devices::new(0).claim(1, &"any".into(), 1).is_some(),
             "0 means no limit"
         );
     }

@@ -41,7 +41,7 @@ pub(crate) enum Command {
         socket: socketioxide::extract::SocketRef,
         session_id: i64,
         user: UserInfo,
-        device_id: String,
+        device_id: parley_call::DeviceId,
         /// The `iceServers`, `iceTransportPolicy`, `ttlSecs` part of the `session` event,
         /// computed by the handler (the driver has no `AppState`).
         ice: serde_json::Value,

@@ -70,7 +70,7 @@ struct SocketAuth {
     conn: ConnId,
     session_id: i64,
     user: UserInfo,
-    device_id: String,
+    device_id: parley_call::DeviceId,
     /// `calls.events_per_second` / `calls.events_burst` for this socket.
     bucket: Mutex<TokenBucket>,
     /// The driver, reachable from the synchronous extractor.
@@ -247,8 +247,8 @@ async fn authenticate(
     // A client without a usable deviceId still gets a device: this socket alone. It cannot
     // resume after a reconnect, which is the documented cost of not sending one.
     let device_id = match auth.get("deviceId").and_then(Value::as_str) {
-        Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
-        _ => format!("socket-{}", socket.id),
+        Some(id) if !id.is_empty() && id.len() <= 128 => parley_call::DeviceId::from(id),
+        _ => format!("socket-{}", socket.id).into(),
     };
     let device_slot = state
         .calls
