@@ -17,7 +17,6 @@
 
 use std::{
     collections::VecDeque,
-    future::poll_fn,
     sync::{Mutex, MutexGuard, PoisonError},
     task::{Context, Poll},
 };
@@ -135,8 +134,11 @@ impl PacketQueue {
     }
 
     /// The next packet buffer: cancel-safe, a buffer is only taken in the poll that returns it.
+    /// PATCHED (Parley): the WebSocket writer polls `poll_recv` itself; tests and the test
+    /// harness's dummy sockets await this.
+    #[cfg(any(test, feature = "__test_harness"))]
     pub(crate) async fn recv(&self) -> Option<QueuedPackets> {
-        poll_fn(|cx| self.poll_recv(cx)).await
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     pub(crate) fn try_recv(&self) -> Result<QueuedPackets, TryRecvError> {
@@ -159,6 +161,13 @@ impl PacketQueue {
             self.changed.notify_waiters();
         }
         Ok(packets)
+    }
+
+    /// Wakes the receiver without queueing anything: the WebSocket writer is the receiver, and
+    /// the other things it waits for (the session's cancellation, a volatile packet, a pong)
+    /// wake it this way (see `forward_to_socket`).
+    pub(crate) fn wake_receiver(&self) {
+        self.receiver.wake();
     }
 
     /// No more sends; what is queued can still be received.

@@ -71,7 +71,8 @@ use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
-    Mutex, Notify,
+    Mutex,
+    Notify,
     // PATCHED (Parley): the packets wait in a `PacketQueue`, not an mpsc channel.
     mpsc::error::TrySendError,
 };
@@ -175,34 +176,26 @@ pub(crate) type QueuedPackets = Box<PacketBuf>;
 pub(crate) struct VolatileSlot {
     /// Boxed: a `PacketBuf` inline would add its 170 bytes to every socket.
     latest: std::sync::Mutex<Option<QueuedPackets>>,
-    /// `notify_one` keeps one permit when nobody waits, as the watch channel kept its version.
-    sent: Notify,
 }
 
 impl VolatileSlot {
-    /// Replaces the packets not sent yet, if any, and wakes the connection.
+    /// Replaces the packets not sent yet, if any. The caller wakes the connection
+    /// ([`Socket::send_volatile`]).
     fn put(&self, packets: PacketBuf) {
-        *self
-            .latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(packets));
-        self.sent.notify_one();
+        *self.lock() = Some(Box::new(packets));
     }
 
-    /// The latest packets, once some are there. Cancel-safe: packets are only taken in the
-    /// same poll that returns them, and a wake-up of a dropped call is passed on by [`Notify`].
-    pub(crate) async fn next(&self) -> QueuedPackets {
-        loop {
-            self.sent.notified().await;
-            let taken = self
-                .latest
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(packets) = taken {
-                return packets;
-            }
-        }
+    /// The latest packets, if any are waiting. The connection that holds
+    /// [`Socket::internal_rx`] takes them when the queue's receiver is woken: a wake-up comes
+    /// after each `put`, as the watch channel's came after each version.
+    pub(crate) fn take(&self) -> Option<QueuedPackets> {
+        self.lock().take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<QueuedPackets>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -623,7 +616,27 @@ where
         // PATCHED (Parley): see `VolatileSlot`. The watch channel's send failed only without a
         // receiver, and its receiver lived in this socket: it never failed.
         self.volatile.put(packets);
+        self.queue.wake_receiver();
         true
+    }
+
+    /// Cancels the session's transports: a pending polling request, the WebSocket's reader,
+    /// and its writer, which learns of it when the queue's receiver is woken.
+    ///
+    /// PATCHED (Parley, see vendor/README.md): the WebSocket writer no longer waits on the
+    /// token itself (see `forward_to_socket`).
+    pub(crate) fn cancel(&self) {
+        self.cancellation_token.cancel();
+        self.queue.wake_receiver();
+    }
+
+    /// A Pong (v4) or Ping (v3) from the client: for the heartbeat, in its own task (it waits on
+    /// [`Socket::heartbeat`]) or in the WebSocket writer (woken as the queue's receiver).
+    ///
+    /// PATCHED (Parley, see vendor/README.md): new.
+    pub(crate) fn heartbeat_received(&self) {
+        self.heartbeat.notify_one();
+        self.queue.wake_receiver();
     }
 }
 

@@ -194,7 +194,7 @@ where
             }
             Ok(Packet::Pong | Packet::Ping) => {
                 // A permit already stored means that the client is already known to be alive.
-                socket.heartbeat.notify_one(); // PATCHED (Parley): see `Socket::heartbeat`.
+                socket.heartbeat_received(); // PATCHED (Parley): see `Socket::heartbeat`.
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {
@@ -224,18 +224,14 @@ where
 mod rx_stream {
     use std::{
         pin::Pin,
-        task::{Context, Poll, ready},
+        task::{Context, Poll},
     };
 
     use engineioxide_core::PacketBuf;
     use futures_core::Stream;
     use pin_project_lite::pin_project;
-    use tokio_util::sync::ReusableBoxFuture;
 
-    use crate::{
-        queue::PacketQueue,
-        socket::{QueuedPackets, VolatileSlot},
-    };
+    use crate::{queue::PacketQueue, socket::VolatileSlot};
 
     /// [`ReceiverStream`] is a stream over the socket's packet queue, by reference.
     ///
@@ -262,39 +258,13 @@ mod rx_stream {
         }
     }
 
-    /// PATCHED (Parley, see vendor/README.md): the socket's volatile packets as a [`Stream`],
-    /// by reference, in place of a stream over a `watch::Receiver`
-    /// (see `socket::VolatileSlot`).
-    pub struct VolatileStream<'a> {
-        slot: &'a VolatileSlot,
-        inner: ReusableBoxFuture<'a, QueuedPackets>,
-    }
-    impl<'a> VolatileStream<'a> {
-        pub fn new(slot: &'a VolatileSlot) -> Self {
-            Self {
-                slot,
-                inner: ReusableBoxFuture::new(slot.next()),
-            }
-        }
-    }
-
-    impl Stream for VolatileStream<'_> {
-        type Item = PacketBuf;
-
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            let packets = ready!(self.inner.poll(cx));
-            let slot = self.slot;
-            self.inner.set(slot.next());
-            Poll::Ready(Some(*packets))
-        }
-    }
-
     pin_project! {
-        /// Combines a [`VolatileStream`] and a [`ReceiverStream`] into a single [`Stream`].
-        /// PATCHED (Parley): a `VolatileStream` instead of a stream over a watch channel.
+        /// Combines the socket's volatile packets and a [`ReceiverStream`] into a single [`Stream`].
+        /// PATCHED (Parley, see vendor/README.md): the volatile packets are taken from the
+        /// socket's `VolatileSlot` (in place of a stream over a watch channel) when the queue's
+        /// receiver is woken: a volatile send wakes it (`Socket::send_volatile`).
         pub struct EncoderStream<'a> {
-            #[pin]
-            watch: VolatileStream<'a>,
+            volatile: &'a VolatileSlot,
             #[pin]
             rx: ReceiverStream<'a>,
         }
@@ -304,7 +274,7 @@ mod rx_stream {
         pub fn new(rx: &'a PacketQueue, volatile: &'a VolatileSlot) -> Self {
             Self {
                 rx: ReceiverStream::new(rx),
-                watch: VolatileStream::new(volatile),
+                volatile,
             }
         }
     }
@@ -316,11 +286,12 @@ mod rx_stream {
             let this = self.project();
             // low priority: poll the watch stream first, then the rx stream.
             // same than with ws transport
+            // PATCHED (Parley): the queue's poll registers the waker a volatile send wakes.
             match this.rx.poll_next(cx) {
                 Poll::Ready(v) => Poll::Ready(v),
-                Poll::Pending => match this.watch.poll_next(cx) {
-                    Poll::Ready(Some(v)) => Poll::Ready(Some(v)),
-                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                Poll::Pending => match this.volatile.take() {
+                    Some(packets) => Poll::Ready(Some(*packets)),
+                    None => Poll::Pending,
                 },
             }
         }

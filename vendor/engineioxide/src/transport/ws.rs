@@ -4,12 +4,11 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
-use futures_util::{
-    SinkExt, StreamExt, TryStreamExt,
-    stream::{SplitSink, SplitStream},
-};
+use futures_util::{Sink, SinkExt, Stream, StreamExt, TryStreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -160,7 +159,9 @@ where
     let span = tracing::trace_span!("init_websocket", ?protocol, ?sid);
     let session = async move {
         let (socket, ws) = opening.await?;
-        let (tx, rx) = ws.split();
+        // PATCHED (Parley, see vendor/README.md): the WebSocket stays in this future, read and
+        // written through `WsHalf`s, instead of being split (see `WsHalf`).
+        let ws = Mutex::new(ws);
 
         // PATCHED (Parley, see vendor/README.md): a session opened on a WebSocket (not upgraded
         // from polling, whose heartbeat task already runs) with protocol v4 runs its heartbeat in
@@ -173,7 +174,7 @@ where
         // instead of a task of its own: one task cell per connection instead of two (1,024 bytes
         // against 512 + 896). It outlives the reader as the spawned task did: it drains the
         // queue and closes the sink after the session ends.
-        let writer = forward_to_socket::<H, S>(socket.clone(), tx, heartbeat);
+        let writer = forward_to_socket::<H, S>(socket.clone(), WsHalf(&ws), heartbeat);
         tokio::pin!(writer);
         let mut writing = true;
 
@@ -182,7 +183,7 @@ where
         // the writer's last await below, so that the future keeps no room for them meanwhile.
         {
             let read = {
-                let reader = forward_to_handler(&engine, rx, &socket)
+                let reader = forward_to_handler(&engine, WsHalf(&ws), &socket)
                     .with_cancellation_token(&socket.cancellation_token);
                 tokio::pin!(reader);
                 loop {
@@ -290,10 +291,53 @@ where
     Ok((socket, ws))
 }
 
+/// PATCHED (Parley, see vendor/README.md): one side of the connection's WebSocket, which the
+/// reader (`forward_to_handler`) and the writer (`forward_to_socket`) share in the connection's
+/// one task. Upstream split the stream (`StreamExt::split`): a `BiLock` around the stream in an
+/// allocation of its own, 0.36 KiB per connection, where the task's future can hold the stream
+/// itself. Each poll locks it for that poll only, as the `BiLock` did; in one task the lock is
+/// never contended.
+struct WsHalf<'a, S>(&'a Mutex<WebSocketStream<S>>);
+
+impl<S> WsHalf<'_, S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WebSocketStream<S>> {
+        // A panic in tungstenite mid-poll leaves nothing half-done that a later poll trusts.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsHalf<'_, S> {
+    type Item = Result<Message, tungstenite::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.lock().poll_next_unpin(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsHalf<'_, S> {
+    type Error = tungstenite::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.lock().poll_ready_unpin(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        self.lock().start_send_unpin(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.lock().poll_flush_unpin(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.lock().poll_close_unpin(cx)
+    }
+}
+
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
+    mut rx: WsHalf<'_, S>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<(), Error>
 where
@@ -310,7 +354,7 @@ where
                 }
                 Packet::Pong | Packet::Ping => {
                     // A permit already stored means that the client is already known to be alive.
-                    socket.heartbeat.notify_one(); // PATCHED (Parley): see `Socket::heartbeat`.
+                    socket.heartbeat_received(); // PATCHED (Parley): see `Socket::heartbeat`.
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
@@ -351,14 +395,18 @@ where
 /// it also runs the v4 heartbeat, as `Socket::heartbeat_job_v4` does in its own task: a ping
 /// at once and then every interval, the session closed with `HeartbeatTimeout` when no pong
 /// comes within the timeout; paused while upgrading.
-fn forward_to_socket<H: EngineIoHandler, S>(
+fn forward_to_socket<'a, H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
+    mut tx: WsHalf<'a, S>,
     heartbeat: Option<(std::time::Duration, std::time::Duration)>,
-) -> impl std::future::Future<Output = ()> + Send + 'static
+) -> impl std::future::Future<Output = ()> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // PATCHED (Parley): the heartbeat's durations are taken out here, so that the future keeps
+    // them once (kept as the captured `Option` and again as locals, 32 bytes more).
+    let (ping_interval, ping_timeout) = heartbeat.unwrap_or_default();
+    let has_heartbeat = heartbeat.is_some();
     // PATCHED (Parley, see vendor/README.md): an `async move` block, not an `async fn`: an
     // `async fn` moves its arguments into locals and its future keeps room for both (the sink,
     // the heartbeat's durations and the socket twice, 104 bytes, for the connection's life).
@@ -366,9 +414,10 @@ where
         // A polling request that was in progress during the upgrade may still hold the lock.
         let lock = socket.internal_rx.lock();
         // PATCHED (Parley): the guard is only held (see below), never read.
-        let Some(_internal_rx) = lock
-            .with_cancellation_token(&socket.cancellation_token)
-            .await
+        // PATCHED (Parley): boxed, and freed once the lock is held: inline, this wait (192
+        // bytes) sized the future for the connection's life, though only its start needs it.
+        let Some(_internal_rx) =
+            Box::pin(lock.with_cancellation_token(&socket.cancellation_token)).await
         else {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
@@ -383,6 +432,17 @@ where
         // `map_fn!` macro expanded three times, each with an await per packet kind): every one of
         // those suspension points kept its own packet and iterator in this task's future, which
         // lives as long as the connection (1,344 bytes, of which the writes were most).
+        /// PATCHED (Parley): what woke the writer, see the `poll_fn` below.
+        enum Woken {
+            /// The queue's next buffer, or `None` once it is closed and empty.
+            Buffered(Option<crate::socket::QueuedPackets>),
+            Cancelled,
+            Volatile(crate::socket::QueuedPackets),
+            /// The heartbeat's timer.
+            Timer,
+            Pong,
+        }
+
         enum Next {
             /// From the queue: the rest of the queue is drained and written with them.
             Buffered(crate::socket::QueuedPackets),
@@ -392,8 +452,7 @@ where
 
         // PATCHED (Parley): the heartbeat's state, see the doc comment. `beating` is false when
         // there is no heartbeat here, or once it has closed the session.
-        let (ping_interval, ping_timeout) = heartbeat.unwrap_or_default();
-        let mut beating = heartbeat.is_some();
+        let mut beating = has_heartbeat;
         let mut next_ping = tokio::time::Instant::now();
         let mut awaiting_pong = false;
         let mut first_ping = true;
@@ -402,25 +461,46 @@ where
 
         // Forward buffered packets until the channel is closed or the session is cancelled.
         loop {
-            // PATCHED (Parley): the branches that write say what to write (`Next`).
-            let next = tokio::select! {
-                biased;
-                items = buffered_rx.recv() => {
-                    match items {
-                        Some(packets) => Next::Buffered(packets),
-                        None => break
-                    }
+            // PATCHED (Parley, see vendor/README.md): what woke the writer, found by polling each
+            // source in turn (biased, in the order of the `select!` this replaces) rather than
+            // by a `select!` over a future per source: those futures (the cancellation's and the
+            // pong's `Notified`, the queue's and the volatile slot's receives) were 256 bytes of
+            // this task's future for the connection's life. The sources that are not polled
+            // here (the cancellation, the volatile slot, the pong) wake the queue's receiver,
+            // whose waker the queue's poll has registered before they are checked.
+            let woken = std::future::poll_fn(|cx| {
+                if let Poll::Ready(items) = buffered_rx.poll_recv(cx) {
+                    return Poll::Ready(Woken::Buffered(items));
                 }
-                _ = socket.cancellation_token.cancelled() => break,
-                // PATCHED (Parley): taken from the socket's `VolatileSlot` instead of a watch
-                // channel; boxed, as the buffered packets.
-                packets = socket.volatile.next() => {
+                if socket.cancellation_token.is_cancelled() {
+                    return Poll::Ready(Woken::Cancelled);
+                }
+                if let Some(packets) = socket.volatile.take() {
+                    return Poll::Ready(Woken::Volatile(packets));
+                }
+                if beating && heartbeat_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woken::Timer);
+                }
+                if awaiting_pong
+                    && beating
+                    && futures_util::FutureExt::now_or_never(socket.heartbeat.notified()).is_some()
+                {
+                    return Poll::Ready(Woken::Pong);
+                }
+                Poll::Pending
+            })
+            .await;
+            // PATCHED (Parley): the branches that write say what to write (`Next`).
+            let next = match woken {
+                Woken::Buffered(Some(packets)) => Next::Buffered(packets),
+                Woken::Buffered(None) | Woken::Cancelled => break,
+                Woken::Volatile(packets) => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
                     Next::Volatile(packets)
-                },
+                }
                 // PATCHED (Parley): the folded heartbeat (see the doc comment).
-                _ = &mut heartbeat_timer, if beating => {
+                Woken::Timer => {
                     if awaiting_pong {
                         #[cfg(feature = "tracing")]
                         tracing::debug!(id = ?socket.id, "heartbeat error: heartbeat timeout");
@@ -453,47 +533,35 @@ where
                         }
                     }
                     continue;
-                },
-                _ = socket.heartbeat.notified(), if awaiting_pong && beating => {
+                }
+                Woken::Pong => {
                     #[cfg(feature = "tracing")]
                     tracing::trace!(sid = ?socket.id, "pong received");
                     awaiting_pong = false;
                     heartbeat_timer.as_mut().reset(next_ping);
                     continue;
-                },
+                }
             };
 
-            // PATCHED (Parley): the one place that writes, see `Next`. The buffers are drained in
-            // place, which keeps a by-value iterator over a whole `PacketBuf` out of the future.
+            // PATCHED (Parley): the one place that writes, see `Next`. Each packet is taken from
+            // the buffer and made a message by `next_message`, before the write's await: a
+            // packet or an iterator over the buffer kept across that await (200 bytes) made
+            // this state the largest of the future, for the connection's life.
             let (mut packets, drain_queue) = match next {
                 Next::Buffered(packets) => (packets, true),
                 Next::Volatile(packets) => (packets, false),
             };
             loop {
-                for item in packets.drain(..) {
-                    let message = match item {
-                        Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                            if socket.protocol == ProtocolVersion::V3 {
-                                // v3 protocol requires packet type as the first byte.
-                                // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                                let mut buff = Vec::with_capacity(bin.len() + 1);
-                                buff.push(0x04);
-                                buff.extend(bin);
-                                Message::Binary(buff.into())
-                            } else {
-                                Message::Binary(bin)
-                            }
-                        }
-                        // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                        // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                        // it should be discarded here
-                        Packet::Noop => continue,
-                        item => {
-                            let packet: String = item.try_into().unwrap();
-                            Message::Text(packet.into())
-                        }
+                // Taken from the back: in order once reversed.
+                packets.reverse();
+                // What `SinkExt::feed` does, with the message made after the await: the `Feed`
+                // future would keep it beside the one it is made from.
+                while !packets.is_empty() {
+                    let ready = std::future::poll_fn(|cx| tx.poll_ready_unpin(cx)).await;
+                    let Some(message) = next_message(&mut packets, socket.protocol) else {
+                        break;
                     };
-                    if let Err(_e) = tx.feed(message).await {
+                    if let Err(_e) = ready.and_then(|()| tx.start_send_unpin(message)) {
                         #[cfg(feature = "tracing")]
                         tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
                     }
@@ -519,6 +587,40 @@ where
         tx.close().await.ok();
     }
 }
+/// PATCHED (Parley, see vendor/README.md): the WebSocket message for the last packet of
+/// `packets` (taken off), skipping Noops; `None` once `packets` is empty. Upstream's conversion,
+/// out of the writer's future (see `forward_to_socket`).
+fn next_message(
+    packets: &mut engineioxide_core::PacketBuf,
+    protocol: ProtocolVersion,
+) -> Option<Message> {
+    loop {
+        let message = match packets.pop()? {
+            Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                if protocol == ProtocolVersion::V3 {
+                    // v3 protocol requires packet type as the first byte.
+                    // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                    let mut buff = Vec::with_capacity(bin.len() + 1);
+                    buff.push(0x04);
+                    buff.extend(bin);
+                    Message::Binary(buff.into())
+                } else {
+                    Message::Binary(bin)
+                }
+            }
+            // A Noop Packet maybe sent by the server to upgrade from a polling connection
+            // In the case that the packet was not poll in time it will remain in the buffer and therefore
+            // it should be discarded here
+            Packet::Noop => continue,
+            item => {
+                let packet: String = item.try_into().unwrap();
+                Message::Text(packet.into())
+            }
+        };
+        return Some(message);
+    }
+}
+
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
@@ -676,50 +778,140 @@ mod tests {
         )
     }
 
+    /// The writer over `ws`, in a task of its own that owns the stream (in the daemon it is
+    /// `run_session`'s future that owns it).
+    fn spawn_writer(
+        socket: &Arc<Socket<()>>,
+        ws: WebSocketStream<DuplexStream>,
+        heartbeat: Option<(Duration, Duration)>,
+    ) -> tokio::task::JoinHandle<()> {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let ws = Mutex::new(ws);
+            forward_to_socket::<StubHandler, _>(socket, WsHalf(&ws), heartbeat).await
+        })
+    }
+
+    /// A socket whose `close` records the reason (the engine's `close_session` would).
+    fn socket_recording_close() -> (Arc<Socket<()>>, Arc<Mutex<Vec<DisconnectReason>>>) {
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let record = closed.clone();
+        let socket = Arc::new(Socket::new(
+            ProtocolVersion::V4,
+            TransportType::Websocket,
+            &EngineIoConfig::default(),
+            Request::<()>::default().into_parts().0,
+            Box::new(move |_, reason| record.lock().unwrap().push(reason)),
+            false,
+        ));
+        (socket, closed)
+    }
+
+    async fn next_text(client: &mut WebSocketStream<DuplexStream>) -> Message {
+        tokio::time::timeout(TIMEOUT, client.next())
+            .await
+            .expect("the writer should send a message")
+            .expect("the stream should not end")
+            .expect("the message should be valid")
+    }
+
     /// A polling request can still hold the lock at the end of an upgrade.
     #[tokio::test]
     async fn writer_waits_for_the_lock_of_a_polling_request() {
         let socket = socket();
         let (server, mut client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
-            socket.clone(),
-            tx,
-            None,
-        ));
+        let writer = spawn_writer(&socket, server, None);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
 
         drop(polling);
         socket.emit(Str::from("hello")).unwrap();
-        let msg = tokio::time::timeout(TIMEOUT, client.next())
-            .await
-            .expect("the writer should send the packet")
-            .unwrap()
-            .unwrap();
-        assert_eq!(msg, Message::text("4hello"));
+        assert_eq!(next_text(&mut client).await, Message::text("4hello"));
     }
 
     #[tokio::test]
     async fn writer_waiting_for_the_lock_stops_with_the_session() {
         let socket = socket();
         let (server, _client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
-            socket.clone(),
-            tx,
-            None,
-        ));
+        let writer = spawn_writer(&socket, server, None);
         tokio::time::sleep(Duration::from_millis(20)).await;
 
-        socket.cancellation_token.cancel();
+        socket.cancel();
         tokio::time::timeout(TIMEOUT, writer)
             .await
             .expect("the writer should stop")
             .unwrap();
+    }
+
+    /// The writer does not wait on the cancellation itself: `Socket::cancel` wakes it.
+    #[tokio::test]
+    async fn an_idle_writer_stops_with_the_session_and_closes_the_websocket() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let writer = spawn_writer(&socket, server, None);
+        socket.emit(Str::from("hello")).unwrap();
+        assert_eq!(next_text(&mut client).await, Message::text("4hello"));
+
+        socket.cancel();
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("the writer should stop")
+            .unwrap();
+        assert!(
+            matches!(next_text(&mut client).await, Message::Close(_)),
+            "the writer closes the sink as it ends"
+        );
+    }
+
+    /// A volatile send wakes the writer (through the queue's receiver).
+    #[tokio::test]
+    async fn volatile_packets_wake_the_writer() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let _writer = spawn_writer(&socket, server, None);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        assert!(socket.send_volatile(smallvec![
+            Packet::Message(Str::from("now")),
+            Packet::Noop,
+            Packet::Message(Str::from("then")),
+        ]));
+        assert_eq!(next_text(&mut client).await, Message::text("4now"));
+        assert_eq!(
+            next_text(&mut client).await,
+            Message::text("4then"),
+            "a buffer's packets in order, its Noop skipped"
+        );
+    }
+
+    /// With a heartbeat, a ping goes out at once; a pong (`heartbeat_received`) wakes the
+    /// writer, which pings again after the interval; without a pong the session closes.
+    #[tokio::test]
+    async fn the_writer_pings_takes_pongs_and_closes_a_silent_session() {
+        let (socket, closed) = socket_recording_close();
+        let (server, mut client) = ws_pair().await;
+        let interval = Duration::from_millis(100);
+        let timeout = Duration::from_millis(100);
+        let _writer = spawn_writer(&socket, server, Some((interval, timeout)));
+
+        assert_eq!(next_text(&mut client).await, Message::text("2"));
+        socket.heartbeat_received();
+        assert_eq!(
+            next_text(&mut client).await,
+            Message::text("2"),
+            "pinged again"
+        );
+        assert!(closed.lock().unwrap().is_empty(), "answered in time: open");
+
+        tokio::time::sleep(interval + timeout + Duration::from_millis(100)).await;
+        assert_eq!(
+            closed.lock().unwrap().as_slice(),
+            [DisconnectReason::HeartbeatTimeout],
+            "no pong to the second ping: closed"
+        );
     }
 }
