@@ -22,8 +22,10 @@ pub mod sid {
 }
 
 mod body;
+// PATCHED (Parley, see vendor/README.md): the socket's cancellation, see `cancel`.
+mod cancel;
 mod engine;
 // PATCHED (Parley, see vendor/README.md): the socket's packet queue.
-mod queue;
 mod errors;
+mod queue;
 mod transport;

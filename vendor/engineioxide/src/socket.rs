@@ -78,7 +78,6 @@ use tokio::sync::{
 };
 
 pub use engineioxide_core::Sid;
-use tokio_util::sync::CancellationToken;
 
 /// A [`DisconnectReason`] represents the reason why a [`Socket`] was closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +241,7 @@ where
     /// * In case of polling transport it will be locked and released for each request
     /// * In case of websocket transport it will always be locked until the connection is closed
     ///
-    /// Closing behavior is driven by the [`Socket::cancellation_token`].
+    /// Closing behavior is driven by the [`Socket::cancellation`].
     ///
     /// The channel is made of a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
     pub(crate) internal_rx: Mutex<InternalRx>,
@@ -267,8 +266,10 @@ where
     /// waits, as `try_send` into a channel of one slot kept one message.
     pub(crate) heartbeat: Notify,
 
-    /// A cancellation token that will be triggered when the socket is being closed.
-    pub(crate) cancellation_token: CancellationToken,
+    /// Triggered when the socket is being closed.
+    /// PATCHED (Parley, see vendor/README.md): a [`Cancellation`](crate::cancel::Cancellation)
+    /// in the socket instead of a `CancellationToken` (an `Arc` of 112 bytes).
+    pub(crate) cancellation: crate::cancel::Cancellation,
 
     /// Function to call when the socket is closed
     close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
@@ -314,7 +315,7 @@ where
 
             // PATCHED (Parley): see `heartbeat`.
             heartbeat: Notify::new(),
-            cancellation_token: CancellationToken::new(),
+            cancellation: Default::default(),
 
             close_fn,
 
@@ -351,22 +352,22 @@ where
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
     pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        let cancellation_token = self.cancellation_token.clone();
-
-        tokio::spawn(
-            cancellation_token
-                .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                        self.close(DisconnectReason::HeartbeatTimeout);
+        // PATCHED (Parley): the task owns the socket and runs until its cancellation.
+        tokio::spawn(async move {
+            let socket = &self;
+            let _v = socket
+                .cancellation
+                .run_until_cancelled(async move {
+                    if let Err(_e) = socket.heartbeat_job(interval, timeout).await {
+                        socket.close(DisconnectReason::HeartbeatTimeout);
                         #[cfg(feature = "tracing")]
-                        tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
+                        tracing::debug!(id = ?socket.id, "heartbeat error: {_e}");
                     }
                 })
-                .inspect(|_v| {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
-                }),
-        );
+                .await;
+            #[cfg(feature = "tracing")]
+            tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
+        });
     }
 
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
@@ -626,7 +627,7 @@ where
     /// PATCHED (Parley, see vendor/README.md): the WebSocket writer no longer waits on the
     /// token itself (see `forward_to_socket`).
     pub(crate) fn cancel(&self) {
-        self.cancellation_token.cancel();
+        self.cancellation.cancel();
         self.queue.wake_receiver();
     }
 
@@ -649,7 +650,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("internal_rx", &self.internal_rx)
             .field("queue", &self.queue)
             .field("heartbeat", &self.heartbeat)
-            .field("cancellation_token", &self.cancellation_token)
+            .field("cancellation", &self.cancellation)
             .field("req_data", &self.req_parts)
             .finish()
     }
@@ -710,7 +711,7 @@ where
 
             // PATCHED (Parley): see `heartbeat`.
             heartbeat: Notify::new(),
-            cancellation_token: CancellationToken::new(),
+            cancellation: Default::default(),
             close_fn,
 
             data: D::default(),

@@ -20,7 +20,6 @@ use tokio_tungstenite::{
         protocol::{Role, WebSocketConfig},
     },
 };
-use tokio_util::future::FutureExt as _;
 
 use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
@@ -183,8 +182,12 @@ where
         // the writer's last await below, so that the future keeps no room for them meanwhile.
         {
             let read = {
-                let reader = forward_to_handler(&engine, WsHalf(&ws), &socket)
-                    .with_cancellation_token(&socket.cancellation_token);
+                // PATCHED (Parley): the socket's `Cancellation`, see `cancel`.
+                let reader = socket.cancellation.run_until_cancelled(forward_to_handler(
+                    &engine,
+                    WsHalf(&ws),
+                    &socket,
+                ));
                 tokio::pin!(reader);
                 loop {
                     tokio::select! {
@@ -251,8 +254,13 @@ where
                 let mut ws = ws_init().await;
 
                 let upgrade_fut = upgrade_handshake::<H, S>(&socket, &mut ws);
-                match tokio::time::timeout(engine.config.upgrade_timeout, upgrade_fut)
-                    .with_cancellation_token(&socket.cancellation_token)
+                // PATCHED (Parley): the socket's `Cancellation`, see `cancel`.
+                match socket
+                    .cancellation
+                    .run_until_cancelled(tokio::time::timeout(
+                        engine.config.upgrade_timeout,
+                        upgrade_fut,
+                    ))
                     .await
                 {
                     Some(Ok(res)) => res?,
@@ -416,8 +424,7 @@ where
         // PATCHED (Parley): the guard is only held (see below), never read.
         // PATCHED (Parley): boxed, and freed once the lock is held: inline, this wait (192
         // bytes) sized the future for the connection's life, though only its start needs it.
-        let Some(_internal_rx) =
-            Box::pin(lock.with_cancellation_token(&socket.cancellation_token)).await
+        let Some(_internal_rx) = Box::pin(socket.cancellation.run_until_cancelled(lock)).await
         else {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
@@ -472,7 +479,7 @@ where
                 if let Poll::Ready(items) = buffered_rx.poll_recv(cx) {
                     return Poll::Ready(Woken::Buffered(items));
                 }
-                if socket.cancellation_token.is_cancelled() {
+                if socket.cancellation.is_cancelled() {
                     return Poll::Ready(Woken::Cancelled);
                 }
                 if let Some(packets) = socket.volatile.take() {
