@@ -115,6 +115,16 @@ pub(crate) struct DeviceSlot {
 }
 
 impl DeviceSlot {
+    /// The deviceId this place is for.
+    pub(crate) fn device(&self) -> &DeviceId {
+        &self.device
+    }
+
+    /// The login session the socket authenticated with.
+    pub(crate) fn session(&self) -> i64 {
+        self.session
+    }
+
     pub(crate) fn release(&self) {
         if !self.released.swap(true, Ordering::AcqRel) {
             self.devices.release(self.user, &self.device, self.session);

@@ -68,20 +68,15 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// about 0.3 KiB per idle connection (heaptrack, issue 14).
 struct SocketAuth {
     conn: ConnId,
-    session_id: i64,
     user: UserInfo,
-    device_id: parley_call::DeviceId,
     /// `calls.events_per_second` / `calls.events_burst` for this socket.
     bucket: Mutex<TokenBucket>,
     /// The driver, reachable from the synchronous extractor.
     calls: super::Handle,
     /// Set once the driver has been told about this socket (`ensure_registered`).
     registered: AtomicBool,
-    /// `iceServers`, `iceTransportPolicy`, `ttlSecs` for the `session` event, taken when the socket
-    /// is handed to the driver: kept for the socket's life it was about 1.9 KiB per idle
-    /// connection (heaptrack, issue 14).
-    ice: Mutex<Option<Value>>,
-    /// This socket's place among its user's devices (`calls.max_devices_per_user`).
+    /// This socket's place among its user's devices (`calls.max_devices_per_user`), and the
+    /// socket's deviceId and login session (kept there once, not here again: issue 14).
     device_slot: DeviceSlot,
     /// Calls this socket is a call device of, as far as it has seen: its own initiate or accept
     /// succeeded, or the switchboard relayed its signaling. Checked by `call:stats`, which may
@@ -270,17 +265,12 @@ async fn authenticate(
     // `release_req_parts` is a vendored patch, vendor/README.md).
     socket.release_req_parts();
     let calls = &state.config.calls;
-    let ice = serde_json::to_value(crate::relay::ice_servers(&state, user.id))
-        .unwrap_or_else(|_| json!({}));
     socket.extensions.insert(Arc::new(SocketAuth {
         device_slot,
         bound: Mutex::new(Vec::new()),
         registered: AtomicBool::new(false),
-        ice: Mutex::new(Some(ice)),
         conn: ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed)),
-        session_id: session.id,
         user: user_info(&user),
-        device_id,
         calls: state.calls.clone(),
         bucket: Mutex::new(TokenBucket::new(
             calls.events_per_second,
@@ -347,30 +337,29 @@ async fn on_client_event(
 /// Hands the socket to the driver, once: from the connect handler, or from the first event if
 /// that comes first (handlers run as separate tasks), so the driver always sees the socket
 /// before anything it sends.
-fn ensure_registered(socket: SocketRef, auth: &SocketAuth) {
+fn ensure_registered(socket: SocketRef, auth: &SocketAuth, state: &AppState) {
     if auth.registered.swap(true, Ordering::AcqRel) {
         return;
     }
+    // `iceServers`, `iceTransportPolicy`, `ttlSecs` for the `session` event: made here, when
+    // the driver needs them, not kept in the socket until then (issue 14).
+    let ice = serde_json::to_value(crate::relay::ice_servers(state, auth.user.id))
+        .unwrap_or_else(|_| json!({}));
     let (reply, _ignored) = tokio::sync::oneshot::channel();
     auth.calls.send(Command::Connect {
         conn: auth.conn,
         socket,
-        session_id: auth.session_id,
+        session_id: auth.device_slot.session(),
         user: auth.user.clone(),
-        device_id: auth.device_id.clone(),
-        ice: auth
-            .ice
-            .lock()
-            .ok()
-            .and_then(|mut ice| ice.take())
-            .unwrap_or_default(),
+        device_id: auth.device_slot.device().clone(),
+        ice,
         reply,
     });
 }
 
-async fn on_connect(socket: SocketRef) {
+async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
     match socket.extensions.get::<Arc<SocketAuth>>() {
-        Some(auth) => ensure_registered(socket.clone(), &auth),
+        Some(auth) => ensure_registered(socket.clone(), &auth, &state),
         // The middleware always sets it; without it the socket cannot act for anyone.
         None => {
             let _ = socket.disconnect();
@@ -557,8 +546,11 @@ impl FromMessageParts<LocalAdapter> for Queued {
             .unwrap_or_default()
             .to_owned();
         let auth = socket.extensions.get::<Arc<SocketAuth>>();
-        if let Some(auth) = &auth {
-            ensure_registered(SocketRef::from(socket.clone()), auth);
+        if let Some(auth) = &auth
+            && !auth.registered.load(Ordering::Acquire)
+            && let Ok(State(state)) = State::<AppState>::from_message_parts(socket, value, ack_id)
+        {
+            ensure_registered(SocketRef::from(socket.clone()), auth, &state);
         }
         let outcome = match (&auth, sdp_shortcut(&event, value)) {
             (None, _) => Err(ApiError::unauthorized()),
@@ -667,10 +659,13 @@ async fn finish(state: &AppState, auth: &SocketAuth, pending: Pending) -> Result
             // no longer stands is refused whoever the callee, as when they were two queries.
             let found = state
                 .store
-                .callee_for_session(auth.session_id, user_key(&initiate.to))
+                .callee_for_session(auth.device_slot.session(), user_key(&initiate.to))
                 .await?;
             let Ok(found) = found else {
-                state.calls.disconnect_session(auth.session_id).await;
+                state
+                    .calls
+                    .disconnect_session(auth.device_slot.session())
+                    .await;
                 return Err(ApiError::unauthorized());
             };
             let callee = callee_found(found)?;
@@ -697,7 +692,7 @@ async fn finish(state: &AppState, auth: &SocketAuth, pending: Pending) -> Result
             // The command is already queued (ordering); a revoked session's accept is undone
             // by the disconnect that `session_usable` triggers, and refused here.
             if check_session {
-                session_usable(state, auth.session_id).await?;
+                session_usable(state, auth.device_slot.session()).await?;
             }
             let answer = reply
                 .await
