@@ -163,7 +163,8 @@ fn ci(args: &[String]) -> anyhow::Result<()> {
                 );
                 // The vendored engineioxide and tungstenite are no workspace members, and their
                 // patches (vendor/README.md) change what their unit tests cover: the socket's
-                // packet queue, the WebSocket writer, tungstenite's read and write buffers.
+                // packet queue, the WebSocket writer, tungstenite's read and write buffers
+                // (engineioxide's also cover the vendored tokio-tungstenite's waker proxy).
                 let vendored = ["engineioxide", "tungstenite"]
                     .map(|krate| run("cargo", &["test", "-p", krate, "--lib", "--locked"]));
                 vendored

@@ -822,6 +822,45 @@ mod tests {
             .expect("the message should be valid")
     }
 
+    /// PATCHED (Parley, see vendor/README.md): tokio-tungstenite (vendored) passes one waker
+    /// proxy for reads and writes where it had two; a stream split between two tasks (as
+    /// upstream engineioxide used it) must still wake each: the writer blocked on a full pipe
+    /// when the peer reads, the reader when the peer writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_split_websocket_wakes_its_reader_and_its_writer_in_two_tasks() {
+        let (server, client) = tokio::io::duplex(64);
+        let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let (mut sink, mut stream) = server.split();
+
+        let reader = tokio::spawn(async move { stream.next().await });
+        let big = "x".repeat(16 * 1024);
+        let writer = {
+            let big = big.clone();
+            tokio::spawn(async move { sink.send(Message::text(big)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !writer.is_finished(),
+            "the pipe holds 64 bytes: the writer waits"
+        );
+        assert!(!reader.is_finished(), "nothing was sent to the reader yet");
+
+        assert_eq!(next_text(&mut client).await, Message::text(big));
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("the writer should be woken")
+            .unwrap()
+            .unwrap();
+
+        client.send(Message::text("hi")).await.unwrap();
+        let read = tokio::time::timeout(TIMEOUT, reader)
+            .await
+            .expect("the reader should be woken")
+            .unwrap();
+        assert_eq!(read.unwrap().unwrap(), Message::text("hi"));
+    }
+
     /// A polling request can still hold the lock at the end of an upgrade.
     #[tokio::test]
     async fn writer_waits_for_the_lock_of_a_polling_request() {
