@@ -31,8 +31,11 @@ pub(crate) struct Devices {
 
 #[derive(Debug, Default)]
 struct DevicesInner {
-    /// user -> deviceId -> sockets using it (more than one only during a takeover).
-    users: HashMap<i64, HashMap<DeviceId, usize>>,
+    /// user -> deviceId -> sockets using it (more than one only during a takeover). A vector
+    /// per user, searched in order, with room for what it holds: a user has one device, a few
+    /// at most (`calls.max_devices_per_user`), where a map's smallest table was about 0.1 KiB
+    /// per signed-in user (issue 14).
+    users: HashMap<i64, Vec<(DeviceId, usize)>>,
     /// session id -> sockets using it.
     sessions: HashMap<i64, usize>,
 }
@@ -55,13 +58,15 @@ impl Devices {
     ) -> Option<DeviceSlot> {
         let mut inner = lock(&self.inner);
         let devices = inner.users.entry(user).or_default();
-        if self.max_per_user > 0
-            && !devices.contains_key(&**device)
-            && devices.len() >= self.max_per_user
-        {
-            return None;
+        match devices.iter().position(|(id, _)| id == device) {
+            Some(i) => devices[i].1 += 1,
+            None if self.max_per_user > 0 && devices.len() >= self.max_per_user => return None,
+            None => {
+                // Room for this one entry only: a Vec grows to 4 entries at its first push.
+                devices.reserve_exact(1);
+                devices.push((device.clone(), 1));
+            }
         }
-        *devices.entry(device.clone()).or_default() += 1;
         *inner.sessions.entry(session).or_default() += 1;
         Some(DeviceSlot {
             devices: self.clone(),
@@ -79,16 +84,16 @@ impl Devices {
 
     #[cfg(test)]
     fn count(&self, user: i64) -> usize {
-        lock(&self.inner).users.get(&user).map_or(0, HashMap::len)
+        lock(&self.inner).users.get(&user).map_or(0, Vec::len)
     }
 
     fn release(&self, user: i64, device: &str, session: i64) {
         let mut inner = lock(&self.inner);
         if let Some(devices) = inner.users.get_mut(&user) {
-            if let Some(count) = devices.get_mut(device) {
-                *count -= 1;
-                if *count == 0 {
-                    devices.remove(device);
+            if let Some(i) = devices.iter().position(|(id, _)| **id == *device) {
+                devices[i].1 -= 1;
+                if devices[i].1 == 0 {
+                    devices.swap_remove(i);
                 }
             }
             if devices.is_empty() {
@@ -291,10 +296,15 @@ mod tests {
         let a_again = devices
             .claim(1, &"a".into(), 11)
             .expect("a takeover is not a new device");
-        assert!(
-            devices.claim(2, &"x".into(), 20).is_some(),
-            "another user is not affected"
+        let x = devices
+            .claim(2, &"x".into(), 20)
+            .expect("another user is not affected");
+        assert_eq!(
+            lock(&devices.inner).users[&2].capacity(),
+            1,
+            "one device, room for one"
         );
+        drop(x);
         drop(a);
         assert_eq!(devices.count(1), 2, "a is still held by its new socket");
         a_again.release();
