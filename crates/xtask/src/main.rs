@@ -167,8 +167,28 @@ fn ci(args: &[String]) -> anyhow::Result<()> {
                 // (engineioxide's also cover the vendored tokio-tungstenite's waker proxy).
                 let vendored = ["engineioxide", "tungstenite"]
                     .map(|krate| run("cargo", &["test", "-p", krate, "--lib", "--locked"]));
+                // socketioxide's unit tests make their sockets with the test helpers of its
+                // `__test_harness` feature and engineioxide's, which cargo lets no one turn on
+                // for a crate outside the workspace: the feature's cfg is set for the whole
+                // build instead, in a target directory of its own so that the workspace's
+                // build stays cached. Its patches (extensions, request parts) are under them.
+                let socketioxide = run(
+                    "cargo",
+                    &[
+                        "test",
+                        "-p",
+                        "socketioxide",
+                        "--lib",
+                        "--locked",
+                        "--target-dir",
+                        "target/vendor-tests",
+                        "--config",
+                        r#"build.rustflags = ["--cfg", 'feature="__test_harness"']"#,
+                    ],
+                );
                 vendored
                     .into_iter()
+                    .chain([socketioxide])
                     .fold(workspace, |all, one| all.and(one))
             }
             // Every fuzz target for a few seconds: a parser that now crashes fails CI.
