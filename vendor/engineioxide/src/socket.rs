@@ -258,7 +258,8 @@ where
     pub(crate) volatile: VolatileSlot,
 
     /// Notified by the connection when a Pong [`Packet`] (v4 protocol) or a Ping (v3 protocol)
-    /// arrives, for the heartbeat job (its own task, or the WebSocket writer).
+    /// arrives ([`Socket::heartbeat_received`]), for the heartbeat job: its own task waits on
+    /// it; the WebSocket writer, woken through the queue, takes the permit.
     ///
     /// PATCHED (Parley, see vendor/README.md): a [`Notify`] in the socket instead of a
     /// `mpsc::channel(1)` (`heartbeat_tx` / `heartbeat_rx`), whose shared state was a heap
