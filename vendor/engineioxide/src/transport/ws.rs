@@ -450,13 +450,6 @@ where
             Pong,
         }
 
-        enum Next {
-            /// From the queue: the rest of the queue is drained and written with them.
-            Buffered(crate::socket::QueuedPackets),
-            /// Volatile: written alone.
-            Volatile(crate::socket::QueuedPackets),
-        }
-
         // PATCHED (Parley): the heartbeat's state, see the doc comment. `beating` is false when
         // there is no heartbeat here, or once it has closed the session.
         let mut beating = has_heartbeat;
@@ -497,14 +490,16 @@ where
                 Poll::Pending
             })
             .await;
-            // PATCHED (Parley): the branches that write say what to write (`Next`).
-            let next = match woken {
-                Woken::Buffered(Some(packets)) => Next::Buffered(packets),
+            // PATCHED (Parley): the branches that write say what to write, and whether the
+            // rest of the queue is drained and written with it (buffered packets) or not
+            // (volatile ones, written alone).
+            let (mut packets, drain_queue) = match woken {
+                Woken::Buffered(Some(packets)) => (packets, true),
                 Woken::Buffered(None) | Woken::Cancelled => break,
                 Woken::Volatile(packets) => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    Next::Volatile(packets)
+                    (packets, false)
                 }
                 // PATCHED (Parley): the folded heartbeat (see the doc comment).
                 Woken::Timer => {
@@ -550,14 +545,10 @@ where
                 }
             };
 
-            // PATCHED (Parley): the one place that writes, see `Next`. Each packet is taken from
-            // the buffer and made a message by `next_message`, before the write's await: a
-            // packet or an iterator over the buffer kept across that await (200 bytes) made
-            // this state the largest of the future, for the connection's life.
-            let (mut packets, drain_queue) = match next {
-                Next::Buffered(packets) => (packets, true),
-                Next::Volatile(packets) => (packets, false),
-            };
+            // PATCHED (Parley): the one place that writes. Each packet is taken from the buffer
+            // and made a message by `next_message`, before the write's await: a packet or an
+            // iterator over the buffer kept across that await (200 bytes) made this state the
+            // largest of the future, for the connection's life.
             loop {
                 // Taken from the back: in order once reversed.
                 packets.reverse();
