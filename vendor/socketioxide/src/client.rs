@@ -213,7 +213,10 @@ impl<A: Adapter> Client<A> {
 }
 
 pub struct SocketData<A: Adapter> {
-    pub parser_state: ParserState,
+    /// PATCHED (Parley, see vendor/README.md): made only when a packet leaves something in it
+    /// (a binary packet waiting for its attachments); was a `ParserState` inline, 152 bytes in
+    /// every socket for attachments most servers never receive.
+    pub parser_state: OnceLock<Box<ParserState>>,
     /// Channel used to notify the socket that it has been connected to a namespace for v5
     pub connect_recv_tx: Mutex<Option<oneshot::Sender<()>>>,
 
@@ -223,10 +226,37 @@ pub struct SocketData<A: Adapter> {
 impl<A: Adapter> Default for SocketData<A> {
     fn default() -> Self {
         Self {
-            parser_state: ParserState::default(),
+            parser_state: OnceLock::new(),
             connect_recv_tx: Mutex::new(None),
             io: OnceLock::new(),
         }
+    }
+}
+impl<A: Adapter> SocketData<A> {
+    /// PATCHED (Parley, see vendor/README.md): runs `decode` with the socket's parser state,
+    /// or, while it has none, with an empty one on the stack that the socket keeps only if the
+    /// parser left something in it. An empty state is what a socket held before its first
+    /// binary packet, so the parser decides exactly as it did with the state inline.
+    fn with_parser_state<T>(&self, decode: impl FnOnce(&ParserState) -> T) -> T {
+        if let Some(state) = self.parser_state.get() {
+            return decode(state);
+        }
+        let state = ParserState::default();
+        let decoded = decode(&state);
+        let used = state
+            .incoming_binary_cnt
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+            || state
+                .partial_bin_packet
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+        if used {
+            // Only this socket's reader decodes its packets, so nothing else sets it meanwhile.
+            let _ = self.parser_state.set(Box::new(state));
+        }
+        decoded
     }
 }
 impl<A: Adapter> fmt::Debug for SocketData<A> {
@@ -286,11 +316,10 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
     fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<EIoSocket<SocketData<A>>>) {
         #[cfg(feature = "tracing")]
         tracing::debug!("received message: {:?}", msg);
-        let packet = match self.parser().decode_str(
-            &self.config.parse_config,
-            &socket.data.parser_state,
-            msg,
-        ) {
+        let packet = match socket.data.with_parser_state(|state| {
+            self.parser()
+                .decode_str(&self.config.parse_config, state, msg)
+        }) {
             Ok(packet) => packet,
             Err(ParseError::NeedsMoreBinaryData) => return,
             Err(_e) => {
@@ -329,11 +358,10 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
     fn on_binary(self: &Arc<Self>, data: Bytes, socket: Arc<EIoSocket<SocketData<A>>>) {
         #[cfg(feature = "tracing")]
         tracing::debug!("received binary: {:?}", &data);
-        let packet = match self.parser().decode_bin(
-            &self.config.parse_config,
-            &socket.data.parser_state,
-            data,
-        ) {
+        let packet = match socket.data.with_parser_state(|state| {
+            self.parser()
+                .decode_bin(&self.config.parse_config, state, data)
+        }) {
             Ok(packet) => packet,
             Err(ParseError::NeedsMoreBinaryData) => return,
             Err(_e) => {
@@ -518,5 +546,58 @@ mod test {
             .await
             .expect("the socket should be closed");
         assert_eq!(res, Some(EIoDisconnectReason::PacketParsingError));
+    }
+
+    /// PATCHED (Parley): the parser state is made for the first packet that leaves something
+    /// in it, and kept: a binary event is still put together from the frames that follow it.
+    #[test]
+    fn a_socket_has_parser_state_only_once_a_binary_packet_waits_for_attachments() {
+        let data = SocketData::<LocalAdapter>::default();
+        let parser = Parser::default();
+        let config = socketioxide_core::parser::ParseConfig::default();
+
+        let plain =
+            data.with_parser_state(|s| parser.decode_str(&config, s, "2[\"plain\",1]".into()));
+        assert!(plain.is_ok(), "{plain:?}");
+        let complete = "50-[\"event\",1]";
+        let complete = data.with_parser_state(|s| parser.decode_str(&config, s, complete.into()));
+        assert!(complete.is_ok(), "{complete:?}");
+        assert!(data.parser_state.get().is_none(), "nothing waits: no state");
+
+        let header = "51-[\"event\",{\"_placeholder\":true,\"num\":0}]";
+        let header = data.with_parser_state(|s| parser.decode_str(&config, s, header.into()));
+        assert!(
+            matches!(header, Err(ParseError::NeedsMoreBinaryData)),
+            "{header:?}"
+        );
+        assert!(
+            data.parser_state.get().is_some(),
+            "the waiting packet is kept"
+        );
+
+        let attachment = Bytes::from_static(b"\x01\x02");
+        let packet = data
+            .with_parser_state(|s| parser.decode_bin(&config, s, attachment))
+            .expect("the attachment completes the event");
+        match packet.inner {
+            PacketData::BinaryEvent(Value::Str(_, Some(bins)), _) => {
+                assert_eq!(bins.len(), 1);
+                assert_eq!(bins[0], Bytes::from_static(b"\x01\x02"));
+            }
+            other => panic!("expected a binary event, got {other:?}"),
+        }
+    }
+
+    /// PATCHED (Parley): an attachment with no packet waiting for it is refused, as with the
+    /// state inline, and leaves no state behind.
+    #[test]
+    fn an_attachment_with_no_packet_waiting_is_refused() {
+        let data = SocketData::<LocalAdapter>::default();
+        let parser = Parser::default();
+        let config = socketioxide_core::parser::ParseConfig::default();
+        let stray = Bytes::from_static(b"\x01");
+        let decoded = data.with_parser_state(|s| parser.decode_bin(&config, s, stray));
+        assert!(decoded.is_err(), "{decoded:?}");
+        assert!(data.parser_state.get().is_none());
     }
 }
