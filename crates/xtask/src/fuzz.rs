@@ -150,6 +150,79 @@ fn show(value: Option<u64>) -> String {
     value.map_or_else(|| "?".to_owned(), |v| v.to_string())
 }
 
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The vendored crates a manifest patches in, by name, with their paths from the repository
+/// root (`fuzz/Cargo.toml`'s are relative to `fuzz/`).
+fn patches(manifest: &str, dir: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let manifest: toml::Table = manifest.parse()?;
+    let Some(table) = manifest
+        .get("patch")
+        .and_then(|patch| patch.get("crates-io"))
+        .and_then(toml::Value::as_table)
+    else {
+        return Ok(Vec::new());
+    };
+    let mut patches = Vec::new();
+    for (name, patch) in table {
+        let path = patch
+            .get("path")
+            .and_then(toml::Value::as_str)
+            .with_context(|| format!("the patch for {name} has no path"))?;
+        let from_root = Path::new(dir).join(path);
+        let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+        for part in from_root.components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    parts.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => parts.push(other.as_os_str()),
+            }
+        }
+        let parts: Vec<_> = parts.iter().map(|p| p.to_string_lossy()).collect();
+        patches.push((name.clone(), parts.join("/")));
+    }
+    Ok(patches)
+}
+
+/// The fuzz targets are a workspace of their own (cargo-fuzz builds them alone), which the
+/// root manifest's `[patch.crates-io]` does not reach: `fuzz/Cargo.toml` repeats it, and a
+/// vendored crate missing there means the fuzzed daemon is not the shipped one (it happened:
+/// the tungstenite patches were missing from the fuzz build for weeks). Checked before every
+/// fuzz build and by this crate's tests, so a new patch fails the cargo stage of CI first.
+pub fn check_patches(root_manifest: &str, fuzz_manifest: &str) -> anyhow::Result<()> {
+    let shipped = patches(root_manifest, "").context("Cargo.toml")?;
+    let fuzzed = patches(fuzz_manifest, "fuzz").context("fuzz/Cargo.toml")?;
+    let mut problems = Vec::new();
+    for (name, path) in &shipped {
+        match fuzzed.iter().find(|(fuzzed, _)| fuzzed == name) {
+            None => problems.push(format!("{name} ({path}) is not patched in fuzz/Cargo.toml")),
+            Some((_, fuzzed)) if fuzzed != path => problems.push(format!(
+                "{name} comes from {fuzzed} in fuzz/Cargo.toml, from {path} in Cargo.toml"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, path) in &fuzzed {
+        if !shipped.iter().any(|(shipped, _)| shipped == name) {
+            problems.push(format!(
+                "{name} ({path}) is patched in fuzz/Cargo.toml only"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the fuzz workspace must patch the crates the daemon is built with \
+             ([patch.crates-io] in Cargo.toml and fuzz/Cargo.toml): {}",
+            problems.join("; ")
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let options = parse(args)?;
     if !have("cargo-fuzz") {
@@ -159,6 +232,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
     }
     let fuzz = root().join("fuzz");
+    check_patches(
+        &read(&root().join("Cargo.toml"))?,
+        &read(&fuzz.join("Cargo.toml"))?,
+    )?;
     let start = Instant::now();
     let mut build = vec!["fuzz", "build"];
     build.extend(BUILD_FLAGS);
@@ -287,4 +364,73 @@ fn path_arg(path: &Path) -> String {
     path.to_str()
         .expect("the repository path is UTF-8")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = r#"
+[workspace]
+[patch.crates-io]
+engineioxide = { path = "vendor/engineioxide" }
+tungstenite = { path = "vendor/tungstenite" }
+"#;
+
+    #[test]
+    fn the_fuzz_workspace_patches_the_crates_the_daemon_is_built_with() {
+        let root = root();
+        check_patches(
+            &read(&root.join("Cargo.toml")).unwrap(),
+            &read(&root.join("fuzz/Cargo.toml")).unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    #[test]
+    fn the_same_patches_from_the_fuzz_directory_pass() {
+        let fuzz = r#"
+[patch.crates-io]
+tungstenite = { path = "../vendor/tungstenite" }
+engineioxide = { path = "./../vendor/engineioxide" }
+"#;
+        check_patches(SHIPPED, fuzz).unwrap();
+    }
+
+    #[test]
+    fn a_patch_missing_from_the_fuzz_workspace_is_named() {
+        let fuzz = r#"
+[patch.crates-io]
+engineioxide = { path = "../vendor/engineioxide" }
+"#;
+        let error = check_patches(SHIPPED, fuzz).unwrap_err().to_string();
+        assert!(
+            error.contains("tungstenite (vendor/tungstenite) is not patched in fuzz/Cargo.toml"),
+            "{error}"
+        );
+        let error = check_patches(SHIPPED, "").unwrap_err().to_string();
+        assert!(error.contains("engineioxide"), "{error}");
+    }
+
+    #[test]
+    fn a_patch_from_another_path_or_only_in_the_fuzz_workspace_is_named() {
+        let fuzz = r#"
+[patch.crates-io]
+engineioxide = { path = "vendor/engineioxide" }
+tungstenite = { path = "../vendor/tungstenite" }
+socketioxide = { path = "../vendor/socketioxide" }
+"#;
+        let error = check_patches(SHIPPED, fuzz).unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "engineioxide comes from fuzz/vendor/engineioxide in fuzz/Cargo.toml, \
+                 from vendor/engineioxide in Cargo.toml"
+            ),
+            "{error}"
+        );
+        assert!(
+            error.contains("socketioxide (vendor/socketioxide) is patched in fuzz/Cargo.toml only"),
+            "{error}"
+        );
+    }
 }
