@@ -171,7 +171,7 @@ fn ci(args: &[String]) -> anyhow::Result<()> {
                 // `__test_harness` feature and engineioxide's, which cargo lets no one turn on
                 // for a crate outside the workspace: the feature's cfg is set for the whole
                 // build instead, in a target directory of its own so that the workspace's
-                // build stays cached. Its patches (extensions, request parts) are under them.
+                // build stays cached. Its patches (extensions, request parts, parser state) are under them.
                 let socketioxide = run(
                     "cargo",
                     &[
