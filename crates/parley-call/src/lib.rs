@@ -18,7 +18,7 @@ pub use output::{
 };
 pub use rate::TokenBucket;
 pub use switchboard::{
-    Config, Origin, PRESENCE_CHANGES_PER_EVENT, Restored, Side, Switchboard, Timer,
+    Config, Origin, PRESENCE_CHANGES_PER_EVENT, PRESENCE_WINDOW, Restored, Side, Switchboard, Timer,
 };
 pub use types::{
     CallId, CallRecord, CallState, CallView, ConnId, DeviceId, Media, Now, PresenceStatus, Reason,

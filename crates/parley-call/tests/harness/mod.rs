@@ -70,7 +70,7 @@ pub fn config() -> Config {
     Config {
         ring_timeout: Duration::from_secs(30),
         reconnect_grace: Duration::from_secs(15),
-        presence_window: Duration::from_millis(200),
+        presence_window: parley_call::PRESENCE_WINDOW,
     }
 }
 
