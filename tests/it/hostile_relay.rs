@@ -160,6 +160,7 @@ fn message(
 const XOR_PEER_ADDRESS: u16 = 0x0012;
 const DATA: u16 = 0x0013;
 const CHANNEL_NUMBER: u16 = 0x000C;
+const REQUESTED_TRANSPORT: u16 = 0x0019;
 
 /// A well-formed IPv4 XOR-PEER-ADDRESS value (8 bytes).
 fn xor_peer(peer: SocketAddrV4) -> Vec<u8> {
@@ -568,4 +569,53 @@ async fn with_loopback_allowed_the_same_messages_reach_the_service() {
         .expect("the allowed service receives the Send indication's data")
         .unwrap();
     assert_eq!(&buf[..n], b"allowed send");
+}
+
+/// STUN over UDP retransmits a request whose response did not come. Allocate is not
+/// idempotent: a client whose success response was lost must get that success again, not a
+/// 437 (Allocation Mismatch) that makes it allocate again from another port while the first
+/// allocation holds a relay port and a slot of its user's quota until it expires. A new
+/// Allocate (another transaction) from the same address is still refused with 437.
+#[tokio::test]
+async fn a_retransmitted_allocate_gets_the_same_success_and_a_new_one_437() {
+    let relay = start_relay();
+    let mut client = relay.client(Via::Udp).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (username, password) = parley_turn::mint(SECRET, 7, 3600, now);
+    let nonce = client.challenge().await.expect("challenged");
+    let credentials = Credentials {
+        key: long_term_key(&username, REALM, &password),
+        username,
+        nonce,
+    };
+    let allocate = || {
+        message(
+            METHOD_ALLOCATE,
+            CLASS_REQUEST,
+            &[(REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            Some(&credentials),
+        )
+    };
+    let request = allocate();
+    let first = client.transact(&request).await.expect("allocated");
+    assert_eq!(first.typ.class, CLASS_SUCCESS_RESPONSE, "{}", first.typ);
+
+    // The same datagram again, as a retransmission after a lost response.
+    client.send_raw(&request.raw).await.unwrap();
+    let again = client
+        .recv_raw(Duration::from_secs(5))
+        .await
+        .expect("the retransmission is answered");
+    assert_eq!(again, first.raw, "the same success response, byte for byte");
+
+    assert_refused(
+        &mut client,
+        &allocate(),
+        437,
+        "a second Allocate from the same address and port",
+    )
+    .await;
 }

@@ -151,6 +151,8 @@ impl Answer {
 pub(crate) enum Verdict {
     Forward,
     Answer(Answer),
+    /// A retransmitted Allocate: the success response its allocation was created with, as sent.
+    Resend(Vec<u8>),
 }
 
 /// Decodes one XOR-PEER-ADDRESS value strictly: a zero byte, family 1 with exactly 4 address
@@ -307,6 +309,13 @@ pub(crate) struct Gate {
     /// path's view of allocations and channels (see `fastpath`): what each asked for and the
     /// moment it arrived, which is before the server starts the matching timer.
     pending_routes: HashMap<[u8; 12], PendingRoute>,
+    /// The success response each allocation was created with, and its request's transaction
+    /// id: a client whose success response was lost sends the same Allocate again, and
+    /// Allocate is not idempotent, so it must get that response again (RFC 8489 6.3.1's
+    /// cache of responses to non-idempotent requests over UDP). `turn` answers it 437
+    /// (Allocation Mismatch): the client then allocates from another port, and the first
+    /// allocation holds a relay port and a slot of the user's quota until it expires.
+    allocate_answers: HashMap<AllocationKey, ([u8; 12], Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -366,6 +375,7 @@ impl Gate {
             pending_credentials: HashMap::new(),
             relay_families: (true, true),
             pending_routes: HashMap::new(),
+            allocate_answers: HashMap::new(),
         }
     }
 
@@ -462,6 +472,13 @@ impl Gate {
             return Verdict::Answer(
                 Answer::new(msg, 403, "Forbidden IP", Why::ForbiddenPeer(*peer)).signed(&key),
             );
+        }
+
+        if method == METHOD_ALLOCATE
+            && let Some((transaction_id, answer)) = self.allocate_answers.get(&(source, local))
+            && *transaction_id == msg.transaction_id.0
+        {
+            return Verdict::Resend(answer.clone());
         }
 
         if method == METHOD_ALLOCATE {
@@ -606,6 +623,10 @@ impl Gate {
         let tid = response.transaction_id.0;
         self.quotas.handle_allocate_response(tid, success);
         let credentials = self.pending_credentials.remove(&tid);
+        if success {
+            self.allocate_answers
+                .insert((target, local), (tid, response.raw.clone()));
+        }
         if success && let Some(credentials) = credentials {
             self.allocation_credentials
                 .insert((target, local), credentials);
@@ -625,6 +646,7 @@ impl Gate {
     pub fn handle_allocation_closed(&mut self, key: AllocationKey) {
         self.quotas.handle_allocation_closed(key);
         self.allocation_credentials.remove(&key);
+        self.allocate_answers.remove(&key);
     }
 
     /// Username, key and a current nonce for deleting the allocation of `key` on its
@@ -1178,6 +1200,77 @@ mod tests {
             gate.release_credentials((client(), listener()), now)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_retransmitted_allocate_gets_the_success_its_allocation_was_created_with() {
+        let now = Instant::now();
+        let mut gate = gate(now);
+        let creds = credentials(1);
+        let allocate = request(METHOD_ALLOCATE, &[], Some(&creds));
+        assert_eq!(verdict_of(&mut gate, &allocate, now), Verdict::Forward);
+        let relayed: SocketAddr = "198.51.100.1:50000".parse().unwrap();
+        let response = success(
+            METHOD_ALLOCATE,
+            vec![
+                Box::new(turn::proto::relayaddr::RelayedAddress {
+                    ip: relayed.ip(),
+                    port: relayed.port(),
+                }),
+                lifetime(600),
+            ],
+        );
+        assert!(gate.handle_response(&response, client(), listener(), now));
+
+        // The response was lost: the client sends the same request again.
+        let again = verdict_of(&mut gate, &allocate, now + Duration::from_millis(500));
+        assert_eq!(again, Verdict::Resend(response.raw.clone()));
+        // Not from another client address, nor to another listener.
+        let elsewhere = "203.0.113.5:40001".parse().unwrap();
+        let from_elsewhere =
+            gate.handle_request(&decoded(&allocate), elsewhere, listener(), now, UNIX_NOW);
+        assert!(
+            !matches!(from_elsewhere, Verdict::Resend(_)),
+            "{from_elsewhere:?}"
+        );
+        let other_listener = "198.51.100.1:443".parse().unwrap();
+        let to_elsewhere =
+            gate.handle_request(&decoded(&allocate), client(), other_listener, now, UNIX_NOW);
+        assert!(
+            !matches!(to_elsewhere, Verdict::Resend(_)),
+            "{to_elsewhere:?}"
+        );
+
+        // A new Allocate on the same 5-tuple is the server's to refuse (437).
+        let mut new_request = Message::new();
+        new_request.set_type(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST));
+        new_request.transaction_id = TransactionId([8; 12]);
+        new_request.write_header();
+        new_request.add(ATTR_USERNAME, creds.username.as_bytes());
+        new_request.add(ATTR_REALM, REALM.as_bytes());
+        new_request.add(ATTR_NONCE, NONCE.as_bytes());
+        MessageIntegrity(creds.key.clone())
+            .add_to(&mut new_request)
+            .unwrap();
+        let new_verdict = verdict_of(&mut gate, &new_request.raw, now);
+        assert!(
+            !matches!(new_verdict, Verdict::Resend(_)),
+            "{new_verdict:?}"
+        );
+
+        // An unsigned copy is challenged, not answered with the allocation's response.
+        let unsigned = request(METHOD_ALLOCATE, &[], None);
+        assert!(!matches!(
+            verdict_of(&mut gate, &unsigned, now),
+            Verdict::Resend(_)
+        ));
+
+        // Once the allocation is gone, its response is too.
+        gate.handle_allocation_closed((client(), listener()));
+        assert!(!matches!(
+            verdict_of(&mut gate, &allocate, now),
+            Verdict::Resend(_)
+        ));
     }
 
     /// A success response to the request with transaction id [7; 12].

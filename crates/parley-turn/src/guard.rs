@@ -365,6 +365,7 @@ pub(crate) fn decide(
             shared.account(&answer.why, source);
             encode(&answer, &shared.realm).map_or(Decision::Drop, Decision::Answer)
         }
+        Verdict::Resend(response) => Decision::Answer(response),
     }
 }
 
