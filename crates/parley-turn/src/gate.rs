@@ -726,9 +726,18 @@ mod tests {
         attributes: &[(AttrType, Vec<u8>)],
         signer: Option<&Credentials>,
     ) -> Vec<u8> {
+        request_with_id([7; 12], method, attributes, signer)
+    }
+
+    fn request_with_id(
+        transaction_id: [u8; 12],
+        method: Method,
+        attributes: &[(AttrType, Vec<u8>)],
+        signer: Option<&Credentials>,
+    ) -> Vec<u8> {
         let mut message = Message::new();
         message.set_type(MessageType::new(method, CLASS_REQUEST));
-        message.transaction_id = TransactionId([7; 12]);
+        message.transaction_id = TransactionId(transaction_id);
         message.write_header();
         for (typ, value) in attributes {
             message.add(*typ, value);
@@ -1210,16 +1219,7 @@ mod tests {
         let allocate = request(METHOD_ALLOCATE, &[], Some(&creds));
         assert_eq!(verdict_of(&mut gate, &allocate, now), Verdict::Forward);
         let relayed: SocketAddr = "198.51.100.1:50000".parse().unwrap();
-        let response = success(
-            METHOD_ALLOCATE,
-            vec![
-                Box::new(turn::proto::relayaddr::RelayedAddress {
-                    ip: relayed.ip(),
-                    port: relayed.port(),
-                }),
-                lifetime(600),
-            ],
-        );
+        let response = allocate_success(relayed, 600);
         assert!(gate.handle_response(&response, client(), listener(), now));
 
         // The response was lost: the client sends the same request again.
@@ -1242,17 +1242,8 @@ mod tests {
         );
 
         // A new Allocate on the same 5-tuple is the server's to refuse (437).
-        let mut new_request = Message::new();
-        new_request.set_type(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST));
-        new_request.transaction_id = TransactionId([8; 12]);
-        new_request.write_header();
-        new_request.add(ATTR_USERNAME, creds.username.as_bytes());
-        new_request.add(ATTR_REALM, REALM.as_bytes());
-        new_request.add(ATTR_NONCE, NONCE.as_bytes());
-        MessageIntegrity(creds.key.clone())
-            .add_to(&mut new_request)
-            .unwrap();
-        let new_verdict = verdict_of(&mut gate, &new_request.raw, now);
+        let new_request = request_with_id([8; 12], METHOD_ALLOCATE, &[], Some(&creds));
+        let new_verdict = verdict_of(&mut gate, &new_request, now);
         assert!(
             !matches!(new_verdict, Verdict::Resend(_)),
             "{new_verdict:?}"
@@ -1285,6 +1276,20 @@ mod tests {
         message
     }
 
+    /// The server's success for the Allocate with transaction id [7; 12].
+    fn allocate_success(relayed: SocketAddr, lifetime_secs: u64) -> Message {
+        success(
+            METHOD_ALLOCATE,
+            vec![
+                Box::new(turn::proto::relayaddr::RelayedAddress {
+                    ip: relayed.ip(),
+                    port: relayed.port(),
+                }),
+                lifetime(lifetime_secs),
+            ],
+        )
+    }
+
     fn lifetime(seconds: u64) -> Box<dyn Setter> {
         Box::new(turn::proto::lifetime::Lifetime(Duration::from_secs(
             seconds,
@@ -1302,16 +1307,7 @@ mod tests {
         let data = request(METHOD_ALLOCATE, &[], Some(&credentials(1)));
         assert_eq!(verdict_of(&mut gate, &data, asked), Verdict::Forward);
         let relayed: SocketAddr = "198.51.100.1:50000".parse().unwrap();
-        let response = success(
-            METHOD_ALLOCATE,
-            vec![
-                Box::new(turn::proto::relayaddr::RelayedAddress {
-                    ip: relayed.ip(),
-                    port: relayed.port(),
-                }),
-                lifetime(600),
-            ],
-        );
+        let response = allocate_success(relayed, 600);
         assert_eq!(
             route_of(&mut gate, &response),
             Some(RouteUpdate::Allocated {
